@@ -1,0 +1,41 @@
+# The two commands of the README, plus helpers. Every target installs what it
+# needs first (scripts/install-deps.sh is idempotent and fast when nothing is missing).
+
+export WISP_HOME ?= $(CURDIR)/.wisp
+CARGO ?= cargo
+AGENT_TARGET := x86_64-unknown-linux-gnu
+# The guest agent runs as PID 1 in a VM with no libc: link it statically.
+AGENT_FLAGS := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
+
+.PHONY: run test deps test-deps build agent agent-debug fmt lint bench
+
+## make run: install, build (release), prepare images, start the daemon on the embedded defaults.
+run: deps build
+	./target/release/wisp server
+
+## make test: install test tools, then fmt, clippy and the whole test suite.
+test: test-deps agent-debug
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace --no-fail-fast
+
+deps:
+	bash scripts/install-deps.sh
+
+test-deps:
+	bash scripts/install-deps.sh --test
+
+build: agent
+	$(CARGO) build --release -p wisp-cli
+
+agent:
+	$(AGENT_FLAGS) $(CARGO) build --release -p wisp-agent --target $(AGENT_TARGET)
+
+agent-debug:
+	$(AGENT_FLAGS) $(CARGO) build -p wisp-agent --target $(AGENT_TARGET)
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,82 @@
+//! Argument parsing, logging set-up and dispatch to one subcommand.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+use crate::config::GlobalArgs;
+
+/// wisp: Linux VMs ("sprites") that start in seconds, sleep when idle and
+/// checkpoint like git.
+#[derive(Debug, Parser)]
+#[command(name = "wisp", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the wisp daemon: REST API, sprites, sleep and wake.
+    Server(cmd::server::ServerArgs),
+    /// Manage block volumes (create, serve over NBD, checkpoint, fork, ...).
+    #[command(subcommand)]
+    Volume(cmd::volume::VolumeCommand),
+    /// Build and list the standard images sprites are forked from.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
+    /// Run commands in real VMs without a daemon.
+    #[command(subcommand)]
+    Vm(cmd::vm::VmCommand),
+    /// Check what this machine can run and what is missing.
+    Doctor(cmd::doctor::DoctorArgs),
+}
+
+/// Parses arguments, runs one command and maps its outcome to an exit code.
+/// Errors print as `wisp: <message>: <cause>...` on stderr.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(dispatch(cli)));
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            let mut message = format!("wisp: {err}");
+            for cause in err.chain().skip(1) {
+                message.push_str(&format!(": {cause}"));
+            }
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let global = cli.global;
+    match cli.command {
+        Command::Server(args) => cmd::server::run(&global, args).await,
+        Command::Volume(command) => cmd::volume::run(&global, command).await,
+        Command::Image(command) => cmd::image::run(&global, command).await,
+        Command::Vm(command) => cmd::vm::run(&global, command).await,
+        Command::Doctor(args) => cmd::doctor::run(&global, args).await,
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info` for wisp crates).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("warn,wisp=info,wisp_cli=info,wisp_control=info,wisp_volume=info,wisp_vm=info,wisp_nbd=info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

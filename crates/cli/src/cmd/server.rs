@@ -1,0 +1,43 @@
+//! `wisp server`: the daemon.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::config::GlobalArgs;
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address for the REST API.
+    #[arg(long, env = "WISP_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+}
+
+pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&global.home)
+        .with_context(|| format!("cannot create WISP_HOME `{}`", global.home.display()))?;
+    let config = wisp_control::ServerConfig {
+        listen: args.listen,
+        home: global.home.clone(),
+        store: global.store_url()?,
+    };
+    let server = wisp_control::Server::bind(config).await?;
+    let addr = server.local_addr()?;
+    // The line tests and scripts wait for; keep its shape stable.
+    println!("wisp server listening on http://{addr}");
+    tracing::info!(%addr, "wisp server ready");
+    server.serve(shutdown_signal()).await?;
+    tracing::info!("wisp server stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,1 @@
+//! The host <-> guest agent wire protocol. See `docs/AGENT.md`.
