@@ -1,0 +1,257 @@
+//! Control messages: the JSON payloads of [`crate::Kind::Control`] frames.
+
+use serde::{Deserialize, Serialize};
+
+/// Capabilities the agent announces in its `hello` answer.
+pub const CAPABILITIES: &[&str] = &["exec", "pty", "files", "services", "shutdown"];
+
+/// A control message. Serialised as JSON with a `type` field (`{"type":"ping"}`).
+/// Unknown fields are rejected so that a typo is an error, not a silent default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Control {
+    /// Session 0. Host to agent: the protocol version the host speaks. Agent to host: the
+    /// version the agent speaks, its build and capabilities. Answered hello = agent ready.
+    Hello {
+        version: u32,
+        #[serde(default)]
+        agent: String,
+        #[serde(default)]
+        capabilities: Vec<String>,
+    },
+    /// Session 0 (or any): liveness check, answered with `pong` on the same session.
+    Ping,
+    Pong,
+    /// Opens an exec session: the agent answers `started` (or `error`), then streams
+    /// `Data`/`Stderr`/`Eof` frames and finally `exit`.
+    Exec(ExecRequest),
+    /// The process of an exec session was spawned.
+    Started {
+        pid: u32,
+    },
+    /// The process ended and its output was drained; the session is over.
+    Exit(ExitStatus),
+    /// PTY sessions: new window size.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// Deliver a signal (number) to the session's process group (the PTY's foreground
+    /// group in PTY mode).
+    Signal {
+        signal: i32,
+    },
+    /// Opens a file-write session: the host then sends `Data` chunks and `Eof`; the agent
+    /// answers `done` with the byte count once the file is complete.
+    FileWrite {
+        path: String,
+        mode: u32,
+        #[serde(default)]
+        uid: Option<u32>,
+        #[serde(default)]
+        gid: Option<u32>,
+    },
+    /// Opens a file-read session: the agent answers `file_info`, then `Data` chunks,
+    /// `Eof`, and `done`.
+    FileRead {
+        path: String,
+    },
+    FileInfo {
+        size: u64,
+        mode: u32,
+    },
+    /// A transfer (file write, file read, service log read) finished.
+    Done {
+        bytes: u64,
+    },
+    /// Creates or replaces a service; persisted in the guest, started now and at every boot.
+    ServiceDefine(ServiceSpec),
+    /// Stops and forgets a service.
+    ServiceRemove {
+        name: String,
+    },
+    /// Asks for the list of services; answered with `services`.
+    ServiceList,
+    Services {
+        services: Vec<ServiceStatus>,
+    },
+    /// Reads a service's log: like `file_read`, starting `tail` bytes before the end
+    /// (whole log when absent).
+    ServiceLogs {
+        name: String,
+        #[serde(default)]
+        tail: Option<u64>,
+    },
+    /// Stop services, sync, freeze/remount the root read-only, power off. Answered with
+    /// `ok` just before power-off (channel mode: the agent exits instead).
+    Shutdown,
+    /// Generic success answer.
+    Ok,
+    /// The request on this session failed; the session is closed. On session 0: a frame
+    /// could not be decoded.
+    Error {
+        message: String,
+    },
+    /// Host to agent: abandon this session (kill its process, stop its transfer).
+    Close,
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// Extra environment on top of the agent's default (`PATH`, `HOME`, `USER`, `TERM`).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory (default: the user's home, else `/`).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// User name or numeric uid (default: root).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Allocate a PTY of this size; stdout carries the terminal output, no stderr.
+    #[serde(default)]
+    pub tty: Option<TtySize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// How a process ended: an exit code, or the signal that killed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitStatus {
+    #[serde(default)]
+    pub code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The shell convention: the code, or 128 + signal.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 255,
+        }
+    }
+}
+
+/// A declared long-running process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// `[A-Za-z0-9_.-]{1,64}`, not starting with a dot: it names files in the guest.
+    pub name: String,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+impl ServiceSpec {
+    /// Whether `name` is safe as a file name.
+    pub fn valid_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 64
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    }
+}
+
+/// A service as the agent sees it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceStatus {
+    pub spec: ServiceSpec,
+    /// Pid of the running process, if any.
+    pub pid: Option<u32>,
+    /// How many times it was (re)started since the agent started.
+    pub starts: u32,
+    /// How the last run ended.
+    pub last_exit: Option<ExitStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_as_tagged_json() {
+        let msgs = vec![
+            Control::Hello {
+                version: 1,
+                agent: "x".into(),
+                capabilities: vec!["exec".into()],
+            },
+            Control::Exec(ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                env: vec![("A".into(), "b".into())],
+                cwd: Some("/tmp".into()),
+                user: Some("root".into()),
+                tty: Some(TtySize { rows: 24, cols: 80 }),
+            }),
+            Control::Exit(ExitStatus {
+                code: None,
+                signal: Some(9),
+            }),
+            Control::ServiceDefine(ServiceSpec {
+                name: "web".into(),
+                argv: vec!["httpd".into()],
+                ..Default::default()
+            }),
+            Control::Shutdown,
+            Control::Error {
+                message: "no".into(),
+            },
+        ];
+        for m in msgs {
+            let j = serde_json::to_vec(&m).unwrap();
+            assert_eq!(serde_json::from_slice::<Control>(&j).unwrap(), m);
+        }
+        let ping: Control = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
+        assert_eq!(ping, Control::Ping);
+    }
+
+    #[test]
+    fn unknown_types_and_fields_are_errors() {
+        assert!(serde_json::from_str::<Control>(r#"{"type":"launch"}"#).is_err());
+        assert!(serde_json::from_str::<Control>(r#"{"type":"exec","argv":[],"bogus":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<Control>(r#"{"type":"resize","rows":-1,"cols":2}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn service_names_are_file_safe() {
+        assert!(ServiceSpec::valid_name("web-1.api_x"));
+        for bad in ["", ".hidden", "a/b", "..", "x y", &"a".repeat(65)] {
+            assert!(!ServiceSpec::valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exit_status_shell_code() {
+        let s = ExitStatus {
+            code: None,
+            signal: Some(15),
+        };
+        assert_eq!(s.shell_code(), 143);
+        assert!(!s.success());
+    }
+}
