@@ -1,0 +1,340 @@
+//! Exec sessions: spawn a process (pipes or a PTY), stream stdin in and output out under
+//! flow control, report how it ended.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wisp_proto::{Control, ExecRequest, ExitStatus, Kind, CHUNK, INITIAL_WINDOW};
+
+use crate::channel::Credit;
+use crate::server::Agent;
+use crate::sys;
+use crate::users;
+
+/// After the process exits, how long its output may stay open (a background child holding
+/// the pipe) before the session ends anyway.
+const OUTPUT_GRACE: Duration = Duration::from_millis(1000);
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the reader thread needs to reach a running exec session.
+pub struct ExecHandle {
+    pub pid: i32,
+    pty: Option<OwnedFd>,
+    /// `Some(bytes)` to write, `None` to close stdin.
+    stdin: Mutex<Option<Sender<Option<Vec<u8>>>>>,
+    /// Stdin bytes received but not yet written (and so not yet granted back).
+    stdin_inflight: Arc<AtomicU64>,
+    pub credit: Arc<Credit>,
+}
+
+impl ExecHandle {
+    /// Queues stdin bytes; `Err` if the host overran the window it was granted.
+    pub fn stdin(&self, data: Vec<u8>) -> Result<(), String> {
+        let len = data.len() as u64;
+        let before = self.stdin_inflight.fetch_add(len, Ordering::SeqCst);
+        if before + len > INITIAL_WINDOW as u64 {
+            return Err(format!(
+                "stdin overran the flow-control window: `{}` bytes in flight",
+                before + len
+            ));
+        }
+        if let Some(tx) = &*self.stdin.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(Some(data));
+        }
+        Ok(())
+    }
+
+    pub fn close_stdin(&self) {
+        if let Some(tx) = self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(None);
+        }
+    }
+
+    pub fn resize(&self, rows: u16, cols: u16) -> io::Result<()> {
+        match &self.pty {
+            Some(m) => sys::set_winsize(m, rows, cols),
+            None => Ok(()),
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let group = self
+            .pty
+            .as_ref()
+            .and_then(sys::tcgetpgrp)
+            .unwrap_or(self.pid);
+        sys::kill_group(group, sig);
+    }
+
+    /// The host abandoned the session: kill the process, drop its output.
+    pub fn close(&self) {
+        self.credit.close();
+        self.close_stdin();
+        sys::kill_group(self.pid, libc::SIGKILL);
+    }
+}
+
+/// Builds the command for `argv` as `user`, with the agent's default environment.
+pub fn command(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: Option<&str>,
+    user: Option<&str>,
+    tty: bool,
+) -> io::Result<Command> {
+    let Some(prog) = argv.first() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty argv"));
+    };
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let u = match user {
+        Some(spec) => users::lookup(spec)?,
+        None if euid == 0 => users::User::root(),
+        None => users::User {
+            name: std::env::var("USER").unwrap_or_default(),
+            uid: euid,
+            // SAFETY: getegid has no preconditions.
+            gid: unsafe { libc::getegid() },
+            home: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
+            shell: "/bin/sh".into(),
+            groups: vec![],
+        },
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(&argv[1..]).env_clear();
+    cmd.env("PATH", DEFAULT_PATH)
+        .env("HOME", &u.home)
+        .env("USER", &u.name)
+        .env("LOGNAME", &u.name)
+        .env("SHELL", &u.shell);
+    if tty {
+        cmd.env("TERM", "xterm-256color");
+    }
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad environment variable `{k}`"),
+            ));
+        }
+        cmd.env(k, v);
+    }
+    let dir = match cwd {
+        Some(d) => d.to_string(),
+        None if std::path::Path::new(&u.home).is_dir() => u.home.clone(),
+        None => "/".into(),
+    };
+    cmd.current_dir(dir);
+    let switch_user = user.is_some() && u.uid != euid;
+    let groups: Vec<libc::gid_t> = u.groups.clone();
+    let (uid, gid) = (u.uid, u.gid);
+    // SAFETY: the closure only makes async-signal-safe system calls and does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A new session: the process leads its own group (signals reach the whole
+            // group) and can take a controlling terminal.
+            sys::cvt(libc::setsid())?;
+            if tty {
+                sys::cvt(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            }
+            if switch_user {
+                sys::cvt(libc::setgroups(groups.len(), groups.as_ptr()))?;
+                sys::cvt(libc::setgid(gid))?;
+                sys::cvt(libc::setuid(uid))?;
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// Spawns the process of session `session` and its pump threads.
+pub fn start(agent: &Arc<Agent>, session: u32, req: &ExecRequest) -> io::Result<Arc<ExecHandle>> {
+    let mut cmd = command(
+        &req.argv,
+        &req.env,
+        req.cwd.as_deref(),
+        req.user.as_deref(),
+        req.tty.is_some(),
+    )?;
+    let credit = Arc::new(Credit::default());
+    let inflight = Arc::new(AtomicU64::new(0));
+    let (stdin_tx, stdin_rx) = channel::<Option<Vec<u8>>>();
+
+    let (handle, outputs, stdin_fd, exit_rx) = if let Some(tty) = req.tty {
+        let (master, slave) = sys::openpty(tty.rows, tty.cols)?;
+        cmd.stdin(Stdio::from(slave.try_clone()?))
+            .stdout(Stdio::from(slave.try_clone()?))
+            .stderr(Stdio::from(slave));
+        let (child, exit_rx) = agent.reaper.spawn(&mut cmd)?;
+        let stdin_fd = master.try_clone()?;
+        let reader = master.try_clone()?;
+        let h = ExecHandle {
+            pid: child.id() as i32,
+            pty: Some(master),
+            stdin: Mutex::new(Some(stdin_tx)),
+            stdin_inflight: inflight.clone(),
+            credit: credit.clone(),
+        };
+        (h, vec![(reader, Kind::Data)], stdin_fd, exit_rx)
+    } else {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let (mut child, exit_rx) = agent.reaper.spawn(&mut cmd)?;
+        let missing = || io::Error::other("child pipes missing");
+        let stdin: OwnedFd = child.stdin.take().ok_or_else(missing)?.into();
+        let out: OwnedFd = child.stdout.take().ok_or_else(missing)?.into();
+        let err: OwnedFd = child.stderr.take().ok_or_else(missing)?.into();
+        let h = ExecHandle {
+            pid: child.id() as i32,
+            pty: None,
+            stdin: Mutex::new(Some(stdin_tx)),
+            stdin_inflight: inflight.clone(),
+            credit: credit.clone(),
+        };
+        (h, vec![(out, Kind::Data), (err, Kind::Stderr)], stdin, exit_rx)
+    };
+    // The parent's copies of the child's ends (PTY slave) must close now, or the output
+    // never reaches EOF.
+    drop(cmd);
+    let handle = Arc::new(handle);
+    agent.out.control(
+        session,
+        &Control::Started {
+            pid: handle.pid as u32,
+        },
+    );
+
+    let a = agent.clone();
+    let is_pty = req.tty.is_some();
+    std::thread::Builder::new()
+        .name(format!("stdin-{session}"))
+        .spawn(move || stdin_pump(&a, session, stdin_fd, stdin_rx, &inflight, is_pty))?;
+    let a = agent.clone();
+    std::thread::Builder::new()
+        .name(format!("exec-{session}"))
+        .spawn(move || {
+            let status = output_pump(&a, session, outputs, &credit, &exit_rx);
+            a.out.control(session, &Control::Exit(status));
+            a.finish(session);
+        })?;
+    Ok(handle)
+}
+
+fn stdin_pump(
+    agent: &Agent,
+    session: u32,
+    fd: OwnedFd,
+    rx: Receiver<Option<Vec<u8>>>,
+    inflight: &AtomicU64,
+    is_pty: bool,
+) {
+    let mut fd = Some(fd);
+    let mut broken = false;
+    while let Ok(msg) = rx.recv() {
+        let Some(data) = msg else {
+            // A PTY has no stdin to close: the terminal stays until the process ends.
+            if !is_pty {
+                fd = None;
+            }
+            continue;
+        };
+        if !broken {
+            if let Some(f) = &fd {
+                // The process stopped reading (EPIPE): drop the rest, keep granting.
+                broken = sys::write_all_fd(f.as_raw_fd(), &data).is_err();
+            }
+        }
+        inflight.fetch_sub(data.len() as u64, Ordering::SeqCst);
+        agent.out.window(session, data.len() as u32);
+    }
+}
+
+/// Forwards output until every stream hits EOF (or the grace period after exit runs out),
+/// then returns the exit status.
+fn output_pump(
+    agent: &Agent,
+    session: u32,
+    mut outputs: Vec<(OwnedFd, Kind)>,
+    credit: &Credit,
+    exit_rx: &Receiver<ExitStatus>,
+) -> ExitStatus {
+    let mut exit: Option<(ExitStatus, Instant)> = None;
+    let mut buf = vec![0u8; CHUNK];
+    let mut abandoned = false;
+    while !outputs.is_empty() {
+        let timeout = match &exit {
+            Some((_, at)) => {
+                let left = OUTPUT_GRACE.saturating_sub(at.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                left.as_millis() as i32
+            }
+            // Wake now and then to notice an exit while a background child holds the output.
+            None => 250,
+        };
+        let fds: Vec<i32> = outputs.iter().map(|(f, _)| f.as_raw_fd()).collect();
+        let revents = match sys::poll_read(&fds, timeout) {
+            Ok(r) => r,
+            Err(_) => break,
+        };
+        let mut closed = vec![];
+        for (i, ev) in revents.iter().enumerate() {
+            if *ev == 0 {
+                continue;
+            }
+            let want = if abandoned {
+                Some(CHUNK)
+            } else {
+                credit.take(CHUNK)
+            };
+            let Some(n) = want else {
+                abandoned = true;
+                continue;
+            };
+            let (fd, kind) = &outputs[i];
+            match sys::read_fd(fd.as_raw_fd(), &mut buf[..n]) {
+                Ok(0) | Err(_) => {
+                    if !abandoned {
+                        credit.give_back(n);
+                    }
+                    closed.push(i);
+                }
+                Ok(got) => {
+                    if !abandoned {
+                        credit.give_back(n - got);
+                        if agent.out.send_raw(*kind, session, &buf[..got]).is_err() {
+                            abandoned = true;
+                        }
+                    }
+                }
+            }
+        }
+        for i in closed.into_iter().rev() {
+            outputs.remove(i);
+        }
+        if exit.is_none() {
+            if let Ok(s) = exit_rx.try_recv() {
+                exit = Some((s, Instant::now()));
+            }
+        }
+    }
+    drop(outputs);
+    let _ = agent.out.send_raw(Kind::Eof, session, &[]);
+    match exit {
+        Some((s, _)) => s,
+        None => exit_rx.recv().unwrap_or(ExitStatus {
+            code: None,
+            signal: None,
+        }),
+    }
+}

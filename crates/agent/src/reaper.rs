@@ -1,0 +1,78 @@
+//! Reaps every child (as PID 1, also orphans re-parented to us) with `waitpid(-1)` and
+//! hands exit statuses to whoever spawned the process.
+//!
+//! Spawning happens under the same lock the reaper takes before looking a pid up, so an
+//! exit can never be reaped before its waiter is registered.
+
+use std::collections::HashMap;
+use std::io;
+use std::process::{Child, Command};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use wisp_proto::ExitStatus;
+
+#[derive(Default)]
+struct State {
+    waiters: HashMap<i32, Sender<ExitStatus>>,
+    /// Bumped at every spawn; wakes the reaper when it had no children.
+    generation: u64,
+}
+
+#[derive(Default)]
+pub struct Reaper {
+    state: Mutex<State>,
+    spawned: Condvar,
+}
+
+impl Reaper {
+    /// Starts the reaper thread.
+    pub fn start() -> Arc<Reaper> {
+        let r = Arc::new(Reaper::default());
+        let r2 = r.clone();
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || r2.run())
+            .expect("spawn reaper thread");
+        r
+    }
+
+    /// Spawns `cmd` and returns the child with a receiver of its exit status. Never call
+    /// `Child::wait` on it: the reaper owns reaping.
+    pub fn spawn(&self, cmd: &mut Command) -> io::Result<(Child, Receiver<ExitStatus>)> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let child = cmd.spawn()?;
+        let (tx, rx) = channel();
+        st.waiters.insert(child.id() as i32, tx);
+        st.generation += 1;
+        self.spawned.notify_all();
+        Ok((child, rx))
+    }
+
+    fn run(&self) {
+        loop {
+            let generation = self.state.lock().map(|s| s.generation).unwrap_or(0);
+            let mut status = 0;
+            // SAFETY: status is a valid out-pointer.
+            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if pid > 0 {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(tx) = st.waiters.remove(&pid) {
+                    let _ = tx.send(crate::sys::exit_status(status));
+                }
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ECHILD) {
+                // No children at all: sleep until the next spawn.
+                let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = self
+                    .spawned
+                    .wait_timeout_while(st, Duration::from_secs(5), |s| {
+                        s.generation == generation
+                    });
+            }
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The protocol server: reads frames from the channel, dispatches them to sessions.
+//! One reader thread; each session's blocking work runs on its own threads.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+
+use wisp_proto::{decode, Control, Decoded, Frame, Kind, CAPABILITIES, PROTOCOL_VERSION};
+
+use crate::channel::{Credit, Out};
+use crate::exec::{self, ExecHandle};
+use crate::files::{self, Writer};
+use crate::reaper::Reaper;
+use crate::services::Services;
+
+enum Session {
+    Exec(Arc<ExecHandle>),
+    Write(Writer),
+    Read(Arc<Credit>),
+}
+
+/// What `shutdown` does after services are stopped and data synced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OnShutdown {
+    /// PID 1: remount the root read-only and power the machine off.
+    PowerOff,
+    /// Channel mode: exit the agent process.
+    Exit,
+}
+
+pub struct Agent {
+    pub out: Out,
+    pub reaper: Arc<Reaper>,
+    pub services: Arc<Services>,
+    sessions: Mutex<HashMap<u32, Session>>,
+    on_shutdown: OnShutdown,
+}
+
+impl Agent {
+    pub fn new(
+        out: Out,
+        reaper: Arc<Reaper>,
+        services: Arc<Services>,
+        on_shutdown: OnShutdown,
+    ) -> Arc<Agent> {
+        Arc::new(Agent {
+            out,
+            reaper,
+            services,
+            sessions: Mutex::new(HashMap::new()),
+            on_shutdown,
+        })
+    }
+
+    /// A session's threads are done with it.
+    pub fn finish(&self, session: u32) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&session);
+    }
+
+    /// Serves frames from `r` until EOF, then abandons every open session (the host that
+    /// owned them is gone).
+    pub fn serve(self: &Arc<Self>, r: &mut dyn Read) -> io::Result<()> {
+        let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+        let mut tmp = vec![0u8; 256 * 1024];
+        // Report one error per run of garbage, not one per skipped byte.
+        let mut in_garbage = false;
+        let result = loop {
+            let n = match r.read(&mut tmp) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e),
+            };
+            buf.extend_from_slice(&tmp[..n]);
+            let mut pos = 0;
+            loop {
+                match decode(&buf[pos..]) {
+                    Decoded::Frame(f, used) => {
+                        pos += used;
+                        in_garbage = false;
+                        self.handle(f);
+                    }
+                    Decoded::Incomplete => break,
+                    Decoded::Garbage { skip, error } => {
+                        pos += skip;
+                        if !in_garbage {
+                            self.out.error(0, format!("bad frame, resynchronising: {error}"));
+                            in_garbage = true;
+                        }
+                    }
+                }
+            }
+            buf.drain(..pos);
+        };
+        self.abandon_all();
+        result
+    }
+
+    fn abandon_all(&self) {
+        let all: Vec<(u32, Session)> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (_, s) in all {
+            close_session(s);
+        }
+    }
+
+    /// Ends `session` with an error answer.
+    fn fail(&self, session: u32, message: String) {
+        let s = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&session);
+        if let Some(s) = s {
+            close_session(s);
+        }
+        self.out.error(session, message);
+    }
+
+    fn handle(self: &Arc<Self>, f: Frame) {
+        let s = f.session;
+        match f.kind {
+            Kind::Control => match f.to_control() {
+                Ok(msg) => self.control(s, msg),
+                Err(e) => self.fail(s, format!("bad control message: {e}")),
+            },
+            Kind::Data => self.data(s, f.payload),
+            Kind::Eof => self.eof(s),
+            Kind::Window => {
+                let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                match sessions.get(&s) {
+                    Some(Session::Exec(h)) => h.credit.grant(f.window_bytes()),
+                    Some(Session::Read(c)) => c.grant(f.window_bytes()),
+                    // A grant racing with the end of a session is normal.
+                    _ => {}
+                }
+            }
+            Kind::Stderr => self.fail(s, "stderr frames only go from agent to host".into()),
+        }
+    }
+
+    fn data(&self, s: u32, payload: Vec<u8>) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let err = match sessions.get_mut(&s) {
+            Some(Session::Exec(h)) => h.stdin(payload).err(),
+            Some(Session::Write(w)) => match w.write(&payload) {
+                Ok(()) => {
+                    self.out.window(s, payload.len() as u32);
+                    None
+                }
+                Err(e) => Some(format!("writing file: {e}")),
+            },
+            Some(Session::Read(_)) => Some("data frame on a read session".into()),
+            None => Some(format!("data frame for session `{s}`, which is not open")),
+        };
+        drop(sessions);
+        if let Some(e) = err {
+            self.fail(s, e);
+        }
+    }
+
+    fn eof(&self, s: u32) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.remove(&s) {
+            Some(Session::Exec(h)) => {
+                h.close_stdin();
+                sessions.insert(s, Session::Exec(h));
+            }
+            Some(Session::Write(w)) => {
+                drop(sessions);
+                match w.finish() {
+                    Ok(bytes) => self.out.control(s, &Control::Done { bytes }),
+                    Err(e) => self.out.error(s, format!("completing file: {e}")),
+                }
+            }
+            Some(other) => {
+                sessions.insert(s, other);
+                drop(sessions);
+                self.fail(s, "eof frame on a read session".into());
+            }
+            None => {
+                drop(sessions);
+                self.out
+                    .error(s, format!("eof frame for session `{s}`, which is not open"));
+            }
+        }
+    }
+
+    fn control(self: &Arc<Self>, s: u32, msg: Control) {
+        match msg {
+            Control::Ping => return self.out.control(s, &Control::Pong),
+            Control::Hello { version, .. } if s == 0 => {
+                if version == PROTOCOL_VERSION {
+                    self.out.control(
+                        0,
+                        &Control::Hello {
+                            version: PROTOCOL_VERSION,
+                            agent: format!("wisp-agent {}", env!("CARGO_PKG_VERSION")),
+                            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+                        },
+                    );
+                } else {
+                    self.out.error(
+                        0,
+                        format!(
+                            "protocol version `{version}` is not supported; this agent speaks {PROTOCOL_VERSION}"
+                        ),
+                    );
+                }
+                return;
+            }
+            _ if s == 0 => {
+                return self
+                    .out
+                    .error(0, format!("unexpected message on session 0: {msg:?}"))
+            }
+            _ => {}
+        }
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = sessions.get(&s) {
+            let err = match (existing, msg) {
+                (Session::Exec(h), Control::Resize { rows, cols }) => {
+                    h.resize(rows, cols).err().map(|e| format!("resize: {e}"))
+                }
+                (Session::Exec(h), Control::Signal { signal }) => {
+                    if (1..=64).contains(&signal) {
+                        h.signal(signal);
+                        None
+                    } else {
+                        Some(format!("bad signal number `{signal}`"))
+                    }
+                }
+                (_, Control::Close) => {
+                    if let Some(old) = sessions.remove(&s) {
+                        close_session(old);
+                    }
+                    None
+                }
+                (_, other) => Some(format!("unexpected {other:?} on open session `{s}`")),
+            };
+            drop(sessions);
+            if let Some(e) = err {
+                self.fail(s, e);
+            }
+            return;
+        }
+        // A new session. The map stays locked while it starts so that a session that ends
+        // at once cannot be removed before it is inserted.
+        let started: Result<Option<Session>, String> = match msg {
+            Control::Exec(req) => exec::start(self, s, &req)
+                .map(|h| Some(Session::Exec(h)))
+                .map_err(|e| format!("exec `{}`: {e}", req.argv.first().map(String::as_str).unwrap_or(""))),
+            Control::FileWrite {
+                path,
+                mode,
+                uid,
+                gid,
+            } => files::open_write(s, &path, mode, uid, gid)
+                .map(|w| Some(Session::Write(w)))
+                .map_err(|e| format!("open `{path}` for writing: {e}")),
+            Control::FileRead { path } => files::start_read(self, s, &path, None)
+                .map(|c| Some(Session::Read(c)))
+                .map_err(|e| format!("read `{path}`: {e}")),
+            Control::ServiceLogs { name, tail } => self
+                .services
+                .log_path(&name)
+                .and_then(|p| files::start_read(self, s, &p.to_string_lossy(), tail))
+                .map(|c| Some(Session::Read(c)))
+                .map_err(|e| format!("logs of service `{name}`: {e}")),
+            Control::ServiceDefine(spec) => {
+                let name = spec.name.clone();
+                self.services
+                    .define(spec)
+                    .map(|()| {
+                        self.out.control(s, &Control::Ok);
+                        None
+                    })
+                    .map_err(|e| format!("define service `{name}`: {e}"))
+            }
+            Control::ServiceRemove { name } => self
+                .services
+                .remove(&name)
+                .map(|()| {
+                    self.out.control(s, &Control::Ok);
+                    None
+                })
+                .map_err(|e| format!("remove service `{name}`: {e}")),
+            Control::ServiceList => {
+                let services = self.services.list();
+                self.out.control(s, &Control::Services { services });
+                Ok(None)
+            }
+            Control::Shutdown => {
+                let me = self.clone();
+                let _ = std::thread::Builder::new()
+                    .name("shutdown".into())
+                    .spawn(move || me.shutdown(s));
+                Ok(None)
+            }
+            // Closing a session that already ended is not an error.
+            Control::Close => Ok(None),
+            other => Err(format!("unexpected {other:?} to open session `{s}`")),
+        };
+        match started {
+            Ok(Some(sess)) => {
+                sessions.insert(s, sess);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                drop(sessions);
+                self.out.error(s, e);
+            }
+        }
+    }
+
+    fn shutdown(&self, s: u32) {
+        self.services.stop_all();
+        // SAFETY: sync has no preconditions.
+        unsafe { libc::sync() };
+        match self.on_shutdown {
+            OnShutdown::Exit => {
+                self.out.control(s, &Control::Ok);
+                std::process::exit(0);
+            }
+            OnShutdown::PowerOff => crate::init::power_off(&self.out, s),
+        }
+    }
+}
+
+fn close_session(s: Session) {
+    match s {
+        Session::Exec(h) => h.close(),
+        Session::Write(w) => w.abort(),
+        Session::Read(c) => c.close(),
+    }
+}
