@@ -9,6 +9,19 @@ use std::io;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+mod error;
+mod file_device;
+mod handshake;
+mod listen;
+pub mod protocol;
+mod server;
+mod transmission;
+
+pub use error::NbdError;
+pub use file_device::FileDevice;
+pub use listen::Listen;
+pub use server::{BoundServer, Server};
+
 /// A block device the NBD server exports. Offsets and lengths are in bytes and
 /// are checked against [`BlockDevice::size`] by the server before any call.
 ///
@@ -25,6 +38,17 @@ pub trait BlockDevice: Send + Sync + 'static {
     }
     /// Whether the device refuses writes.
     fn read_only(&self) -> bool {
+        false
+    }
+    /// Smallest unit the device accepts (a power of two, at most 64 KiB). The
+    /// server advertises it and refuses requests not aligned to it with EINVAL;
+    /// the default, 1, means any byte range works.
+    fn min_block_size(&self) -> u32 {
+        1
+    }
+    /// Whether a flush on one connection also makes writes completed on other
+    /// connections durable (advertised as `NBD_FLAG_CAN_MULTI_CONN`).
+    fn can_multi_conn(&self) -> bool {
         false
     }
     /// Reads `len` bytes at `offset`.

@@ -1,0 +1,177 @@
+//! A [`BlockDevice`] over a regular file: positioned reads and writes on the
+//! blocking pool, `fdatasync` for flush and FUA, hole punching for trim.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::BlockDevice;
+
+/// A file exported as a block device. The file's length is the device size.
+pub struct FileDevice {
+    file: Arc<File>,
+    size: u64,
+    read_only: bool,
+}
+
+impl FileDevice {
+    /// Opens an existing file; its current length is the device size.
+    pub fn open(path: &Path, read_only: bool) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            file: Arc::new(file),
+            size,
+            read_only,
+        })
+    }
+
+    /// Creates (or truncates) a sparse file of `size` bytes.
+    pub fn create(path: &Path, size: u64) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.set_len(size)?;
+        Ok(Self {
+            file: Arc::new(file),
+            size,
+            read_only: false,
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&File) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || f(&file))
+            .await
+            .map_err(io::Error::other)?
+    }
+}
+
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u32) -> io::Result<()> {
+    let off = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: fallocate only reads its scalar arguments; the fd is owned by `file`
+    // and stays open for the duration of the call.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, libc::off_t::from(len)) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Writes zeros the slow way, for file systems without fallocate modes.
+fn write_zero_buffers(file: &File, mut offset: u64, len: u32) -> io::Result<()> {
+    let zeros = vec![0u8; (len as usize).min(1 << 20)];
+    let mut left = len as usize;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        file.write_all_at(&zeros[..n], offset)?;
+        offset += n as u64;
+        left -= n;
+    }
+    Ok(())
+}
+
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+    )
+}
+
+#[async_trait]
+impl BlockDevice for FileDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn can_multi_conn(&self) -> bool {
+        // One file, one page cache: fdatasync covers every connection's writes.
+        true
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> io::Result<Bytes> {
+        self.blocking(move |f| {
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> io::Result<()> {
+        self.blocking(move |f| {
+            f.write_all_at(&data, offset)?;
+            if fua {
+                f.sync_data()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        self.blocking(|f| f.sync_data()).await
+    }
+
+    async fn trim(&self, offset: u64, len: u32) -> io::Result<()> {
+        self.blocking(move |f| {
+            match fallocate(
+                f,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            ) {
+                Err(e) if unsupported(&e) => write_zero_buffers(f, offset, len),
+                r => r,
+            }
+        })
+        .await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> io::Result<()> {
+        self.blocking(move |f| {
+            let r = fallocate(
+                f,
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            );
+            match r {
+                Err(e) if unsupported(&e) => {
+                    match fallocate(
+                        f,
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        offset,
+                        len,
+                    ) {
+                        Err(e) if unsupported(&e) => write_zero_buffers(f, offset, len)?,
+                        r => r?,
+                    }
+                }
+                r => r?,
+            }
+            if fua {
+                f.sync_data()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,321 @@
+//! The transmission phase: reads requests in a loop, runs each as its own task
+//! (bounded in number and bytes), and writes replies through one writer task so
+//! they may complete out of order.
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::handshake::block_sizes;
+use crate::protocol::{self as p, Command, ExportLimits, RequestHeader};
+use crate::{BlockDevice, NbdError};
+
+/// Requests one connection may have in flight; more wait until one completes.
+pub(crate) const MAX_IN_FLIGHT: u32 = 64;
+/// Payload bytes (write data in, read data out) one connection may hold at once.
+pub(crate) const MAX_IN_FLIGHT_BYTES: u32 = 4 * p::MAX_REQUEST_LEN;
+/// Replies with data up to this size are copied next to their header so a
+/// batch of small replies goes out in one write; bigger ones are written
+/// vectored (header + data in one call) without a copy.
+const COPY_LIMIT: usize = 64 * 1024;
+
+/// A reply on its way to the writer task; dropping it releases its permits.
+struct Reply {
+    cookie: u64,
+    error: u32,
+    data: Option<Bytes>,
+    _slot: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// Serves requests until the client disconnects, sends garbage, or `cancel`
+/// fires; in-flight requests always finish and get their replies first.
+pub(crate) async fn serve<R, W>(
+    reader: R,
+    writer: W,
+    dev: Arc<dyn BlockDevice>,
+    cancel: CancellationToken,
+) -> Result<(), NbdError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT as usize));
+    let bytes = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES as usize));
+    let (tx, rx) = mpsc::unbounded_channel::<Reply>();
+    // A failed write means the client is gone: stop reading requests too.
+    let writer_failed = CancellationToken::new();
+    let writer_task = tokio::spawn(write_replies(writer, rx, writer_failed.clone()));
+
+    let limits = ExportLimits {
+        size: dev.size(),
+        read_only: dev.read_only(),
+        min_block: block_sizes(dev.as_ref()).0,
+    };
+    let mut reader = BufReader::with_capacity(256 * 1024, reader);
+    let result = read_loop(
+        &mut reader,
+        &dev,
+        limits,
+        &slots,
+        &bytes,
+        &tx,
+        &cancel,
+        &writer_failed,
+    )
+    .await;
+
+    // Wait for every request still running: each holds a slot until its reply
+    // has been written (or dropped because the writer failed).
+    tokio::select! {
+        _ = slots.acquire_many(MAX_IN_FLIGHT) => {}
+        _ = writer_failed.cancelled() => {}
+    }
+    drop(tx);
+    match writer_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "nbd reply writer stopped"),
+        Err(e) => warn!(error = %e, "nbd reply writer panicked"),
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    dev: &Arc<dyn BlockDevice>,
+    limits: ExportLimits,
+    slots: &Arc<Semaphore>,
+    bytes: &Arc<Semaphore>,
+    tx: &mpsc::UnboundedSender<Reply>,
+    cancel: &CancellationToken,
+    writer_failed: &CancellationToken,
+) -> Result<(), NbdError> {
+    let mut hdr = [0u8; p::REQUEST_HEADER_LEN];
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("semaphore is never closed"),
+            _ = cancel.cancelled() => return Ok(()),
+            _ = writer_failed.cancelled() => return Ok(()),
+        };
+        tokio::select! {
+            r = reader.read_exact(&mut hdr) => match r {
+                Ok(_) => {}
+                // Hanging up without NBD_CMD_DISC is common (and harmless).
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+            _ = cancel.cancelled() => return Ok(()),
+            _ = writer_failed.cancelled() => return Ok(()),
+        }
+        let h = RequestHeader::parse(&hdr).map_err(|m| NbdError::BadMagic { magic: m.0 })?;
+        let cmd = match p::validate(&h, limits) {
+            Ok(cmd) => cmd,
+            Err(errno) => {
+                if h.kind == p::CMD_WRITE {
+                    skip_payload(reader, h.length).await?;
+                }
+                debug!(
+                    cookie = h.cookie,
+                    kind = h.kind,
+                    errno,
+                    "nbd request refused"
+                );
+                send(tx, h.cookie, errno, None, slot, None);
+                continue;
+            }
+        };
+        let budget = match cmd {
+            Command::Read { len, .. } | Command::Write { len, .. } if len > 0 => Some(
+                bytes
+                    .clone()
+                    .acquire_many_owned(len)
+                    .await
+                    .expect("semaphore is never closed"),
+            ),
+            _ => None,
+        };
+        let payload = match cmd {
+            Command::Disconnect => return Ok(()),
+            Command::Write { len, .. } => Some(read_payload(reader, len).await?),
+            _ => None,
+        };
+        let dev = dev.clone();
+        let tx = tx.clone();
+        let cookie = h.cookie;
+        tokio::spawn(async move {
+            let (error, data) = match run(dev.as_ref(), cmd, payload).await {
+                Ok(data) => (0, data),
+                Err(e) => {
+                    debug!(cookie, ?cmd, error = %e, "nbd request failed");
+                    (p::errno_for(e.kind()), None)
+                }
+            };
+            send(&tx, cookie, error, data, slot, budget);
+        });
+    }
+}
+
+fn send(
+    tx: &mpsc::UnboundedSender<Reply>,
+    cookie: u64,
+    error: u32,
+    data: Option<Bytes>,
+    slot: OwnedSemaphorePermit,
+    budget: Option<OwnedSemaphorePermit>,
+) {
+    // If the writer is gone the connection is closing; the reply is moot.
+    let _ = tx.send(Reply {
+        cookie,
+        error,
+        data,
+        _slot: slot,
+        _bytes: budget,
+    });
+}
+
+/// Runs one validated command against the device.
+async fn run(
+    dev: &dyn BlockDevice,
+    cmd: Command,
+    payload: Option<Bytes>,
+) -> io::Result<Option<Bytes>> {
+    match cmd {
+        Command::Read { len: 0, .. } => Ok(Some(Bytes::new())),
+        Command::Read { offset, len } => {
+            let data = dev.read(offset, len).await?;
+            // A simple reply's length is implied by the request: sending any
+            // other amount would desynchronise the stream.
+            if data.len() != len as usize {
+                return Err(io::Error::other(format!(
+                    "device returned {} bytes for a read of {len}",
+                    data.len()
+                )));
+            }
+            Ok(Some(data))
+        }
+        Command::Write { len: 0, .. } => Ok(None),
+        Command::Write { offset, fua, .. } => {
+            dev.write(offset, payload.unwrap_or_default(), fua).await?;
+            Ok(None)
+        }
+        Command::Flush => dev.flush().await.map(|_| None),
+        Command::Trim { len: 0, .. } => Ok(None),
+        Command::Trim { offset, len } => dev.trim(offset, len).await.map(|_| None),
+        Command::WriteZeroes { len: 0, .. } => Ok(None),
+        Command::WriteZeroes { offset, len, fua } => {
+            dev.write_zeroes(offset, len, fua).await.map(|_| None)
+        }
+        Command::Disconnect => Ok(None),
+    }
+}
+
+/// Reads a write payload without zero-filling the buffer first.
+async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> io::Result<Bytes> {
+    let len = len as usize;
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let want = (len - buf.len()) as u64;
+        if (&mut *reader).take(want).read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Consumes the payload of a refused write so the stream stays in sync. Writes
+/// beyond the size cap are not skipped: the client broke the advertised limit,
+/// and reading gigabytes to throw away is not worth it, so the connection closes.
+async fn skip_payload<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> Result<(), NbdError> {
+    if len > p::MAX_REQUEST_LEN {
+        return Err(NbdError::RequestTooLarge {
+            length: len,
+            limit: p::MAX_REQUEST_LEN,
+        });
+    }
+    let n = tokio::io::copy(
+        &mut (&mut *reader).take(u64::from(len)),
+        &mut tokio::io::sink(),
+    )
+    .await?;
+    if n != u64::from(len) {
+        return Err(NbdError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(())
+}
+
+/// The single writer: batches whatever replies are ready into as few writes as
+/// possible, then flushes.
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<Reply>,
+    failed: CancellationToken,
+) -> io::Result<()> {
+    let result = async {
+        let mut buf: Vec<u8> = Vec::with_capacity(COPY_LIMIT * 2);
+        // Replies stay alive (holding their permits) until written.
+        let mut written: Vec<Reply> = Vec::with_capacity(MAX_IN_FLIGHT as usize);
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            while let Some(reply) = next {
+                buf.extend_from_slice(&p::encode_simple_reply(reply.error, reply.cookie));
+                match &reply.data {
+                    Some(d) if d.len() > COPY_LIMIT => {
+                        write_all_vectored(&mut w, &buf, d).await?;
+                        buf.clear();
+                    }
+                    Some(d) => buf.extend_from_slice(d),
+                    None => {}
+                }
+                written.push(reply);
+                if buf.len() >= COPY_LIMIT {
+                    w.write_all(&buf).await?;
+                    buf.clear();
+                    written.clear();
+                }
+                next = rx.try_recv().ok();
+            }
+            if !buf.is_empty() {
+                w.write_all(&buf).await?;
+                buf.clear();
+            }
+            w.flush().await?;
+            written.clear();
+        }
+        w.shutdown().await
+    }
+    .await;
+    if result.is_err() {
+        failed.cancel();
+    }
+    result
+}
+
+/// Writes `head` then `data` with as few syscalls as the socket allows.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    head: &[u8],
+    data: &[u8],
+) -> io::Result<()> {
+    let (mut h, mut d) = (head, data);
+    while !h.is_empty() {
+        let n = w
+            .write_vectored(&[IoSlice::new(h), IoSlice::new(d)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < h.len() {
+            h = &h[n..];
+        } else {
+            d = &d[n - h.len()..];
+            h = &[];
+        }
+    }
+    w.write_all(d).await
+}
