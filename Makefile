@@ -39,3 +39,10 @@ fmt:
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## make bench: measure wisp against references in one run (table on stdout, JSON in
+## target/bench/results.json; see docs/PERFORMANCE.md). `make bench BENCH_FLAGS=--quick`
+## is a short smoke run; `BENCH_FLAGS=--vm` adds the VM figures.
+bench: test-deps build
+	$(CARGO) build --release -p wisp-bench
+	./target/release/wisp-bench $(BENCH_FLAGS)
