@@ -603,6 +603,55 @@ mod tests {
         assert_eq!(errno_for(K::UnexpectedEof), EIO);
     }
 
+    /// Seeded pseudo-random inputs to every parser: no panic, and whatever
+    /// `validate` accepts really is inside the export.
+    #[test]
+    fn parsers_survive_random_bytes() {
+        let mut x: u64 = 0x243f_6a88_85a3_08d3;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..100_000u32 {
+            let mut b = [0u8; 64];
+            for c in b.chunks_mut(8) {
+                c.copy_from_slice(&next().to_le_bytes());
+            }
+            if i % 2 == 0 {
+                b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+                b[6] = 0;
+                b[7] %= 10;
+            }
+            let hb: &[u8; REQUEST_HEADER_LEN] = b[..REQUEST_HEADER_LEN].try_into().unwrap();
+            if let Ok(h) = RequestHeader::parse(hb) {
+                assert_eq!(RequestHeader::parse(&h.encode()), Ok(h));
+                let limits = ExportLimits {
+                    size: next() >> (next() % 64),
+                    read_only: i % 3 == 0,
+                    min_block: 1 << (i % 10),
+                };
+                match validate(&h, limits) {
+                    Ok(Command::Read { offset, len })
+                    | Ok(Command::Write { offset, len, .. })
+                    | Ok(Command::Trim { offset, len })
+                    | Ok(Command::WriteZeroes { offset, len, .. }) => {
+                        assert!(offset + u64::from(len) <= limits.size);
+                        assert!(len <= MAX_REQUEST_LEN || h.kind >= CMD_TRIM);
+                    }
+                    Ok(_) => {}
+                    Err(e) => assert!([EINVAL, ENOSPC, EPERM].contains(&e)),
+                }
+            }
+            let ob: &[u8; OPTION_HEADER_LEN] = b[..OPTION_HEADER_LEN].try_into().unwrap();
+            let _ = OptionHeader::parse(ob);
+            let n = (next() % 64) as usize;
+            let _ = GoRequest::parse(&b[..n]);
+            let _ = parse_name(&b[..n]);
+        }
+    }
+
     #[test]
     fn read_only_exports_do_not_advertise_writes() {
         let f = transmission_flags(true, false);

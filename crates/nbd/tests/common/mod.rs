@@ -86,10 +86,12 @@ impl TestServer {
         self.listen.export_uri(export)
     }
 
-    /// Asks the server to shut down and waits for it to finish.
-    pub async fn stop(mut self) {
+    /// Asks the server to shut down and waits for it to finish; returns the
+    /// temporary folder so a test can still inspect the image.
+    pub async fn stop(mut self) -> TempDir {
         let _ = self.shutdown.take().unwrap().send(());
         self.task.await.unwrap().unwrap();
+        self.dir
     }
 
     pub async fn connect(&self) -> RawClient {
