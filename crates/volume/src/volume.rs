@@ -1,0 +1,1144 @@
+//! An open, writable volume: the local cache file and chunk states, the
+//! in-memory block map, read-through fetches with prefetch, the background
+//! uploader, checkpoint/restore/diff, and the NBD `BlockDevice` face.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::sync::oneshot;
+
+use crate::config::{CheckpointInfo, Compression, Durability, SyncReport, VolumeInfo};
+use crate::error::{to_io, VolumeError};
+use crate::meta::{self, now, poisoned, Meta, Op, FLAG_ZERO, FLAG_ZSTD};
+use crate::store::{Extent, Store};
+
+/// Chunks packed into one segment object at most (64 x 256 KiB = 16 MiB).
+const CHUNKS_PER_SEGMENT: usize = 64;
+/// Segments uploaded in parallel.
+const UPLOAD_PARALLELISM: usize = 4;
+/// Chunks fetched ahead of a sequential reader.
+const PREFETCH: u64 = 8;
+/// Metadata logs between two full snapshots.
+const LOGS_PER_SNAPSHOT: u32 = 32;
+
+/// A locally cached chunk (absent chunks have no entry).
+#[derive(Debug)]
+struct Chunk {
+    dirty: bool,
+    /// Bumped when a write completes; the uploader marks a chunk clean only
+    /// if it is unchanged since it read the data.
+    gen: u64,
+    writers: u32,
+    readers: u32,
+    tick: u64,
+}
+
+#[derive(Default)]
+struct State {
+    chunks: HashMap<u64, Chunk>,
+    map: HashMap<u64, Extent>,
+    head: i64,
+    tick: u64,
+    /// Clean chunks by last use, oldest first.
+    lru: BTreeMap<u64, u64>,
+    inflight: HashMap<u64, Vec<oneshot::Sender<Result<(), String>>>>,
+    /// Dirty chunks not yet recorded in the local database.
+    unpersisted: HashSet<u64>,
+    last_read: Option<u64>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) info: VolumeInfo,
+    dir: PathBuf,
+    chunk: u64,
+    meta: Mutex<Meta>,
+    file: File,
+    state: Mutex<State>,
+    /// Writes and reads take it shared; checkpoint/restore exclusively.
+    gate: tokio::sync::RwLock<()>,
+    upload: tokio::sync::Mutex<u32>,
+    next_segment: AtomicI64,
+    closed: AtomicBool,
+    lock_file: Mutex<Option<File>>,
+    token: String,
+    wake: tokio::sync::Notify,
+}
+
+/// An open volume. Cheap to clone; the writer lease is held until [`Volume::close`].
+#[derive(Clone)]
+pub struct Volume {
+    inner: Arc<Inner>,
+}
+
+enum Presence {
+    /// Cached locally; a reader pin was taken.
+    Cached,
+    /// Reads as zeros (unmapped, trimmed, or beyond the data).
+    Zero,
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, VolumeError> {
+    m.lock().map_err(|_| poisoned())
+}
+
+fn punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a descriptor we own; the range is within i64.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as i64,
+            len as i64,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl Volume {
+    /// Called by `Store::open_volume` once the lease is held and the
+    /// metadata database is current.
+    pub(crate) async fn start(
+        store: Store,
+        info: VolumeInfo,
+        dir: PathBuf,
+        meta: Meta,
+        lock_file: File,
+        token: String,
+    ) -> Result<Volume, VolumeError> {
+        let cache_path = dir.join("cache");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&cache_path)
+            .map_err(|e| VolumeError::io(cache_path.display(), e))?;
+        let dirty = meta.dirty_chunks()?;
+        let head = meta.head()?;
+        let chunk = info.chunk_size;
+        // Clean cached chunks are not trusted across restarts (an unclean
+        // shutdown may have torn them): only chunks recorded dirty survive.
+        let ioerr = |e| VolumeError::io(cache_path.display(), e);
+        if dirty.is_empty() {
+            file.set_len(0).map_err(ioerr)?;
+        } else {
+            let set: HashSet<u64> = dirty.iter().copied().collect();
+            let nchunks = info.size.div_ceil(chunk);
+            let mut c = 0;
+            while c < nchunks {
+                if set.contains(&c) {
+                    c += 1;
+                    continue;
+                }
+                let start = c;
+                while c < nchunks && !set.contains(&c) {
+                    c += 1;
+                }
+                punch(&file, start * chunk, (c - start) * chunk).map_err(ioerr)?;
+            }
+        }
+        file.set_len(info.size).map_err(ioerr)?;
+        let mut state = State {
+            head,
+            ..State::default()
+        };
+        for c in dirty {
+            state.chunks.insert(
+                c,
+                Chunk {
+                    dirty: true,
+                    gen: 1,
+                    writers: 0,
+                    readers: 0,
+                    tick: 0,
+                },
+            );
+        }
+        state.map = store.materialise(&info.id, &meta, head, &dir).await?;
+        let next_segment = meta.next_id("segments")?;
+        let inner = Arc::new(Inner {
+            store,
+            info,
+            dir,
+            chunk,
+            meta: Mutex::new(meta),
+            file,
+            state: Mutex::new(state),
+            gate: tokio::sync::RwLock::new(()),
+            upload: tokio::sync::Mutex::new(0),
+            next_segment: AtomicI64::new(next_segment),
+            closed: AtomicBool::new(false),
+            lock_file: Mutex::new(Some(lock_file)),
+            token,
+            wake: tokio::sync::Notify::new(),
+        });
+        tokio::spawn(background(Arc::downgrade(&inner)));
+        Ok(Volume { inner })
+    }
+
+    pub fn info(&self) -> VolumeInfo {
+        self.inner.info.clone()
+    }
+
+    /// Freezes the current state as checkpoint `v<N>`: uploads dirty data,
+    /// then records the checkpoint and starts a new empty head layer.
+    pub async fn checkpoint(&self, comment: Option<String>) -> Result<CheckpointInfo, VolumeError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let _gate = inner.gate.write().await;
+        inner.sync_inner().await?;
+        let _up = inner.upload.lock().await;
+        let created = now();
+        let (num, new_layer) = {
+            let mut meta = lock(&inner.meta)?;
+            let num = meta.next_id("checkpoints")?;
+            let new_layer = meta.next_id("layers")?;
+            let head = meta.head()?;
+            meta.commit(&[
+                Op::Checkpoint {
+                    num,
+                    layer: head,
+                    created,
+                    comment: comment.clone(),
+                },
+                Op::AddLayer {
+                    id: new_layer,
+                    parent_volume: None,
+                    parent_layer: Some(head),
+                    created,
+                },
+                Op::SetInfo {
+                    key: "head".into(),
+                    value: new_layer.to_string(),
+                },
+            ])?;
+            (num, new_layer)
+        };
+        lock(&inner.state)?.head = new_layer;
+        inner.ship_snapshot().await?;
+        Ok(CheckpointInfo {
+            id: format!("v{num}"),
+            created,
+            comment,
+        })
+    }
+
+    pub async fn checkpoints(&self) -> Result<Vec<CheckpointInfo>, VolumeError> {
+        let meta = lock(&self.inner.meta)?;
+        Ok(meta
+            .checkpoints()?
+            .into_iter()
+            .map(|(num, _, created, comment)| CheckpointInfo {
+                id: format!("v{num}"),
+                created,
+                comment,
+            })
+            .collect())
+    }
+
+    fn checkpoint_layer(&self, checkpoint: &str) -> Result<i64, VolumeError> {
+        lock(&self.inner.meta)?
+            .checkpoint_layer(checkpoint)?
+            .ok_or_else(|| VolumeError::CheckpointNotFound {
+                volume: self.inner.info.name.clone(),
+                checkpoint: checkpoint.to_string(),
+            })
+    }
+
+    /// Makes the volume's current state equal to `checkpoint`. Changes since
+    /// the last checkpoint are discarded; every checkpoint stays available.
+    pub async fn restore(&self, checkpoint: &str) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let target = self.checkpoint_layer(checkpoint)?;
+        let _gate = inner.gate.write().await;
+        let _up = inner.upload.lock().await;
+        let new_layer = {
+            let mut meta = lock(&inner.meta)?;
+            let old_head = meta.head()?;
+            let new_layer = meta.next_id("layers")?;
+            meta.commit(&[
+                Op::DropLayer { layer: old_head },
+                Op::AddLayer {
+                    id: new_layer,
+                    parent_volume: None,
+                    parent_layer: Some(target),
+                    created: now(),
+                },
+                Op::SetInfo {
+                    key: "head".into(),
+                    value: new_layer.to_string(),
+                },
+            ])?;
+            let dirty = meta.dirty_chunks()?;
+            meta.update_dirty(&[], &dirty)?;
+            new_layer
+        };
+        let map = inner.layer_map(new_layer).await?;
+        {
+            let mut st = lock(&inner.state)?;
+            st.chunks.clear();
+            st.lru.clear();
+            st.unpersisted.clear();
+            st.map = map;
+            st.head = new_layer;
+            let path = inner.dir.join("cache");
+            inner
+                .file
+                .set_len(0)
+                .and_then(|_| inner.file.set_len(inner.info.size))
+                .map_err(|e| VolumeError::io(path.display(), e))?;
+        }
+        inner.ship_snapshot().await
+    }
+
+    /// Byte ranges (chunk granularity, merged) that differ between checkpoint
+    /// `from` and checkpoint `to`, or the current state when `to` is `None`.
+    pub async fn diff(&self, from: &str, to: Option<&str>) -> Result<Vec<Range<u64>>, VolumeError> {
+        let inner = &self.inner;
+        let a_layer = self.checkpoint_layer(from)?;
+        let a = inner.layer_map(a_layer).await?;
+        let (b, dirty): (HashMap<u64, Extent>, Vec<u64>) = match to {
+            Some(to) => {
+                let layer = self.checkpoint_layer(to)?;
+                (inner.layer_map(layer).await?, Vec::new())
+            }
+            None => {
+                let st = lock(&inner.state)?;
+                let dirty = st
+                    .chunks
+                    .iter()
+                    .filter(|(_, c)| c.dirty)
+                    .map(|(k, _)| *k)
+                    .collect();
+                (st.map.clone(), dirty)
+            }
+        };
+        Ok(crate::store::diff_maps(
+            &a,
+            &b,
+            &dirty,
+            inner.chunk,
+            inner.info.size,
+        ))
+    }
+
+    /// Uploads every dirty chunk and ships the metadata.
+    pub async fn sync(&self) -> Result<SyncReport, VolumeError> {
+        self.inner.check_open()?;
+        self.inner.sync_inner().await
+    }
+
+    /// Syncs, ships a snapshot of the metadata and releases the lease. On a
+    /// sync error the lease is still released and the dirty data stays in the
+    /// local cache (it is uploaded by the next open on this host).
+    pub async fn close(self) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let result = async {
+            inner.flush_local().await?;
+            inner.sync_inner().await?;
+            inner.ship_snapshot().await
+        }
+        .await;
+        inner.closed.store(true, Ordering::SeqCst);
+        inner.wake.notify_one();
+        let _ = inner
+            .store
+            .release_lease(&inner.info.id, &inner.token)
+            .await;
+        if let Ok(mut lf) = inner.lock_file.lock() {
+            lf.take();
+        }
+        result
+    }
+
+    /// Writes `data` into the volume from `offset` (used by import).
+    pub(crate) async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), VolumeError> {
+        self.inner.write(offset, data).await
+    }
+
+    pub(crate) async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, VolumeError> {
+        self.inner.read(offset, len).await
+    }
+
+    /// Whether the chunk holding `offset` has any data (locally or mapped).
+    pub(crate) fn has_data(&self, chunk: u64) -> bool {
+        match self.inner.state.lock() {
+            Ok(st) => {
+                st.chunks.contains_key(&chunk)
+                    || st.map.get(&chunk).is_some_and(|e| e.flags & FLAG_ZERO == 0)
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Bytes of dirty data waiting for upload.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.inner
+            .state
+            .lock()
+            .map(|st| st.chunks.values().filter(|c| c.dirty).count() as u64 * self.inner.chunk)
+            .unwrap_or(0)
+    }
+
+    /// Rewrites the segments of this volume whose live fraction is below
+    /// `threshold`; returns how many were rewritten.
+    pub(crate) async fn compact(&self, threshold: f64) -> Result<u64, VolumeError> {
+        self.inner.compact(threshold).await
+    }
+}
+
+async fn background(weak: Weak<Inner>) {
+    let mut last_renew = Instant::now();
+    loop {
+        let (delay, renew_every) = match weak.upgrade() {
+            Some(inner) => (
+                inner.store.config().upload_delay,
+                crate::lease::LEASE_TTL / 3,
+            ),
+            None => return,
+        };
+        let woken = {
+            let Some(inner) = weak.upgrade() else { return };
+            let wake = async { inner.wake.notified().await };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => false,
+                _ = wake => true,
+            }
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = woken;
+        if let Err(e) = inner.upload_cycle().await {
+            tracing::warn!(volume = %inner.info.name, error = %e, "background upload failed; data stays dirty locally");
+        }
+        if last_renew.elapsed() >= renew_every {
+            last_renew = Instant::now();
+            if let Err(e) = inner.store.renew_lease(&inner.info.id, &inner.token).await {
+                tracing::warn!(volume = %inner.info.name, error = %e, "lease renewal failed");
+            }
+        }
+    }
+}
+
+struct Uploaded {
+    key: String,
+    segment: i64,
+    size: u64,
+    /// (chunk, gen read, row)
+    rows: Vec<(u64, u64, meta::Row)>,
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<(), VolumeError> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(VolumeError::Closed(self.info.name.clone()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn cache_err(&self, e: io::Error) -> VolumeError {
+        VolumeError::io(self.dir.join("cache").display(), e)
+    }
+
+    fn chunk_len(&self, c: u64) -> u64 {
+        self.chunk.min(self.info.size - c * self.chunk)
+    }
+
+    async fn layer_map(&self, layer: i64) -> Result<HashMap<u64, Extent>, VolumeError> {
+        let meta = Meta::open(&self.dir.join("meta.db"))?;
+        self.store
+            .materialise(&self.info.id, &meta, layer, &self.dir)
+            .await
+    }
+
+    /// Makes chunk `c` readable locally, pinning it for a reader.
+    async fn present(self: &Arc<Self>, c: u64) -> Result<Presence, VolumeError> {
+        loop {
+            let rx = {
+                let mut st = lock(&self.state)?;
+                st.tick += 1;
+                let tick = st.tick;
+                if let Some(ch) = st.chunks.get_mut(&c) {
+                    ch.readers += 1;
+                    if !ch.dirty {
+                        let old = std::mem::replace(&mut ch.tick, tick);
+                        st.lru.remove(&old);
+                        st.lru.insert(tick, c);
+                    }
+                    return Ok(Presence::Cached);
+                }
+                let ext = match st.map.get(&c) {
+                    None => return Ok(Presence::Zero),
+                    Some(e) if e.flags & FLAG_ZERO != 0 => return Ok(Presence::Zero),
+                    Some(e) => e.clone(),
+                };
+                if let Some(waiters) = st.inflight.get_mut(&c) {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Ok(rx)
+                } else {
+                    st.inflight.insert(c, Vec::new());
+                    Err(ext)
+                }
+            };
+            let rx = match rx {
+                Ok(rx) => Some(rx),
+                Err(ext) => {
+                    self.fill(c, ext).await?;
+                    None
+                }
+            };
+            if let Some(rx) = rx {
+                match rx.await {
+                    Ok(Ok(())) | Err(_) => {}
+                    Ok(Err(msg)) => {
+                        return Err(VolumeError::io(format!("chunk {c}"), io::Error::other(msg)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fetches chunk `c` from the store into the cache file.
+    async fn fill(self: &Arc<Self>, c: u64, ext: Extent) -> Result<(), VolumeError> {
+        let result = self.store.fetch_extent(&ext).await;
+        let mut st = lock(&self.state)?;
+        let waiters = st.inflight.remove(&c).unwrap_or_default();
+        let result = result.and_then(|data| {
+            if !st.chunks.contains_key(&c) {
+                self.file
+                    .write_all_at(&data, c * self.chunk)
+                    .map_err(|e| self.cache_err(e))?;
+                st.tick += 1;
+                let tick = st.tick;
+                st.chunks.insert(
+                    c,
+                    Chunk {
+                        dirty: false,
+                        gen: 0,
+                        writers: 0,
+                        readers: 0,
+                        tick,
+                    },
+                );
+                st.lru.insert(tick, c);
+            }
+            Ok(())
+        });
+        self.evict(&mut st);
+        drop(st);
+        let msg = result.as_ref().err().map(|e| e.to_string());
+        for w in waiters {
+            let _ = w.send(match &msg {
+                None => Ok(()),
+                Some(m) => Err(m.clone()),
+            });
+        }
+        result
+    }
+
+    /// Drops the least recently used clean chunks beyond the cache bound.
+    fn evict(&self, st: &mut State) {
+        let limit = (self.store.config().cache_size / self.chunk).max(16) as usize;
+        let mut skipped = Vec::new();
+        while st.lru.len() > limit {
+            let Some((tick, c)) = st.lru.pop_first() else {
+                break;
+            };
+            let busy = st
+                .chunks
+                .get(&c)
+                .is_none_or(|ch| ch.dirty || ch.readers > 0 || ch.writers > 0);
+            if busy {
+                if st.chunks.get(&c).is_some_and(|ch| !ch.dirty) {
+                    skipped.push((tick, c));
+                }
+                continue;
+            }
+            st.chunks.remove(&c);
+            if let Err(e) = punch(&self.file, c * self.chunk, self.chunk_len(c)) {
+                tracing::warn!(error = %e, "punching a hole in the cache file failed");
+            }
+        }
+        for (tick, c) in skipped {
+            st.lru.insert(tick, c);
+        }
+    }
+
+    fn unpin_reader(&self, c: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            if let Some(ch) = st.chunks.get_mut(&c) {
+                ch.readers = ch.readers.saturating_sub(1);
+            }
+        }
+    }
+
+    fn prefetch(self: &Arc<Self>, c: u64) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let sequential = st.last_read.is_some_and(|l| l + 1 == c || l == c);
+        st.last_read = Some(c);
+        if !sequential {
+            return;
+        }
+        let nchunks = self.info.size.div_ceil(self.chunk);
+        for n in c + 1..(c + 1 + PREFETCH).min(nchunks) {
+            if st.chunks.contains_key(&n) || st.inflight.contains_key(&n) {
+                continue;
+            }
+            let Some(ext) = st.map.get(&n).filter(|e| e.flags & FLAG_ZERO == 0).cloned() else {
+                continue;
+            };
+            st.inflight.insert(n, Vec::new());
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                if let Err(e) = me.fill(n, ext).await {
+                    tracing::debug!(chunk = n, error = %e, "prefetch failed");
+                }
+            });
+        }
+    }
+
+    async fn read(self: &Arc<Self>, offset: u64, len: usize) -> Result<Bytes, VolumeError> {
+        let _gate = self.gate.read().await;
+        let mut buf = BytesMut::zeroed(len);
+        let end = offset + len as u64;
+        let mut pos = offset;
+        while pos < end {
+            let c = pos / self.chunk;
+            let chunk_end = ((c + 1) * self.chunk).min(end);
+            let piece = &mut buf[(pos - offset) as usize..(chunk_end - offset) as usize];
+            self.prefetch(c);
+            match self.present(c).await? {
+                Presence::Zero => {}
+                Presence::Cached => {
+                    let r = self.file.read_exact_at(piece, pos);
+                    self.unpin_reader(c);
+                    r.map_err(|e| self.cache_err(e))?;
+                }
+            }
+            pos = chunk_end;
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Pins chunk `c` for a writer, fetching it first unless `full` (the
+    /// write covers the whole chunk) or it has no stored data.
+    async fn begin_write(self: &Arc<Self>, c: u64, full: bool) -> Result<(), VolumeError> {
+        loop {
+            {
+                let mut st = lock(&self.state)?;
+                let needs_fetch = !full
+                    && !st.chunks.contains_key(&c)
+                    && st.map.get(&c).is_some_and(|e| e.flags & FLAG_ZERO == 0);
+                if !needs_fetch {
+                    st.unpersisted.insert(c);
+                    match st.chunks.get_mut(&c) {
+                        Some(ch) => {
+                            ch.writers += 1;
+                            if !ch.dirty {
+                                ch.dirty = true;
+                                let tick = ch.tick;
+                                st.lru.remove(&tick);
+                            }
+                        }
+                        None => {
+                            st.chunks.insert(
+                                c,
+                                Chunk {
+                                    dirty: true,
+                                    gen: 0,
+                                    writers: 1,
+                                    readers: 0,
+                                    tick: 0,
+                                },
+                            );
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+            if let Presence::Cached = self.present(c).await? {
+                self.unpin_reader(c);
+            }
+        }
+    }
+
+    fn end_write(&self, c: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            if let Some(ch) = st.chunks.get_mut(&c) {
+                ch.writers = ch.writers.saturating_sub(1);
+                ch.gen += 1;
+            }
+        }
+    }
+
+    async fn write(self: &Arc<Self>, offset: u64, data: Bytes) -> Result<(), VolumeError> {
+        self.check_open()?;
+        let _gate = self.gate.read().await;
+        let end = offset + data.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let c = pos / self.chunk;
+            let chunk_start = c * self.chunk;
+            let chunk_end = (chunk_start + self.chunk_len(c)).min(end);
+            let full = pos == chunk_start && chunk_end == chunk_start + self.chunk_len(c);
+            self.begin_write(c, full).await?;
+            let piece = &data[(pos - offset) as usize..(chunk_end - offset) as usize];
+            let r = self.file.write_all_at(piece, pos);
+            self.end_write(c);
+            r.map_err(|e| self.cache_err(e))?;
+            pos = chunk_end;
+        }
+        Ok(())
+    }
+
+    async fn write_zeroes(self: &Arc<Self>, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.check_open()?;
+        let _gate = self.gate.read().await;
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let c = pos / self.chunk;
+            let chunk_start = c * self.chunk;
+            let chunk_end = (chunk_start + self.chunk_len(c)).min(end);
+            let full = pos == chunk_start && chunk_end == chunk_start + self.chunk_len(c);
+            self.begin_write(c, full).await?;
+            // A punched hole reads as zeros and frees the cache space.
+            let r = punch(&self.file, pos, chunk_end - pos);
+            self.end_write(c);
+            r.map_err(|e| self.cache_err(e))?;
+            pos = chunk_end;
+        }
+        Ok(())
+    }
+
+    /// fdatasync the cache file, then record the dirty set in the local
+    /// database: what FLUSH promises with local durability.
+    async fn flush_local(self: &Arc<Self>) -> Result<(), VolumeError> {
+        let pending: Vec<u64> = {
+            let mut st = lock(&self.state)?;
+            std::mem::take(&mut st.unpersisted).into_iter().collect()
+        };
+        let me = Arc::clone(self);
+        let synced = tokio::task::spawn_blocking(move || me.file.sync_data())
+            .await
+            .map_err(|e| self.cache_err(io::Error::other(e)))?;
+        if let Err(e) = synced {
+            // Put them back: they are still not durable.
+            if let Ok(mut st) = self.state.lock() {
+                st.unpersisted.extend(pending);
+            }
+            return Err(self.cache_err(e));
+        }
+        let still_dirty: Vec<u64> = {
+            let st = lock(&self.state)?;
+            pending
+                .into_iter()
+                .filter(|c| st.chunks.get(c).is_some_and(|ch| ch.dirty))
+                .collect()
+        };
+        if !still_dirty.is_empty() {
+            lock(&self.meta)?.update_dirty(&still_dirty, &[])?;
+        }
+        Ok(())
+    }
+
+    async fn flush(self: &Arc<Self>) -> Result<(), VolumeError> {
+        self.flush_local().await?;
+        if self.store.config().durability == Durability::Remote {
+            self.sync_inner().await?;
+        }
+        Ok(())
+    }
+
+    async fn sync_inner(&self) -> Result<SyncReport, VolumeError> {
+        let mut report = SyncReport::default();
+        // Writers may keep dirtying chunks; a few rounds catch up with a
+        // quiescent volume and bound the time under a write storm.
+        for _ in 0..8 {
+            let r = self.upload_cycle().await?;
+            report.chunks_uploaded += r.chunks_uploaded;
+            report.bytes_uploaded += r.bytes_uploaded;
+            report.segments_written += r.segments_written;
+            if r.chunks_uploaded == 0 {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// One upload round: packs the dirty chunks into segments, uploads them,
+    /// commits the map, marks unchanged chunks clean and ships a metadata log.
+    async fn upload_cycle(&self) -> Result<SyncReport, VolumeError> {
+        let mut logs = self.upload.lock().await;
+        let candidates: Vec<(u64, u64)> = {
+            let st = lock(&self.state)?;
+            let mut v: Vec<(u64, u64)> = st
+                .chunks
+                .iter()
+                .filter(|(_, ch)| ch.dirty && ch.writers == 0)
+                .map(|(c, ch)| (*c, ch.gen))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let mut report = SyncReport::default();
+        if !candidates.is_empty() {
+            let groups: Vec<Vec<(u64, u64)>> = candidates
+                .chunks(CHUNKS_PER_SEGMENT)
+                .map(|g| g.to_vec())
+                .collect();
+            let mut uploads =
+                futures::stream::iter(groups.into_iter().map(|g| self.upload_group(g)))
+                    .buffer_unordered(UPLOAD_PARALLELISM);
+            let mut first_err = None;
+            while let Some(res) = uploads.next().await {
+                match res {
+                    Ok(up) => {
+                        report.chunks_uploaded += up.rows.len() as u64;
+                        report.bytes_uploaded += up.size;
+                        if up.size > 0 {
+                            report.segments_written += 1;
+                        }
+                        self.commit_upload(up)?;
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+        }
+        if meta::ship_log(&self.store.blobs(), &self.info.id, &self.meta).await? > 0 {
+            *logs += 1;
+            if *logs >= LOGS_PER_SNAPSHOT {
+                *logs = 0;
+                drop(logs);
+                self.ship_snapshot_locked().await?;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn upload_group(&self, group: Vec<(u64, u64)>) -> Result<Uploaded, VolumeError> {
+        let segment = self.next_segment.fetch_add(1, Ordering::SeqCst);
+        let key = format!(
+            "volumes/{}/segments/{segment:016}-{}",
+            self.info.id,
+            uuid::Uuid::new_v4().simple()
+        );
+        let compression = self.store.config().compression;
+        let mut body = Vec::new();
+        let mut rows = Vec::with_capacity(group.len());
+        for (c, gen) in group {
+            let len = self.chunk_len(c) as usize;
+            let mut raw = vec![0u8; len];
+            self.file
+                .read_exact_at(&mut raw, c * self.chunk)
+                .map_err(|e| self.cache_err(e))?;
+            let mut row = meta::Row {
+                chunk: c,
+                segment,
+                offset: body.len() as u64,
+                stored_len: 0,
+                raw_len: len as u32,
+                crc: 0,
+                flags: 0,
+            };
+            if raw.iter().all(|b| *b == 0) {
+                row.flags = FLAG_ZERO;
+                row.offset = 0;
+                rows.push((c, gen, row));
+                continue;
+            }
+            row.crc = crc32c::crc32c(&raw);
+            let stored = match compression {
+                Compression::Zstd => match zstd::bulk::compress(&raw, 1) {
+                    Ok(z) if z.len() < raw.len() => {
+                        row.flags |= FLAG_ZSTD;
+                        z
+                    }
+                    _ => raw,
+                },
+                Compression::None => raw,
+            };
+            row.stored_len = stored.len() as u32;
+            body.extend_from_slice(&stored);
+            rows.push((c, gen, row));
+        }
+        let size = body.len() as u64;
+        if size > 0 {
+            self.store.blobs().put(&key, body.into()).await?;
+        }
+        Ok(Uploaded {
+            key,
+            segment,
+            size,
+            rows,
+        })
+    }
+
+    fn commit_upload(&self, up: Uploaded) -> Result<(), VolumeError> {
+        let key: Arc<str> = Arc::from(up.key.as_str());
+        let mut cleaned = Vec::new();
+        let head = {
+            let mut st = lock(&self.state)?;
+            for (c, gen, row) in &up.rows {
+                st.map.insert(*c, Extent::from_row(row, &key));
+                st.tick += 1;
+                let tick = st.tick;
+                if let Some(ch) = st.chunks.get_mut(c) {
+                    if ch.dirty && ch.gen == *gen && ch.writers == 0 {
+                        ch.dirty = false;
+                        ch.tick = tick;
+                        st.lru.insert(tick, *c);
+                        cleaned.push(*c);
+                    }
+                }
+            }
+            self.evict(&mut st);
+            st.head
+        };
+        let mut ops = Vec::new();
+        if up.size > 0 {
+            ops.push(Op::AddSegment {
+                id: up.segment,
+                key: up.key.clone(),
+                size: up.size,
+                created: now(),
+            });
+        }
+        ops.push(Op::Extents {
+            layer: head,
+            rows: up
+                .rows
+                .iter()
+                .map(|(_, _, r)| {
+                    (
+                        r.chunk,
+                        r.segment,
+                        r.offset,
+                        r.stored_len,
+                        r.raw_len,
+                        r.crc,
+                        r.flags,
+                    )
+                })
+                .collect(),
+        });
+        let mut meta = lock(&self.meta)?;
+        meta.commit(&ops)?;
+        meta.update_dirty(&[], &cleaned)
+    }
+
+    async fn ship_snapshot(&self) -> Result<(), VolumeError> {
+        let mut logs = self.upload.lock().await;
+        *logs = 0;
+        drop(logs);
+        self.ship_snapshot_locked().await
+    }
+
+    async fn ship_snapshot_locked(&self) -> Result<(), VolumeError> {
+        meta::ship_snapshot(
+            &self.store.blobs(),
+            &self.info.id,
+            &self.meta,
+            &self.dir.join("snapshot.tmp"),
+        )
+        .await
+    }
+
+    async fn compact(&self, threshold: f64) -> Result<u64, VolumeError> {
+        let _gate = self.gate.write().await;
+        let _up = self.upload.lock().await;
+        let (victims, rows) = {
+            let meta = lock(&self.meta)?;
+            let live: HashMap<i64, u64> = meta.live_bytes()?.into_iter().collect();
+            let mut victims = Vec::new();
+            for (id, key, size, _) in meta.segments()? {
+                let l = live.get(&id).copied().unwrap_or(0);
+                if size > 0 && (l as f64) < threshold * size as f64 {
+                    victims.push((id, key));
+                }
+            }
+            let mut rows = Vec::new();
+            let ids: HashSet<i64> = victims.iter().map(|v| v.0).collect();
+            let mut st = meta
+                .conn
+                .prepare("SELECT layer, chunk, segment, offset, stored_len, raw_len, crc, flags FROM extents WHERE flags & 1 = 0")
+                .map_err(|e| VolumeError::Db { path: "meta.db".into(), source: e })?;
+            let all = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        meta::Row {
+                            chunk: r.get::<_, i64>(1)? as u64,
+                            segment: r.get(2)?,
+                            offset: r.get::<_, i64>(3)? as u64,
+                            stored_len: r.get(4)?,
+                            raw_len: r.get(5)?,
+                            crc: r.get::<_, i64>(6)? as u32,
+                            flags: r.get(7)?,
+                        },
+                    ))
+                })
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| VolumeError::Db {
+                    path: "meta.db".into(),
+                    source: e,
+                })?;
+            for (layer, row) in all {
+                if ids.contains(&row.segment) {
+                    rows.push((layer, row));
+                }
+            }
+            (victims, rows)
+        };
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let keys: HashMap<i64, Arc<str>> = victims
+            .iter()
+            .map(|(id, k)| (*id, Arc::from(k.as_str())))
+            .collect();
+        // Copy the stored bytes as they are (already checksummed/compressed).
+        let segment = self.next_segment.fetch_add(1, Ordering::SeqCst);
+        let key = format!(
+            "volumes/{}/segments/{segment:016}-{}",
+            self.info.id,
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut body = Vec::new();
+        let mut by_layer: BTreeMap<i64, Vec<(u64, i64, u64, u32, u32, u32, u8)>> = BTreeMap::new();
+        for (layer, row) in &rows {
+            let ext = Extent::from_row(row, &keys[&row.segment]);
+            let stored = self
+                .store
+                .blobs()
+                .get_range(&ext.key, ext.offset..ext.offset + ext.stored_len as u64)
+                .await?;
+            let offset = body.len() as u64;
+            body.extend_from_slice(&stored);
+            by_layer.entry(*layer).or_default().push((
+                row.chunk,
+                segment,
+                offset,
+                row.stored_len,
+                row.raw_len,
+                row.crc,
+                row.flags,
+            ));
+        }
+        let size = body.len() as u64;
+        if size > 0 {
+            self.store.blobs().put(&key, body.into()).await?;
+        }
+        let mut ops = vec![Op::AddSegment {
+            id: segment,
+            key,
+            size,
+            created: now(),
+        }];
+        for (layer, rows) in by_layer {
+            ops.push(Op::Extents { layer, rows });
+        }
+        for (id, _) in &victims {
+            ops.push(Op::DropSegment { id: *id });
+        }
+        let head = {
+            let mut meta = lock(&self.meta)?;
+            meta.commit(&ops)?;
+            meta.head()?
+        };
+        let meta = Meta::open(&self.dir.join("meta.db"))?;
+        let map = self
+            .store
+            .materialise(&self.info.id, &meta, head, &self.dir)
+            .await?;
+        lock(&self.state)?.map = map;
+        self.ship_snapshot_locked().await?;
+        Ok(victims.len() as u64)
+    }
+}
+
+fn check_range(size: u64, offset: u64, len: u64) -> io::Result<()> {
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("range {offset}+{len} is beyond the volume size {size}"),
+        ));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl wisp_nbd::BlockDevice for Volume {
+    fn size(&self) -> u64 {
+        self.inner.info.size
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> io::Result<Bytes> {
+        check_range(self.inner.info.size, offset, len as u64)?;
+        self.inner.read(offset, len as usize).await.map_err(to_io)
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> io::Result<()> {
+        check_range(self.inner.info.size, offset, data.len() as u64)?;
+        self.inner.write(offset, data).await.map_err(to_io)?;
+        if fua {
+            self.inner.flush().await.map_err(to_io)?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        self.inner.flush().await.map_err(to_io)
+    }
+
+    async fn trim(&self, offset: u64, len: u32) -> io::Result<()> {
+        check_range(self.inner.info.size, offset, len as u64)?;
+        self.inner
+            .write_zeroes(offset, len as u64)
+            .await
+            .map_err(to_io)
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> io::Result<()> {
+        check_range(self.inner.info.size, offset, len as u64)?;
+        self.inner
+            .write_zeroes(offset, len as u64)
+            .await
+            .map_err(to_io)?;
+        if fua {
+            self.inner.flush().await.map_err(to_io)?;
+        }
+        Ok(())
+    }
+}
