@@ -6,7 +6,7 @@
 //! - `/init`: the agent binary; it loads the modules, mounts `/dev/vda`,
 //!   switches root and stays PID 1.
 //! - `/lib/modules/<name>.ko`: the modules, uncompressed.
-//! - `/etc/wisp/modules`: one path per line (`/lib/modules/virtio_ring.ko`, ...),
+//! - `/etc/wisp-modules`: one path per line (`/lib/modules/virtio_ring.ko`, ...),
 //!   in load order.
 //! - `/dev/console`: so the kernel can open the console before devtmpfs.
 
@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::kernel::Kernel;
 
 /// Where the module list lives inside the initramfs.
-pub const MODULE_LIST: &str = "etc/wisp/modules";
+pub const MODULE_LIST: &str = "etc/wisp-modules";
 
 /// Errors while building the initramfs.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,8 @@ pub enum InitramfsError {
     },
     #[error("archive entry name `{0}` is not a relative path")]
     BadName(String),
+    #[error("cannot find the guest agent `wisp-agent` (looked in {looked}); build it with `make agent` or set WISP_AGENT")]
+    NoAgent { looked: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InitramfsError + '_ {
@@ -142,7 +144,7 @@ impl<W: Write> CpioWriter<W> {
 /// with their list, and `init` (the agent, or any other init program).
 pub fn entries(kernel: &Kernel, init: &[u8]) -> Result<Vec<Entry>, InitramfsError> {
     let mut out: Vec<Entry> = [
-        "dev", "proc", "sys", "etc", "etc/wisp", "lib", "lib/modules", "newroot", "run", "tmp",
+        "dev", "proc", "sys", "etc", "lib", "lib/modules", "newroot", "run", "tmp",
     ]
     .iter()
     .map(|d| Entry::Dir {
@@ -208,6 +210,47 @@ pub fn write_archive(path: &Path, entries: &[Entry]) -> Result<(), InitramfsErro
     Ok(())
 }
 
+/// The static guest agent: `$WISP_AGENT`, else `wisp-agent` next to the
+/// running executable, else the cargo layout around it
+/// (`target/x86_64-unknown-linux-gnu/{release,debug}/wisp-agent`, the newest).
+pub fn find_agent() -> Result<PathBuf, InitramfsError> {
+    if let Some(p) = std::env::var_os("WISP_AGENT") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(InitramfsError::NoAgent {
+            looked: format!("WISP_AGENT=`{}`", p.display()),
+        });
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut candidates = Vec::new();
+    if let Some(dir) = exe.parent() {
+        candidates.push(dir.join("wisp-agent"));
+    }
+    for dir in exe.ancestors().skip(1).take(4) {
+        for profile in ["release", "debug"] {
+            candidates.push(
+                dir.join("x86_64-unknown-linux-gnu")
+                    .join(profile)
+                    .join("wisp-agent"),
+            );
+        }
+    }
+    let newest = candidates
+        .iter()
+        .filter_map(|p| Some((fs::metadata(p).ok()?.modified().ok()?, p)))
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, p)| p.clone());
+    newest.ok_or_else(|| InitramfsError::NoAgent {
+        looked: candidates
+            .iter()
+            .map(|p| format!("`{}`", p.display()))
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
 /// The initramfs for `kernel` with `init` (the agent binary) as `/init`,
 /// built once and cached as `$kernel_dir/initramfs-<hash>.cpio`.
 pub fn ensure(kernel: &Kernel, init: &Path) -> Result<PathBuf, InitramfsError> {
@@ -215,7 +258,7 @@ pub fn ensure(kernel: &Kernel, init: &Path) -> Result<PathBuf, InitramfsError> {
     let mut hasher = Sha256::new();
     hasher.update(&data);
     // Bump when the layout above changes so stale archives are not reused.
-    hasher.update(b"wisp-initramfs-v1");
+    hasher.update(b"wisp-initramfs-v2");
     let digest = hasher.finalize();
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     let path = kernel.dir.join(format!("initramfs-{hex}.cpio"));

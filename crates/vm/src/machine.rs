@@ -1,0 +1,334 @@
+//! One running sprite: its root disk served over NBD in-process, the QEMU
+//! child, and the agent connection. `start` returns once the agent answers;
+//! `stop` is a clean shutdown, `kill` a crash.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wisp_nbd::{BlockDevice, Listen, NbdError};
+
+use crate::agent::{AgentClient, AgentError};
+use crate::qemu::{Accel, DiskSource, Qemu, QemuConfig, QemuError, Qmp};
+
+/// Guest port the inbound HTTP forward reaches.
+pub const GUEST_HTTP_PORT: u16 = 8080;
+/// Unix socket paths must fit `sun_path` (108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Errors of a machine's life cycle.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("cannot use run folder `{path}`: {source}")]
+    RunDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("socket path `{0}` is too long for a unix socket; use a shorter WISP_HOME")]
+    SocketPath(PathBuf),
+    #[error("cannot serve the root disk: {0}")]
+    Nbd(#[from] NbdError),
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+    #[error("qemu exited during boot ({status}); its output: {qemu_log}; console tail: {console}")]
+    EarlyExit {
+        status: String,
+        qemu_log: String,
+        console: String,
+    },
+    #[error("the agent did not become ready: {source}; console tail: {console}")]
+    Agent { source: AgentError, console: String },
+    #[error("cannot flush the root disk: {0}")]
+    Flush(std::io::Error),
+}
+
+/// What to boot and how.
+pub struct MachineConfig {
+    /// The root disk (a `wisp_volume::Volume`, or any block device).
+    pub disk: Arc<dyn BlockDevice>,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    /// The guest kernel (bzImage) and the initramfs holding the agent.
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// Sockets and logs of this machine go here (created if missing).
+    pub run_dir: PathBuf,
+    /// Host port on 127.0.0.1 forwarded to the guest's port 8080.
+    pub http_port: Option<u16>,
+    pub accel: Accel,
+    pub hostname: String,
+    /// How long the boot may take until the agent answers.
+    pub boot_timeout: Duration,
+}
+
+impl MachineConfig {
+    /// Defaults: 2 vCPUs, 1 GiB, no forward, TCG, hostname `sprite`, 120 s.
+    pub fn new(
+        disk: Arc<dyn BlockDevice>,
+        kernel: PathBuf,
+        initramfs: PathBuf,
+        run_dir: PathBuf,
+    ) -> Self {
+        MachineConfig {
+            disk,
+            cpus: 2,
+            memory_mib: 1024,
+            kernel,
+            initramfs,
+            run_dir,
+            http_port: None,
+            accel: Accel::Tcg,
+            hostname: "sprite".into(),
+            boot_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A booted VM with a ready agent.
+pub struct Machine {
+    qemu: Qemu,
+    agent: Arc<AgentClient>,
+    disk: Arc<dyn BlockDevice>,
+    nbd_stop: Option<oneshot::Sender<()>>,
+    nbd_task: Option<JoinHandle<Result<(), NbdError>>>,
+    qmp_socket: PathBuf,
+    serial_log: PathBuf,
+    boot_time: Duration,
+    accel: Accel,
+}
+
+fn tail(path: &Path, max: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(max);
+    String::from_utf8_lossy(&text[start..]).trim().to_string()
+}
+
+fn check_socket_path(p: &Path) -> Result<(), MachineError> {
+    if p.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(MachineError::SocketPath(p.to_path_buf()));
+    }
+    Ok(())
+}
+
+impl Machine {
+    /// Serves the disk, boots QEMU and waits for the agent's `hello`.
+    pub async fn start(config: MachineConfig) -> Result<Machine, MachineError> {
+        let t0 = Instant::now();
+        let run = &config.run_dir;
+        std::fs::create_dir_all(run).map_err(|source| MachineError::RunDir {
+            path: run.clone(),
+            source,
+        })?;
+        let nbd_socket = run.join("nbd.sock");
+        let agent_socket = run.join("agent.sock");
+        let qmp_socket = run.join("qmp.sock");
+        for p in [&nbd_socket, &agent_socket, &qmp_socket] {
+            check_socket_path(p)?;
+            // Leftovers of a crashed run: QEMU's listeners would fail on them.
+            if p != &nbd_socket {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        // One console log per boot, named by start time, so earlier boots stay readable.
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let serial_log = run.join(format!("console-{stamp}.log"));
+        let qemu_log = run.join("qemu.log");
+
+        let mut server = wisp_nbd::Server::new();
+        server.add_export("root", config.disk.clone());
+        let bound = server.bind(&Listen::Unix(nbd_socket.clone())).await?;
+        let (nbd_stop, stop_rx) = oneshot::channel::<()>();
+        let nbd_task = tokio::spawn(bound.serve(async {
+            let _ = stop_rx.await;
+        }));
+
+        let qemu_config = QemuConfig {
+            binary: QemuConfig::default_binary(),
+            accel: config.accel,
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            kernel: config.kernel.clone(),
+            initrd: config.initramfs.clone(),
+            cmdline_extra: vec![format!("wisp.hostname={}", config.hostname)],
+            disk: Some(DiskSource::Nbd(nbd_socket)),
+            agent_socket: Some(agent_socket.clone()),
+            qmp_socket: Some(qmp_socket.clone()),
+            serial_log: serial_log.clone(),
+            network: true,
+            forward: config.http_port.map(|p| (p, GUEST_HTTP_PORT)),
+        };
+        let mut qemu = Qemu::spawn(&qemu_config, &qemu_log)?;
+        tracing::debug!(pid = qemu.pid(), "qemu started");
+
+        let connect = connect_agent(&agent_socket, config.boot_timeout);
+        let agent = tokio::select! {
+            r = connect => r,
+            st = qemu.wait() => {
+                let status = st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                let _ = nbd_stop.send(());
+                return Err(MachineError::EarlyExit {
+                    status,
+                    qemu_log: tail(&qemu_log, 2000),
+                    console: tail(&serial_log, 2000),
+                });
+            }
+        };
+        let agent = match agent {
+            Ok(a) => a,
+            Err(source) => {
+                qemu.kill().await;
+                let _ = nbd_stop.send(());
+                return Err(MachineError::Agent {
+                    source,
+                    console: tail(&serial_log, 2000),
+                });
+            }
+        };
+        let boot_time = t0.elapsed();
+        tracing::info!(
+            boot_ms = boot_time.as_millis() as u64,
+            accel = %config.accel,
+            pid = qemu.pid(),
+            "machine ready"
+        );
+        Ok(Machine {
+            qemu,
+            agent: Arc::new(agent),
+            disk: config.disk,
+            nbd_stop: Some(nbd_stop),
+            nbd_task: Some(nbd_task),
+            qmp_socket,
+            serial_log,
+            boot_time,
+            accel: config.accel,
+        })
+    }
+
+    /// The agent connection (share it freely).
+    pub fn agent(&self) -> &Arc<AgentClient> {
+        &self.agent
+    }
+
+    /// From `start` to the agent's answer.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// This boot's serial console log.
+    pub fn serial_log(&self) -> &Path {
+        &self.serial_log
+    }
+
+    /// QEMU's process id (for RSS measurements and the like).
+    pub fn qemu_pid(&self) -> u32 {
+        self.qemu.pid()
+    }
+
+    /// A fresh QMP connection to this machine's QEMU.
+    pub async fn qmp(&self) -> Result<Qmp, MachineError> {
+        Ok(Qmp::connect(&self.qmp_socket, Duration::from_secs(5)).await?)
+    }
+
+    /// Clean stop: the agent stops services, syncs and makes the root
+    /// read-only, the guest powers off, QEMU exits, then the NBD server drains
+    /// and the disk is flushed. Falls back to QMP `quit`, then SIGKILL, when
+    /// the guest does not cooperate.
+    pub async fn stop(mut self) -> Result<(), MachineError> {
+        let agent_ok = match tokio::time::timeout(Duration::from_secs(60), self.agent.shutdown())
+            .await
+        {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "agent shutdown failed; stopping qemu through qmp");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("agent shutdown timed out; stopping qemu through qmp");
+                false
+            }
+        };
+        let exited = agent_ok
+            && self
+                .qemu
+                .wait_timeout(Duration::from_secs(30))
+                .await
+                .is_ok();
+        if !exited {
+            if let Ok(mut qmp) = Qmp::connect(&self.qmp_socket, Duration::from_secs(2)).await {
+                let _ = qmp.quit().await;
+            }
+            if self
+                .qemu
+                .wait_timeout(Duration::from_secs(10))
+                .await
+                .is_err()
+            {
+                self.qemu.kill().await;
+            }
+        }
+        self.finish_disk().await
+    }
+
+    /// A crash: SIGKILL to QEMU. Writes the guest had not flushed are lost,
+    /// exactly as on power loss; everything the NBD server received stays.
+    pub async fn kill(mut self) -> Result<(), MachineError> {
+        self.qemu.kill().await;
+        self.finish_disk().await
+    }
+
+    /// Waits until QEMU exits by itself (the guest powered off).
+    pub async fn wait(&mut self) -> Result<std::process::ExitStatus, MachineError> {
+        self.qemu.wait().await.map_err(|source| {
+            MachineError::Qemu(QemuError::Io {
+                path: PathBuf::from(format!("/proc/{}", self.qemu.pid())),
+                source,
+            })
+        })
+    }
+
+    async fn finish_disk(&mut self) -> Result<(), MachineError> {
+        if let Some(tx) = self.nbd_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.nbd_task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "nbd server ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "nbd server task failed"),
+            }
+        }
+        self.disk.flush().await.map_err(MachineError::Flush)
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        // QEMU is killed by `kill_on_drop`; stop serving its disk too.
+        if let Some(tx) = self.nbd_stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Connects to QEMU's agent chardev (created when QEMU starts) and handshakes.
+async fn connect_agent(socket: &Path, timeout: Duration) -> Result<AgentClient, AgentError> {
+    let deadline = Instant::now() + timeout;
+    let stream = loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(s) => break s,
+            Err(e) if Instant::now() >= deadline => return Err(AgentError::Io(e)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    AgentClient::connect_timeout(stream, left).await
+}

@@ -1,0 +1,448 @@
+//! The QEMU process: the `microvm` command line, the supervised child (killed
+//! on drop, always reaped) and a small QMP client over a unix socket.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// The QEMU binary used unless `WISP_QEMU` names another.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// Kernel arguments every boot gets. The TSC ones stop the guest from hanging
+/// at "could not calculate TSC khz" on a loaded host (see VM-NOTES).
+pub const BASE_CMDLINE: &str =
+    "console=ttyS0 tsc_early_khz=2000000 tsc=reliable lpj=4000000 quiet panic=-1 reboot=t";
+
+/// Errors of the QEMU layer.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("cannot start `{binary}`: {source}; install the Debian package `qemu-system-x86`")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("cannot create `{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("qmp on `{path}`: {source}")]
+    QmpIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("qmp command `{command}` failed: {message}")]
+    QmpCommand { command: String, message: String },
+    #[error("qmp answered something that is not qmp: {0}")]
+    QmpProtocol(String),
+    #[error("qemu did not exit within {0:?}")]
+    ExitTimeout(Duration),
+}
+
+/// The accelerator a VM runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualisation through `/dev/kvm`.
+    Kvm,
+    /// QEMU's software emulation: slow but runs anywhere.
+    Tcg,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+/// Where the root disk comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    /// The default export of an NBD server on this unix socket (QEMU's own
+    /// NBD client: nothing host-side needs a kernel NBD driver).
+    Nbd(PathBuf),
+    /// A local raw image file (the benchmark reference).
+    RawFile(PathBuf),
+}
+
+/// Everything one QEMU invocation needs.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub binary: PathBuf,
+    pub accel: Accel,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Added after [`BASE_CMDLINE`] (the agent reads `wisp.*` words).
+    pub cmdline_extra: Vec<String>,
+    pub disk: Option<DiskSource>,
+    /// The virtio-serial port for the agent: QEMU listens on this socket.
+    pub agent_socket: Option<PathBuf>,
+    pub qmp_socket: Option<PathBuf>,
+    /// The guest's serial console goes here.
+    pub serial_log: PathBuf,
+    /// User-mode networking; with `Some((host, guest))` also a forward from
+    /// `127.0.0.1:host` to the guest's `guest` TCP port.
+    pub network: bool,
+    pub forward: Option<(u16, u16)>,
+}
+
+impl QemuConfig {
+    /// The binary from `WISP_QEMU`, else [`QEMU_BINARY`] on `PATH`.
+    pub fn default_binary() -> PathBuf {
+        std::env::var_os("WISP_QEMU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(QEMU_BINARY))
+    }
+
+    /// The full argument list (without the binary).
+    pub fn args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |s: &str| a.push(s.into());
+        push("-M");
+        push("microvm,acpi=on");
+        push("-accel");
+        push(&self.accel.to_string());
+        push("-cpu");
+        // `max` gives TCG every feature it emulates; under KVM `host` passes
+        // the real CPU through.
+        push(match self.accel {
+            Accel::Kvm => "host",
+            Accel::Tcg => "max",
+        });
+        push("-m");
+        push(&format!("{}M", self.memory_mib));
+        push("-smp");
+        push(&self.cpus.to_string());
+        for s in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
+            push(s);
+        }
+        push("-serial");
+        push(&format!("file:{}", self.serial_log.display()));
+        let mut append = BASE_CMDLINE.to_string();
+        for w in &self.cmdline_extra {
+            append.push(' ');
+            append.push_str(w);
+        }
+        match &self.disk {
+            Some(DiskSource::Nbd(sock)) => {
+                push("-drive");
+                push(&format!(
+                    "id=root,driver=raw,file.driver=nbd,file.server.type=unix,file.server.path={},if=none,cache=writeback,discard=unmap",
+                    qemu_escape(sock)
+                ));
+            }
+            Some(DiskSource::RawFile(path)) => {
+                push("-drive");
+                push(&format!(
+                    "id=root,driver=raw,file={},if=none,discard=unmap",
+                    qemu_escape(path)
+                ));
+            }
+            None => append.push_str(" wisp.root=none"),
+        }
+        if self.disk.is_some() {
+            push("-device");
+            push("virtio-blk-device,drive=root");
+        }
+        if let Some(sock) = &self.agent_socket {
+            push("-device");
+            push("virtio-serial-device");
+            push("-chardev");
+            push(&format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                qemu_escape(sock)
+            ));
+            push("-device");
+            push(&format!(
+                "virtserialport,chardev=agent,name={}",
+                wisp_proto::PORT_NAME
+            ));
+        }
+        if self.network {
+            let mut netdev = "user,id=net0".to_string();
+            if let Some((host, guest)) = self.forward {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+            }
+            push("-netdev");
+            push(&netdev);
+            push("-device");
+            push("virtio-net-device,netdev=net0");
+        } else {
+            append.push_str(" wisp.net=off");
+        }
+        if let Some(sock) = &self.qmp_socket {
+            push("-qmp");
+            push(&format!("unix:{},server=on,wait=off", qemu_escape(sock)));
+        }
+        push("-kernel");
+        a.push(self.kernel.clone().into());
+        a.push("-initrd".into());
+        a.push(self.initrd.clone().into());
+        a.push("-append".into());
+        a.push(append.into());
+        a
+    }
+}
+
+/// QEMU option values separate fields with `,`; a literal comma is doubled.
+fn qemu_escape(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// A running QEMU child. Dropping it kills the process; [`Qemu::wait`] reaps it.
+pub struct Qemu {
+    child: tokio::process::Child,
+    pid: u32,
+}
+
+impl Qemu {
+    /// Starts QEMU. Its own stdout/stderr (not the guest's console) go to
+    /// `stderr_log`, so a failure to start can be reported.
+    pub fn spawn(config: &QemuConfig, stderr_log: &Path) -> Result<Qemu, QemuError> {
+        let log = std::fs::File::create(stderr_log).map_err(|source| QemuError::Io {
+            path: stderr_log.to_path_buf(),
+            source,
+        })?;
+        let log2 = log.try_clone().map_err(|source| QemuError::Io {
+            path: stderr_log.to_path_buf(),
+            source,
+        })?;
+        tracing::debug!(binary = %config.binary.display(), args = ?config.args(), "starting qemu");
+        let child = tokio::process::Command::new(&config.binary)
+            .args(config.args())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| QemuError::Spawn {
+                binary: config.binary.display().to_string(),
+                source,
+            })?;
+        let pid = child.id().unwrap_or(0);
+        Ok(Qemu { child, pid })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The exit status if QEMU has exited (reaping it), else `None`.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits for QEMU to exit.
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Waits at most `timeout` for QEMU to exit.
+    pub async fn wait_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus, QemuError> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(st)) => Ok(st),
+            Ok(Err(source)) => Err(QemuError::Io {
+                path: PathBuf::from(format!("/proc/{}", self.pid)),
+                source,
+            }),
+            Err(_) => Err(QemuError::ExitTimeout(timeout)),
+        }
+    }
+
+    /// SIGKILL and reap: a crash as far as the guest is concerned.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// A QMP connection, past the capabilities negotiation.
+pub struct Qmp {
+    path: PathBuf,
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Qmp {
+    /// Connects (retrying while QEMU creates the socket, up to `timeout`),
+    /// reads the greeting and enters command mode.
+    pub async fn connect(path: &Path, timeout: Duration) -> Result<Qmp, QemuError> {
+        let io = |source| QemuError::QmpIo {
+            path: path.to_path_buf(),
+            source,
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stream = loop {
+            match UnixStream::connect(path).await {
+                Ok(s) => break s,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(io(e)),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let (r, w) = stream.into_split();
+        let mut qmp = Qmp {
+            path: path.to_path_buf(),
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        let greeting = qmp.read_message().await?;
+        if greeting.get("QMP").is_none() {
+            return Err(QemuError::QmpProtocol(greeting.to_string()));
+        }
+        qmp.execute("qmp_capabilities", None).await?;
+        Ok(qmp)
+    }
+
+    async fn read_message(&mut self) -> Result<Value, QemuError> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .await
+            .map_err(|source| QemuError::QmpIo {
+                path: self.path.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(QemuError::QmpIo {
+                path: self.path.clone(),
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            });
+        }
+        serde_json::from_str(&line).map_err(|_| QemuError::QmpProtocol(line.trim().to_string()))
+    }
+
+    /// Runs one command and returns its `return` value. Events that arrive in
+    /// between are logged and skipped.
+    pub async fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QemuError> {
+        let mut msg = json!({ "execute": command });
+        if let Some(args) = arguments {
+            msg["arguments"] = args;
+        }
+        let mut bytes = msg.to_string().into_bytes();
+        bytes.push(b'\n');
+        self.writer
+            .write_all(&bytes)
+            .await
+            .map_err(|source| QemuError::QmpIo {
+                path: self.path.clone(),
+                source,
+            })?;
+        loop {
+            let reply = self.read_message().await?;
+            if let Some(ret) = reply.get("return") {
+                return Ok(ret.clone());
+            }
+            if let Some(err) = reply.get("error") {
+                return Err(QemuError::QmpCommand {
+                    command: command.to_string(),
+                    message: err
+                        .get("desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown error")
+                        .to_string(),
+                });
+            }
+            if let Some(event) = reply.get("event") {
+                tracing::debug!(%event, "qmp event");
+                continue;
+            }
+            return Err(QemuError::QmpProtocol(reply.to_string()));
+        }
+    }
+
+    /// The run state (`running`, `paused`, `shutdown`, ...).
+    pub async fn status(&mut self) -> Result<String, QemuError> {
+        let v = self.execute("query-status", None).await?;
+        Ok(v.get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string())
+    }
+
+    /// Asks QEMU to exit at once (no guest involvement).
+    pub async fn quit(&mut self) -> Result<(), QemuError> {
+        match self.execute("quit", None).await {
+            Ok(_) => Ok(()),
+            // QEMU may close the socket before its answer arrives.
+            Err(QemuError::QmpIo { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> QemuConfig {
+        QemuConfig {
+            binary: PathBuf::from(QEMU_BINARY),
+            accel: Accel::Tcg,
+            cpus: 2,
+            memory_mib: 1024,
+            kernel: "/k/vmlinuz".into(),
+            initrd: "/k/initrd".into(),
+            cmdline_extra: vec!["wisp.hostname=box".into()],
+            disk: Some(DiskSource::Nbd("/run/a,b.sock".into())),
+            agent_socket: Some("/run/agent.sock".into()),
+            qmp_socket: Some("/run/qmp.sock".into()),
+            serial_log: "/run/serial.log".into(),
+            network: true,
+            forward: Some((18080, 8080)),
+        }
+    }
+
+    fn joined(c: &QemuConfig) -> String {
+        c.args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn command_line_has_every_device() {
+        let s = joined(&config());
+        assert!(s.contains("-M microvm,acpi=on -accel tcg -cpu max -m 1024M -smp 2"));
+        assert!(s.contains("file.server.path=/run/a,,b.sock"), "{s}");
+        assert!(s.contains("virtio-blk-device,drive=root"));
+        assert!(s.contains("name=org.wisp.agent"));
+        assert!(s.contains("hostfwd=tcp:127.0.0.1:18080-:8080"));
+        assert!(s.contains("-qmp unix:/run/qmp.sock,server=on,wait=off"));
+        assert!(s.contains("wisp.hostname=box"));
+        assert!(!s.contains("wisp.root=none"));
+    }
+
+    #[test]
+    fn no_disk_and_no_network_tell_the_agent() {
+        let mut c = config();
+        c.disk = None;
+        c.network = false;
+        c.accel = Accel::Kvm;
+        let s = joined(&c);
+        assert!(s.contains("wisp.root=none"));
+        assert!(s.contains("wisp.net=off"));
+        assert!(s.contains("-accel kvm -cpu host"));
+        assert!(!s.contains("virtio-blk-device"));
+        assert!(!s.contains("-netdev"));
+    }
+}

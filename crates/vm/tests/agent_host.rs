@@ -1,0 +1,513 @@
+//! Drives the real `wisp-agent` binary in channel mode (`--stdio`, PID-1 duties off) on
+//! the host with `AgentClient`: exec, PTY, files, services, malformed frames. Real
+//! processes, no mocks; the VM boot tests exercise the same code over virtio-serial.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use wisp_vm::agent::{
+    AgentClient, AgentError, Control, ExecEvent, ExecRequest, Kind, ServiceSpec, TtySize,
+};
+
+/// The agent binary: `$WISP_AGENT_BIN`, or the static build `make agent-debug` makes next
+/// to this test's target folder.
+fn agent_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("WISP_AGENT_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // <target>/debug/deps/agent_host-HASH
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("target folder");
+    for c in [
+        target.join("x86_64-unknown-linux-gnu/debug/wisp-agent"),
+        target.join("debug/wisp-agent"),
+    ] {
+        if c.exists() {
+            return c;
+        }
+    }
+    panic!(
+        "wisp-agent binary not found under {}: build it with `make agent-debug` \
+         (or set WISP_AGENT_BIN)",
+        target.display()
+    );
+}
+
+struct Agent {
+    client: AgentClient,
+    child: tokio::process::Child,
+}
+
+async fn start_agent(state: &Path) -> Agent {
+    let mut child = tokio::process::Command::new(agent_bin())
+        .arg("--stdio")
+        .arg("--state-dir")
+        .arg(state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn wisp-agent");
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let client = AgentClient::connect_timeout(tokio::io::join(stdout, stdin), Duration::from_secs(30))
+        .await
+        .expect("handshake with the agent");
+    Agent { client, child }
+}
+
+fn argv(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Polls `f` until it returns `Some`, failing after a generous deadline (not a timing
+/// assertion: the deadline only turns a hang into a failure).
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn hello_and_exec_with_stdout_stderr_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+    assert_eq!(a.client.info().version, wisp_proto::PROTOCOL_VERSION);
+    assert!(a.client.info().capabilities.iter().any(|c| c == "exec"));
+    a.client.ping().await.unwrap();
+
+    let out = a
+        .client
+        .run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(out.status.code, Some(3));
+
+    let out = a.client.run(["true"]).await.unwrap();
+    assert!(out.status.success());
+
+    // Environment and working directory.
+    let out = a
+        .client
+        .exec(ExecRequest {
+            argv: argv(&["sh", "-c", "echo $FOO; pwd"]),
+            env: vec![("FOO".into(), "bar baz".into())],
+            cwd: Some(dir.path().to_string_lossy().into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    let expect = format!("bar baz\n{}\n", dir.path().canonicalize().unwrap().display());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expect);
+
+    // A missing program is a clean error, and the agent keeps serving.
+    let err = a.client.run(["/nonexistent/program"]).await.unwrap_err();
+    assert!(matches!(err, AgentError::Remote(ref m) if m.contains("/nonexistent/program")), "{err}");
+    a.client.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn stdin_is_streamed_with_flow_control() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+    // 8 MiB through `cat`, four times the window: the agent must pace us.
+    let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mut e = a
+        .client
+        .exec(ExecRequest {
+            argv: argv(&["cat"]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let input = e.input();
+    let d2 = data.clone();
+    let writer = tokio::spawn(async move {
+        input.write(&d2).await.unwrap();
+        input.close_stdin().await.unwrap();
+    });
+    let mut got = Vec::new();
+    let status = loop {
+        match e.recv().await.unwrap().unwrap() {
+            ExecEvent::Stdout(d) => got.extend_from_slice(&d),
+            ExecEvent::Stderr(d) => panic!("stderr: {}", String::from_utf8_lossy(&d)),
+            ExecEvent::Exit(s) => break s,
+        }
+    };
+    writer.await.unwrap();
+    assert!(status.success());
+    assert!(got == data, "cat returned {} bytes, sent {}", got.len(), data.len());
+}
+
+#[tokio::test]
+async fn signals_reach_the_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+    let mut e = a
+        .client
+        .exec(ExecRequest {
+            argv: argv(&["sh", "-c", "echo ready; sleep 1000"]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(e.recv().await.unwrap(), Some(ExecEvent::Stdout(b"ready\n".to_vec())));
+    e.input().signal(libc::SIGTERM).await.unwrap();
+    let st = e.wait().await.unwrap();
+    assert_eq!(st.signal, Some(libc::SIGTERM), "{st:?}");
+    assert_eq!(st.shell_code(), 143);
+}
+
+#[tokio::test]
+async fn many_concurrent_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = std::sync::Arc::new(start_agent(dir.path()).await);
+    let mut tasks = vec![];
+    for i in 0..24 {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            let cmd = format!("sleep 0.$(({i} % 3)); echo {i}; exit {i}");
+            let out = a.client.run(["sh", "-c", cmd.as_str()]).await.unwrap();
+            assert_eq!(out.stdout, format!("{i}\n").into_bytes());
+            assert_eq!(out.status.code, Some(i));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn pty_session_with_resize() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+    let out = a
+        .client
+        .exec(ExecRequest {
+            argv: argv(&["sh", "-c", "tty; stty size; test -t 0 && echo interactive"]),
+            tty: Some(TtySize { rows: 24, cols: 80 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert!(text.contains("24 80"), "{text:?}");
+    assert!(text.contains("interactive"), "{text:?}");
+    assert!(out.stderr.is_empty());
+
+    // Resize while running, then let the shell report the new size.
+    let mut e = a
+        .client
+        .exec(ExecRequest {
+            argv: argv(&["sh", "-c", "echo waiting; read x; stty size"]),
+            tty: Some(TtySize { rows: 24, cols: 80 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while !text.contains("waiting") {
+        match e.recv().await.unwrap().unwrap() {
+            ExecEvent::Stdout(d) => text.push_str(&String::from_utf8_lossy(&d)),
+            other => panic!("{other:?}"),
+        }
+    }
+    e.input().resize(40, 100).await.unwrap();
+    e.input().write(b"go\n").await.unwrap();
+    let out = e.output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("40 100"), "{text:?}");
+
+    // Ctrl-C through the terminal reaches the foreground job.
+    let mut e = a
+        .client
+        .exec(ExecRequest {
+            argv: argv(&["sh", "-c", "echo go; sleep 1000"]),
+            tty: Some(TtySize { rows: 24, cols: 80 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(matches!(e.recv().await.unwrap(), Some(ExecEvent::Stdout(_))));
+    e.input().signal(libc::SIGINT).await.unwrap();
+    let st = e.wait().await.unwrap();
+    assert_eq!(st.signal, Some(libc::SIGINT), "{st:?}");
+}
+
+/// A deterministic pseudo-random byte source of `len` bytes.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        v.extend_from_slice(&s.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+#[tokio::test]
+async fn file_write_and_read_over_100_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+    let len = 101 * 1024 * 1024 + 12345;
+    let data = pattern(len, 42);
+    let path = dir.path().join("sub/dir/big.bin");
+    let p = path.to_string_lossy().to_string();
+    let n = a
+        .client
+        .write_file(&p, 0o640, Some(1234), Some(2345), &data[..])
+        .await
+        .unwrap();
+    assert_eq!(n, len as u64);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), len as u64);
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+    assert_eq!((meta.uid(), meta.gid()), (1234, 2345));
+    // Compare with what the guest side sees through an independent tool.
+    let out = a.client.run(["sha256sum", p.as_str()]).await.unwrap();
+    let guest_sum = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string();
+    let host_sum = {
+        let o = std::process::Command::new("sha256sum").arg(&path).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string()
+    };
+    assert_eq!(guest_sum, host_sum);
+
+    let mut back = Vec::with_capacity(len);
+    let n = a.client.read_file(&p, &mut back).await.unwrap();
+    assert_eq!(n, len as u64);
+    assert!(back == data, "read back differs");
+
+    // Replacing an existing file, and errors that name the path.
+    a.client.write_file(&p, 0o600, None, None, &b"small"[..]).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"small");
+    let err = a.client.read_file("/nonexistent/x", tokio::io::sink()).await.unwrap_err();
+    assert!(matches!(err, AgentError::Remote(ref m) if m.contains("/nonexistent/x")), "{err}");
+    let err = a
+        .client
+        .write_file("relative/path", 0o644, None, None, &b"x"[..])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::Remote(_)), "{err}");
+    // No temporary files left behind.
+    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("big.bin")]);
+}
+
+#[tokio::test]
+async fn bad_frames_are_rejected_and_the_agent_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+
+    // Invalid JSON, an unknown message type, unknown fields: an error on that session.
+    for bad in [&b"{not json"[..], br#"{"type":"launch_missiles"}"#, br#"{"type":"exec","argv":["true"],"evil":1}"#] {
+        match a.client.raw_request(Kind::Control, bad).await {
+            Err(AgentError::Remote(m)) => assert!(m.contains("bad control message"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Data for a session that is not open.
+    match a.client.raw_request(Kind::Data, b"stray").await {
+        Err(AgentError::Remote(m)) => assert!(m.contains("not open"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // An empty argv.
+    match a.client.raw_request(Kind::Control, br#"{"type":"exec","argv":[]}"#).await {
+        Err(AgentError::Remote(m)) => assert!(m.contains("empty argv"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    // Broken framing: garbage, a header announcing 4 GiB, an unknown kind.
+    let before = a.client.connection_errors().len();
+    a.client.send_raw(b"this is not a frame at all").await.unwrap();
+    let mut huge = wisp_proto::encode_header(Kind::Data, 77, 0).unwrap();
+    huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    a.client.send_raw(&huge).await.unwrap();
+    let mut weird = wisp_proto::encode_header(Kind::Data, 78, 0).unwrap();
+    weird[4] = 200;
+    a.client.send_raw(&weird).await.unwrap();
+    // Seeded random junk.
+    a.client.send_raw(&pattern(100_000, 7)).await.unwrap();
+    a.client.ping().await.unwrap();
+    assert!(a.client.connection_errors().len() > before);
+
+    // Still fully working.
+    let out = a.client.run(["echo", "alive"]).await.unwrap();
+    assert_eq!(out.stdout, b"alive\n");
+}
+
+#[tokio::test]
+async fn services_restart_after_a_crash_and_after_an_agent_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("runs");
+    let script = format!("echo run >> {}; echo started; exec sleep 1000", marker.display());
+    let spec = ServiceSpec {
+        name: "web".into(),
+        argv: argv(&["sh", "-c", &script]),
+        env: vec![("X".into(), "1".into())],
+        ..Default::default()
+    };
+    {
+        let a = start_agent(dir.path()).await;
+        a.client.define_service(spec.clone()).await.unwrap();
+        let first = eventually("the service to run", || async {
+            let l = a.client.list_services().await.unwrap();
+            l.first().and_then(|s| s.pid)
+        })
+        .await;
+        // Crash it from outside.
+        // SAFETY: plain kill of a pid we just read.
+        unsafe { libc::kill(first as i32, libc::SIGKILL) };
+        let second = eventually("the service to restart", || async {
+            let l = a.client.list_services().await.unwrap();
+            l.first().and_then(|s| s.pid.filter(|p| *p != first && s.starts >= 2))
+        })
+        .await;
+        assert_ne!(first, second);
+        let st = a.client.list_services().await.unwrap();
+        assert_eq!(st[0].last_exit.and_then(|e| e.signal), Some(libc::SIGKILL));
+        let logs = eventually("two starts in the log", || async {
+            let l = a.client.service_logs("web", None).await.unwrap();
+            (String::from_utf8_lossy(&l).matches("started").count() >= 2).then_some(l)
+        })
+        .await;
+        assert!(String::from_utf8_lossy(&logs).contains("started\n"));
+        let tail = a.client.service_logs("web", Some(8)).await.unwrap();
+        assert_eq!(tail, b"started\n");
+        // Shut the agent down (channel mode: it exits) - services are stopped first.
+        a.client.shutdown().await.unwrap();
+        eventually("the old service process to end", || async {
+            // SAFETY: signal 0 only checks existence.
+            (unsafe { libc::kill(second as i32, 0) } != 0).then_some(())
+        })
+        .await;
+    }
+    // A new agent on the same state (a reboot) starts the persisted service again.
+    let a = start_agent(dir.path()).await;
+    let pid = eventually("the service after restart", || async {
+        a.client.list_services().await.unwrap().first().and_then(|s| s.pid)
+    })
+    .await;
+    assert_eq!(a.client.list_services().await.unwrap()[0].spec, spec);
+    let runs = eventually("three runs", || async {
+        let n = std::fs::read_to_string(&marker).unwrap_or_default().lines().count();
+        (n >= 3).then_some(n)
+    })
+    .await;
+    assert_eq!(runs, 3);
+    a.client.remove_service("web").await.unwrap();
+    eventually("the removed service to stop", || async {
+        // SAFETY: signal 0 only checks existence.
+        (unsafe { libc::kill(pid as i32, 0) } != 0).then_some(())
+    })
+    .await;
+    assert!(a.client.list_services().await.unwrap().is_empty());
+    assert!(matches!(
+        a.client.remove_service("web").await,
+        Err(AgentError::Remote(_))
+    ));
+    assert!(matches!(
+        a.client
+            .define_service(ServiceSpec {
+                name: "../evil".into(),
+                argv: argv(&["true"]),
+                ..Default::default()
+            })
+            .await,
+        Err(AgentError::Remote(_))
+    ));
+}
+
+#[tokio::test]
+async fn exec_as_another_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: switching users needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+    let out = a
+        .client
+        .exec(ExecRequest {
+            argv: argv(&["sh", "-c", "id -u; id -g; echo $HOME"]),
+            user: Some("4321".into()),
+            cwd: Some("/".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "4321\n4321\n/\n");
+    let err = a
+        .client
+        .exec(ExecRequest {
+            argv: argv(&["true"]),
+            user: Some("no-such-user".into()),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("unknown user must fail");
+    assert!(err.to_string().contains("no-such-user"), "{err}");
+}
+
+#[tokio::test]
+async fn dropping_a_session_kills_its_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+    let mut e = a
+        .client
+        .exec(ExecRequest {
+            argv: argv(&["sh", "-c", "echo up; exec sleep 1000"]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pid = e.pid;
+    assert!(matches!(e.recv().await.unwrap(), Some(ExecEvent::Stdout(_))));
+    drop(e);
+    eventually("the abandoned process to die", || async {
+        // A zombie counts as gone too: check /proc state.
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        (st.is_empty() || st.contains(") Z")).then_some(())
+    })
+    .await;
+    a.client.ping().await.unwrap();
+    let _ = a.child;
+    let _ = tokio::io::sink().flush().await;
+    let _ = Control::Ping;
+}
