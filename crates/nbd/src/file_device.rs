@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,6 +18,70 @@ pub struct FileDevice {
     file: Arc<File>,
     size: u64,
     read_only: bool,
+    pool: Arc<BufPool>,
+}
+
+/// Read buffers kept for reuse: allocating (and zeroing) a fresh megabyte per
+/// read costs more than the read itself when the data is in the page cache.
+#[derive(Default)]
+struct BufPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Buffers kept at most, and the largest size kept (so at most 64 MiB idle).
+const POOL_BUFFERS: usize = 32;
+const POOL_MAX_BUF: usize = 2 << 20;
+
+impl BufPool {
+    /// A buffer of at least `len` initialised bytes (their content is stale).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = if len <= POOL_MAX_BUF {
+            self.free
+                .lock()
+                .map(|mut f| f.pop())
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        // Only growth is zero-filled, so a reused buffer costs nothing here;
+        // a longer buffer is never shortened, so it stays fully initialised.
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        if buf.len() > POOL_MAX_BUF {
+            return;
+        }
+        if let Ok(mut free) = self.free.lock() {
+            if free.len() < POOL_BUFFERS {
+                free.push(buf);
+            }
+        }
+    }
+}
+
+/// A read buffer that goes back to its pool when the reply has been sent.
+struct PooledBuf {
+    buf: Vec<u8>,
+    len: usize,
+    pool: Arc<BufPool>,
+}
+
+impl AsRef<[u8]> for PooledBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
 }
 
 impl FileDevice {
@@ -29,6 +93,7 @@ impl FileDevice {
             file: Arc::new(file),
             size,
             read_only,
+            pool: Arc::default(),
         })
     }
 
@@ -45,6 +110,7 @@ impl FileDevice {
             file: Arc::new(file),
             size,
             read_only: false,
+            pool: Arc::default(),
         })
     }
 
@@ -107,10 +173,12 @@ impl BlockDevice for FileDevice {
     }
 
     async fn read(&self, offset: u64, len: u32) -> io::Result<Bytes> {
+        let pool = self.pool.clone();
         self.blocking(move |f| {
-            let mut buf = vec![0u8; len as usize];
-            f.read_exact_at(&mut buf, offset)?;
-            Ok(Bytes::from(buf))
+            let len = len as usize;
+            let mut buf = pool.take(len);
+            f.read_exact_at(&mut buf[..len], offset)?;
+            Ok(Bytes::from_owner(PooledBuf { buf, len, pool }))
         })
         .await
     }
