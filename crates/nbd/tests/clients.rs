@@ -225,6 +225,8 @@ async fn fio_verify(t: Transport, rw: &str, bs: &str, size: &str) {
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            // Otherwise fio leaves a state file in the working directory.
+            "--verify_state_save=0",
         ],
     )
     .await;
