@@ -16,12 +16,14 @@ use crate::handshake::{negotiate, Exports, Outcome};
 use crate::{transmission, BlockDevice, Listen, NbdError};
 
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An NBD server configuration: the exports it offers.
 #[derive(Clone)]
 pub struct Server {
     exports: Exports,
     handshake_timeout: Duration,
+    drain_timeout: Duration,
 }
 
 impl Default for Server {
@@ -36,6 +38,7 @@ impl Server {
         Self {
             exports: Exports::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 
@@ -50,6 +53,13 @@ impl Server {
     /// client that connects and says nothing must not hold a task forever.
     pub fn set_handshake_timeout(&mut self, timeout: Duration) {
         self.handshake_timeout = timeout;
+    }
+
+    /// How long shutdown waits for connections to finish their in-flight
+    /// requests (default 30 s) before closing them anyway: a client that stops
+    /// reading its replies must not hold shutdown forever.
+    pub fn set_drain_timeout(&mut self, timeout: Duration) {
+        self.drain_timeout = timeout;
     }
 
     /// Binds the listener. A unix socket path left behind by a dead server is
@@ -196,10 +206,22 @@ impl BoundServer {
         }
         drop(self.listener);
         cancel.cancel();
-        while let Some(done) = conns.join_next().await {
-            if let Err(e) = done {
-                warn!(error = %e, "nbd connection task panicked");
+        let drain = async {
+            while let Some(done) = conns.join_next().await {
+                if let Err(e) = done {
+                    warn!(error = %e, "nbd connection task panicked");
+                }
             }
+        };
+        if tokio::time::timeout(server.drain_timeout, drain)
+            .await
+            .is_err()
+        {
+            warn!(
+                connections = conns.len(),
+                "nbd clients did not finish in time at shutdown; closing them"
+            );
+            conns.shutdown().await;
         }
         server.flush_exports().await;
         info!(listen = %self.local, "nbd server stopped");

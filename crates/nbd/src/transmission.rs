@@ -3,6 +3,7 @@
 //! they may complete out of order.
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -48,9 +49,10 @@ where
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT as usize));
     let bytes = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES as usize));
     let (tx, rx) = mpsc::unbounded_channel::<Reply>();
-    // A failed write means the client is gone: stop reading requests too.
-    let writer_failed = CancellationToken::new();
-    let writer_task = tokio::spawn(write_replies(writer, rx, writer_failed.clone()));
+    // Fires on server shutdown, or when a reply write fails (the client is
+    // gone), so the reader stops either way.
+    let stop = cancel.child_token();
+    let mut writer_task = AbortOnDrop(tokio::spawn(write_replies(writer, rx, stop.clone())));
 
     let limits = ExportLimits {
         size: dev.size(),
@@ -58,26 +60,17 @@ where
         min_block: block_sizes(dev.as_ref()).0,
     };
     let mut reader = BufReader::with_capacity(256 * 1024, reader);
-    let result = read_loop(
-        &mut reader,
-        &dev,
-        limits,
-        &slots,
-        &bytes,
-        &tx,
-        &cancel,
-        &writer_failed,
-    )
-    .await;
+    let result = read_loop(&mut reader, &dev, limits, &slots, &bytes, &tx, &stop).await;
 
     // Wait for every request still running: each holds a slot until its reply
-    // has been written (or dropped because the writer failed).
+    // has been written (or dropped because the writer failed). Server shutdown
+    // alone does not cut this short; a dead writer does.
     tokio::select! {
         _ = slots.acquire_many(MAX_IN_FLIGHT) => {}
-        _ = writer_failed.cancelled() => {}
+        _ = writer_failed(&stop, &cancel) => {}
     }
     drop(tx);
-    match writer_task.await {
+    match (&mut writer_task.0).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(error = %e, "nbd reply writer stopped"),
         Err(e) => warn!(error = %e, "nbd reply writer panicked"),
@@ -85,33 +78,60 @@ where
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn read_loop<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
+/// Aborts the writer if the connection task is dropped (the server gave up
+/// waiting for a client that does not read its replies), closing the socket.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Completes when `stop` fired for a reason other than server shutdown.
+async fn writer_failed(stop: &CancellationToken, cancel: &CancellationToken) {
+    stop.cancelled().await;
+    if cancel.is_cancelled() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
     dev: &Arc<dyn BlockDevice>,
     limits: ExportLimits,
     slots: &Arc<Semaphore>,
     bytes: &Arc<Semaphore>,
     tx: &mpsc::UnboundedSender<Reply>,
-    cancel: &CancellationToken,
-    writer_failed: &CancellationToken,
+    stop: &CancellationToken,
 ) -> Result<(), NbdError> {
     let mut hdr = [0u8; p::REQUEST_HEADER_LEN];
     loop {
-        let slot = tokio::select! {
-            s = slots.clone().acquire_owned() => s.expect("semaphore is never closed"),
-            _ = cancel.cancelled() => return Ok(()),
-            _ = writer_failed.cancelled() => return Ok(()),
-        };
-        tokio::select! {
-            r = reader.read_exact(&mut hdr) => match r {
-                Ok(_) => {}
-                // Hanging up without NBD_CMD_DISC is common (and harmless).
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e.into()),
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        // Fast paths first: a free slot and a header already buffered need
+        // no waiting, so no cancellation bookkeeping either.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => tokio::select! {
+                s = slots.clone().acquire_owned() => s.expect("semaphore is never closed"),
+                _ = stop.cancelled() => return Ok(()),
             },
-            _ = cancel.cancelled() => return Ok(()),
-            _ = writer_failed.cancelled() => return Ok(()),
+        };
+        if let Some(buffered) = reader.buffer().get(..p::REQUEST_HEADER_LEN) {
+            hdr.copy_from_slice(buffered);
+            Pin::new(&mut *reader).consume(p::REQUEST_HEADER_LEN);
+        } else {
+            tokio::select! {
+                r = reader.read_exact(&mut hdr) => match r {
+                    Ok(_) => {}
+                    // Hanging up without NBD_CMD_DISC is common (and harmless).
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                },
+                _ = stop.cancelled() => return Ok(()),
+            }
         }
         let h = RequestHeader::parse(&hdr).map_err(|m| NbdError::BadMagic { magic: m.0 })?;
         let cmd = match p::validate(&h, limits) {

@@ -205,3 +205,30 @@ async fn serve_stream_works_on_an_in_memory_pipe() {
     c.expect_closed().await;
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_forever_for_a_client_that_stops_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = FileDevice::create(&dir.path().join("d.img"), 64 * MIB).unwrap();
+    let mut server = wisp_nbd::Server::new();
+    server.add_export("d", Arc::new(dev));
+    server.set_drain_timeout(std::time::Duration::from_millis(200));
+    let listen = wisp_nbd::Listen::Unix(dir.path().join("s.sock"));
+    let bound = server.bind(&listen).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(bound.serve(async move {
+        let _ = rx.await;
+    }));
+    let (mut c, _, _) = RawClient::open(&listen, "d").await;
+    // 64 MiB of replies that are never read: the writer blocks on a full socket.
+    for i in 0..64u64 {
+        c.request(p::CMD_READ, 0, i, i * MIB, MIB as u32, &[]).await;
+    }
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+    // The server closed the connection (after at most the replies that fit).
+    drop(c.s.shutdown().await);
+    let mut sink = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut c.s, &mut sink).await;
+    assert!(sink.len() < 64 * MIB as usize);
+}
