@@ -177,12 +177,14 @@ impl BoundServer {
                         conns.spawn(async move {
                             let result = match conn {
                                 Conn::Unix(s) => {
+                                    set_send_buffer(&s);
                                     let (r, w) = s.into_split();
                                     server.serve_split(r, w, cancel).await
                                 }
                                 Conn::Tcp(s) => {
                                     // Replies are already batched; Nagle only adds latency.
                                     let _ = s.set_nodelay(true);
+                                    set_send_buffer(&s);
                                     let (r, w) = s.into_split();
                                     server.serve_split(r, w, cancel).await
                                 }
@@ -226,6 +228,27 @@ impl BoundServer {
         server.flush_exports().await;
         info!(listen = %self.local, "nbd server stopped");
         Ok(())
+    }
+}
+
+/// Asks for a send buffer that holds a whole large read reply, so a 1 MiB
+/// reply goes out in one write instead of several partial writes each waiting
+/// for the client to drain the socket. The kernel caps it (`wmem_max`).
+fn set_send_buffer(s: &impl std::os::fd::AsRawFd) {
+    let size: libc::c_int = 4 << 20;
+    // SAFETY: a plain setsockopt on a socket fd we own, with a pointer to a
+    // c_int and its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        debug!(error = %std::io::Error::last_os_error(), "cannot enlarge the socket send buffer");
     }
 }
 
