@@ -3,14 +3,16 @@
 //! they may complete out of order.
 
 use std::io::{self, IoSlice};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::handshake::block_sizes;
 use crate::protocol::{self as p, Command, ExportLimits, RequestHeader};
@@ -174,7 +176,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
             // Keep a handle on the payload: if the device did not keep its
             // copy, the buffer goes back to the pool for the next write.
             let keep = payload.clone();
-            let result = run(dev.as_ref(), cmd, payload).await;
+            // A panicking device must still answer, or the client waits
+            // forever for this cookie.
+            let result = AssertUnwindSafe(run(dev.as_ref(), cmd, payload))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    error!(cookie, ?cmd, "nbd device panicked while serving a request");
+                    Err(io::Error::other("device panicked"))
+                });
             if let Some(buf) = keep.and_then(|b| b.try_into_mut().ok()) {
                 pool.give(buf);
             }

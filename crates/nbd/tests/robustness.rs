@@ -206,10 +206,40 @@ async fn serve_stream_works_on_an_in_memory_pipe() {
     task.await.unwrap().unwrap();
 }
 
+/// A FileDevice that reports each read it starts.
+struct ReportingDevice(FileDevice, mpsc::UnboundedSender<u64>);
+
+#[async_trait]
+impl BlockDevice for ReportingDevice {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    async fn read(&self, offset: u64, len: u32) -> io::Result<Bytes> {
+        let _ = self.1.send(offset);
+        self.0.read(offset, len).await
+    }
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> io::Result<()> {
+        self.0.write(offset, data, fua).await
+    }
+    async fn flush(&self) -> io::Result<()> {
+        self.0.flush().await
+    }
+    async fn trim(&self, offset: u64, len: u32) -> io::Result<()> {
+        self.0.trim(offset, len).await
+    }
+    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> io::Result<()> {
+        self.0.write_zeroes(offset, len, fua).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_does_not_wait_forever_for_a_client_that_stops_reading() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = FileDevice::create(&dir.path().join("d.img"), 64 * MIB).unwrap();
+    let (reads_tx, mut reads) = mpsc::unbounded_channel();
+    let dev = ReportingDevice(
+        FileDevice::create(&dir.path().join("d.img"), 64 * MIB).unwrap(),
+        reads_tx,
+    );
     let mut server = wisp_nbd::Server::new();
     server.add_export("d", Arc::new(dev));
     server.set_drain_timeout(std::time::Duration::from_millis(200));
@@ -220,15 +250,66 @@ async fn shutdown_does_not_wait_forever_for_a_client_that_stops_reading() {
         let _ = rx.await;
     }));
     let (mut c, _, _) = RawClient::open(&listen, "d").await;
-    // 64 MiB of replies that are never read: the writer blocks on a full socket.
+    // 64 MiB of replies that are never read: far more than a socket buffer
+    // holds, so the reply writer blocks with requests still holding slots.
     for i in 0..64u64 {
         c.request(p::CMD_READ, 0, i, i * MIB, MIB as u32, &[]).await;
     }
+    for _ in 0..64 {
+        reads.recv().await.unwrap();
+    }
     let _ = tx.send(());
-    task.await.unwrap().unwrap();
-    // The server closed the connection (after at most the replies that fit).
+    // Generous guard: without the drain timeout this would wait forever.
+    tokio::time::timeout(std::time::Duration::from_secs(60), task)
+        .await
+        .expect("shutdown waited for a client that never reads")
+        .unwrap()
+        .unwrap();
+    // The server closed the connection after at most the replies that fit.
     drop(c.s.shutdown().await);
     let mut sink = Vec::new();
     let _ = tokio::io::AsyncReadExt::read_to_end(&mut c.s, &mut sink).await;
     assert!(sink.len() < 64 * MIB as usize);
+}
+
+/// A FileDevice that panics when asked to read offset 0: a buggy device.
+struct PanickyDevice(FileDevice);
+
+#[async_trait]
+impl BlockDevice for PanickyDevice {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    async fn read(&self, offset: u64, len: u32) -> io::Result<Bytes> {
+        assert_ne!(offset, 0, "deliberate device bug");
+        self.0.read(offset, len).await
+    }
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> io::Result<()> {
+        self.0.write(offset, data, fua).await
+    }
+    async fn flush(&self) -> io::Result<()> {
+        self.0.flush().await
+    }
+    async fn trim(&self, offset: u64, len: u32) -> io::Result<()> {
+        self.0.trim(offset, len).await
+    }
+    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> io::Result<()> {
+        self.0.write_zeroes(offset, len, fua).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_device_answers_eio_and_the_connection_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    let dev = PanickyDevice(FileDevice::create(&image, MIB).unwrap());
+    let srv =
+        TestServer::start_with(dir, image, Transport::Unix, vec![("disk", Arc::new(dev))]).await;
+    let (mut c, _, _) = RawClient::open(&srv.listen, "disk").await;
+    c.request(p::CMD_READ, 0, 1, 0, 512, &[]).await;
+    assert_eq!(c.reply().await, (p::EIO, 1));
+    c.request(p::CMD_READ, 0, 2, 512, 512, &[]).await;
+    assert_eq!(c.reply().await, (0, 2));
+    assert_eq!(c.read_data(512).await, vec![0; 512]);
+    srv.stop().await;
 }
