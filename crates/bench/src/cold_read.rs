@@ -78,7 +78,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
 
     // Host A writes the region and uploads it (SIGTERM flushes and uploads).
     let host_a = on_host("host-a")?;
-    host_a.create("cold", "100G")?;
+    host_a.create("cold", 100 * crate::GIB)?;
     let socket_a = dir.join("a.sock");
     let serve = host_a.serve("cold", &socket_a)?;
     fio::run(
@@ -140,7 +140,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         )),
         Row::info(
             SECTION,
-            "upload on serve shutdown (SIGTERM)",
+            "upload on serve shutdown",
             upload.as_secs_f64(),
             "s",
         ),

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod cold_read;
+pub mod engine;
 pub mod fio;
 pub mod metadata;
 pub mod procs;

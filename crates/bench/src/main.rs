@@ -94,6 +94,9 @@ fn run(args: Args) -> Result<ExitCode> {
         finished: String::new(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         machine: Machine::detect(),
+        served_by: wisp::Wisp::new(&ctx.wisp, &ctx.work.join("probe"))?
+            .mode()
+            .to_string(),
         rows: Vec::new(),
         errors: Vec::new(),
     };
@@ -128,6 +131,7 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     report.finished = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
 
+    println!("volumes served by {}", report.served_by);
     print!("{}", report.table());
     report.write_json(&args.out)?;
     eprintln!("wisp-bench: wrote {}", args.out.display());

@@ -99,6 +99,8 @@ pub struct Report {
     pub finished: String,
     pub command: String,
     pub machine: Machine,
+    /// What served the volumes: `wisp volume serve` or the in-process engine.
+    pub served_by: String,
     pub rows: Vec<Row>,
     /// Sections that could not run, with the reason.
     pub errors: Vec<SectionError>,
@@ -237,6 +239,7 @@ mod tests {
             finished: "f".into(),
             command: "c".into(),
             machine: Machine::detect(),
+            served_by: "x".into(),
             rows: vec![Row::bounded("checkpoint", "1 GiB", 3.21, "ms", 50.0)],
             errors: vec![SectionError {
                 section: "vm".into(),

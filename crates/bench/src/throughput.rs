@@ -92,7 +92,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let dir = ctx.scratch("fio")?;
     let nbdkit = start_nbdkit(&ctx.nbdkit, &dir, "reference", ctx.region)?;
     let wisp = Wisp::new(&ctx.wisp, &dir.join("home"))?;
-    wisp.create("bench", "100G")?;
+    wisp.create("bench", 100 * crate::GIB)?;
     let socket = dir.join("wisp.sock");
     let serve = wisp.serve("bench", &socket)?;
     let mut rows = compare(

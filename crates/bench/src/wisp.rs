@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
+use crate::engine::{self, LocalServe};
 use crate::procs::{self, Server};
 
 /// How long `wisp volume serve` may take to listen.
@@ -21,17 +22,66 @@ pub struct Wisp {
     pub store: Option<String>,
     /// Extra environment (the `AWS_*` variables of an S3 store).
     pub env: Vec<(String, String)>,
+    /// Whether the binary has `wisp volume serve`; without it volumes are created and
+    /// served by the engine inside the benchmark (same library code, no CLI process).
+    pub cli: bool,
+}
+
+/// A served volume: a `wisp volume serve` process or an in-process server.
+pub enum Served {
+    Process(Server),
+    InProcess(LocalServe),
+}
+
+impl Served {
+    /// Stops serving the clean way (SIGTERM, or closing the volume), which flushes and
+    /// uploads; returns how long that took.
+    pub fn terminate(self, timeout: Duration) -> Result<Duration> {
+        match self {
+            Served::Process(server) => server.terminate(timeout),
+            Served::InProcess(local) => local.stop(timeout),
+        }
+    }
 }
 
 impl Wisp {
     pub fn new(bin: &Path, home: &Path) -> Result<Wisp> {
         std::fs::create_dir_all(home)?;
-        Ok(Wisp {
+        let mut wisp = Wisp {
             bin: bin.to_path_buf(),
             home: home.to_path_buf(),
             store: None,
             env: Vec::new(),
-        })
+            cli: false,
+        };
+        wisp.cli = bin.exists() && wisp.run(&["volume", "serve", "--help"]).is_ok();
+        Ok(wisp)
+    }
+
+    /// How volumes are served, for report notes.
+    pub fn mode(&self) -> &'static str {
+        if self.cli {
+            "`wisp volume serve`"
+        } else {
+            "in-process engine (no `wisp volume serve` in this build)"
+        }
+    }
+
+    /// The store URL in force (the CLI's default is the folder store under the home).
+    pub fn store_url(&self) -> Result<String> {
+        match &self.store {
+            Some(url) => Ok(url.clone()),
+            None => {
+                let dir = self.home.join("store");
+                std::fs::create_dir_all(&dir)?;
+                Ok(format!("file://{}", dir.canonicalize()?.display()))
+            }
+        }
+    }
+
+    /// The cache folder the in-process engine uses (`$WISP_HOME/cache`, like the CLI).
+    pub fn cache_dir(&self) -> PathBuf {
+        self.home.join("cache")
     }
 
     /// `wisp ARGS...` with this instance's environment.
@@ -62,14 +112,34 @@ impl Wisp {
         Ok(procs::timed(&mut self.cmd(args))?.0)
     }
 
-    pub fn create(&self, name: &str, size: &str) -> Result<()> {
-        self.run(&["volume", "create", name, "--size", size])?;
-        Ok(())
+    /// Creates volume `name` of `size` bytes.
+    pub fn create(&self, name: &str, size: u64) -> Result<()> {
+        if self.cli {
+            self.run(&["volume", "create", name, "--size", &crate::size_arg(size)])?;
+            return Ok(());
+        }
+        let (url, cache) = (self.store_url()?, self.cache_dir());
+        engine::runtime().block_on(async {
+            let store = engine::open_store(&url, &cache, &self.env).await?;
+            store.create_volume(name, size).await?;
+            anyhow::Ok(())
+        })
     }
 
-    /// Starts `wisp volume serve NAME --nbd unix:SOCKET` and waits until it listens.
-    pub fn serve(&self, name: &str, socket: &Path) -> Result<Server> {
+    /// Serves `name` on a unix socket and waits until it listens: `wisp volume serve NAME
+    /// --nbd unix:SOCKET`, or the engine in this process when the CLI has no `serve`.
+    pub fn serve(&self, name: &str, socket: &Path) -> Result<Served> {
         let _ = std::fs::remove_file(socket);
+        if !self.cli {
+            let local = LocalServe::start(
+                &self.store_url()?,
+                &self.cache_dir(),
+                &self.env,
+                name,
+                socket,
+            )?;
+            return Ok(Served::InProcess(local));
+        }
         let log = self.home.join(format!("serve-{name}.log"));
         let listen = format!("unix:{}", socket.display());
         let mut server = Server::spawn(
@@ -78,19 +148,12 @@ impl Wisp {
             &log,
         )?;
         server.wait_for_socket(socket, SERVE_TIMEOUT)?;
-        Ok(server)
+        Ok(Served::Process(server))
     }
 }
 
-/// The `wisp` binary next to this one (`target/release/wisp` for `make bench`).
+/// The `wisp` binary next to this one (`target/release/wisp` for `make bench`); it may
+/// not exist, in which case volume sections use the in-process engine.
 pub fn default_binary() -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let candidate = me.with_file_name("wisp");
-    if !candidate.exists() {
-        bail!(
-            "no wisp binary at `{}`; build it with `cargo build --release -p wisp-cli` or pass --wisp",
-            candidate.display()
-        );
-    }
-    Ok(candidate)
+    Ok(std::env::current_exe()?.with_file_name("wisp"))
 }
