@@ -154,13 +154,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         };
         let budget = match cmd {
-            Command::Read { len, .. } | Command::Write { len, .. } if len > 0 => Some(
-                bytes
-                    .clone()
-                    .acquire_many_owned(len)
-                    .await
-                    .expect("semaphore is never closed"),
-            ),
+            Command::Read { len, .. } | Command::Write { len, .. } if len > 0 => {
+                tokio::select! {
+                    b = bytes.clone().acquire_many_owned(len) => {
+                        Some(b.expect("semaphore is never closed"))
+                    }
+                    _ = stop.cancelled() => return Ok(()),
+                }
+            }
             _ => None,
         };
         let payload = match cmd {
