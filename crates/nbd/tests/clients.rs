@@ -250,3 +250,40 @@ async fn fio_randwrite_4k_qd16_verifies_tcp() {
 async fn fio_seq_1m_verifies() {
     fio_verify(Transport::Unix, "write", "1M", "64M").await;
 }
+
+/// nbdcopy opens several connections when the export advertises multi-conn,
+/// each with many requests in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nbdcopy_multi_conn_round_trip() {
+    let srv = TestServer::start(Transport::Unix, 32 * MIB).await;
+    let src = srv.dir.path().join("src.img");
+    let back = srv.dir.path().join("back.img");
+    let mut data = vec![0u8; 32 * MIB as usize];
+    XorShift(0xc0ffee).fill(&mut data);
+    data[MIB as usize..9 * MIB as usize].fill(0);
+    std::fs::write(&src, &data).unwrap();
+    std::fs::write(&back, []).unwrap();
+    let uri = srv.uri("disk");
+    let src_s = src.to_str().unwrap();
+    run_ok(
+        "nbdcopy",
+        "libnbd-bin",
+        &["--connections=4", "--requests=32", src_s, &uri],
+    )
+    .await;
+    run_ok(
+        "nbdcopy",
+        "libnbd-bin",
+        &["--connections=4", &uri, back.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "bytes read back differ"
+    );
+    assert!(
+        std::fs::read(&srv.image).unwrap() == data,
+        "bytes in the export's file differ"
+    );
+    srv.stop().await;
+}
