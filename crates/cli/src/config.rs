@@ -33,3 +33,12 @@ impl GlobalArgs {
         }
     }
 }
+
+/// Opens the volume store in force, caching volumes under `$WISP_HOME/cache`.
+pub async fn open_store(global: &GlobalArgs) -> anyhow::Result<wisp_volume::Store> {
+    let url = global.store_url()?;
+    let config = wisp_volume::StoreConfig::new(url.clone(), global.home.join("cache"));
+    wisp_volume::Store::open(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open store `{url}`: {e}"))
+}

@@ -86,13 +86,12 @@ impl ImageKind {
         }
     }
 
-    /// Size of the ext4 filesystem built on the host; the agent grows it to
-    /// the whole disk on first boot.
+    /// Size of the ext4 filesystem built on the host: the whole disk. The
+    /// image is sparse (a few MiB of data for `tiny`), so nothing has to grow
+    /// it at first boot; the agent still grows a root that is smaller than
+    /// its disk (a fork given a bigger volume).
     fn fs_size(self) -> u64 {
-        match self {
-            ImageKind::Tiny => 256 << 20,
-            ImageKind::Debian => 2 << 30,
-        }
+        ROOT_DISK_SIZE
     }
 }
 
@@ -210,9 +209,11 @@ pub async fn build(
         ImageKind::Debian => {
             let t = tree.clone();
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-            let job = tokio::task::spawn_blocking(move || populate_debian(&t, &|l| {
-                let _ = tx.send(l.to_string());
-            }));
+            let job = tokio::task::spawn_blocking(move || {
+                populate_debian(&t, &|l| {
+                    let _ = tx.send(l.to_string());
+                })
+            });
             while let Some(line) = rx.recv().await {
                 progress(&line);
             }
@@ -222,8 +223,8 @@ pub async fn build(
     }
     let image = work.path().join("root.ext4");
     progress(&format!(
-        "building a {} MiB ext4 filesystem",
-        kind.fs_size() >> 20
+        "building a sparse {} GiB ext4 filesystem",
+        kind.fs_size() >> 30
     ));
     {
         let (t, i, size) = (tree.clone(), image.clone(), kind.fs_size());
@@ -252,10 +253,14 @@ pub async fn build(
     store.create_volume(&volume_name, ROOT_DISK_SIZE).await?;
     let volume = store.open_volume(&volume_name).await?;
     let volume_url = volume.info().url;
-    volume.import_file(&image, &|_, _| {}).await?;
+    let written = rootfs::import_image(&image, &volume).await?;
+    tracing::debug!(written, "image data written; syncing");
+    volume.sync().await?;
+    tracing::debug!("image volume synced; checkpointing");
     let checkpoint = volume
         .checkpoint(Some(format!("wisp image {kind}")))
         .await?;
+    tracing::debug!("checkpointed; closing");
     volume.close().await?;
     let info = ImageInfo {
         name: kind.name().to_string(),
@@ -332,8 +337,8 @@ pub fn populate_debian(dir: &Path, progress: &dyn Fn(&str)) -> Result<(), Rootfs
     })?;
     let stderr = err_thread.join().unwrap_or_default();
     if !status.success() {
-        let log = std::fs::read_to_string(dir.join("debootstrap/debootstrap.log"))
-            .unwrap_or_default();
+        let log =
+            std::fs::read_to_string(dir.join("debootstrap/debootstrap.log")).unwrap_or_default();
         let keep = log.len().saturating_sub(1500);
         return Err(RootfsError::Command {
             command: "debootstrap".into(),
@@ -357,7 +362,9 @@ apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 "#;
     rootfs::run(
-        Command::new("chroot").arg(dir).args(["/bin/sh", "-c", script]),
+        Command::new("chroot")
+            .arg(dir)
+            .args(["/bin/sh", "-c", script]),
         "coreutils",
     )?;
     Ok(())

@@ -45,10 +45,25 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InitramfsError + '_ {
 /// One entry of a `newc` archive.
 #[derive(Debug, Clone)]
 pub enum Entry {
-    Dir { name: String, mode: u32 },
-    File { name: String, mode: u32, data: Vec<u8> },
-    Symlink { name: String, target: String },
-    CharDev { name: String, mode: u32, major: u32, minor: u32 },
+    Dir {
+        name: String,
+        mode: u32,
+    },
+    File {
+        name: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        name: String,
+        target: String,
+    },
+    CharDev {
+        name: String,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// Writes a `newc` (SVR4, no checksum) cpio archive.
@@ -84,7 +99,11 @@ impl<W: Write> CpioWriter<W> {
                 minor,
             } => (name, S_IFCHR | mode, &[], (*major, *minor)),
         };
-        let nlink = if matches!(entry, Entry::Dir { .. }) { 2 } else { 1 };
+        let nlink = if matches!(entry, Entry::Dir { .. }) {
+            2
+        } else {
+            1
+        };
         let ino = self.ino;
         self.ino += 1;
         self.raw(name, ino, mode, nlink, data, rdev)
@@ -144,7 +163,15 @@ impl<W: Write> CpioWriter<W> {
 /// with their list, and `init` (the agent, or any other init program).
 pub fn entries(kernel: &Kernel, init: &[u8]) -> Result<Vec<Entry>, InitramfsError> {
     let mut out: Vec<Entry> = [
-        "dev", "proc", "sys", "etc", "lib", "lib/modules", "newroot", "run", "tmp",
+        "dev",
+        "proc",
+        "sys",
+        "etc",
+        "lib",
+        "lib/modules",
+        "newroot",
+        "run",
+        "tmp",
     ]
     .iter()
     .map(|d| Entry::Dir {

@@ -16,12 +16,7 @@ pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// Modules the guest needs on a `microvm` machine: virtio over MMIO, the block
 /// device, the network device and the console (the agent channel). Their
 /// dependencies are added and ordered from each module's `depends=` field.
-pub const GUEST_MODULES: &[&str] = &[
-    "virtio_mmio",
-    "virtio_blk",
-    "virtio_net",
-    "virtio_console",
-];
+pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_net", "virtio_console"];
 
 /// Errors while fetching or reading the guest kernel.
 #[derive(Debug, thiserror::Error)]
@@ -218,10 +213,11 @@ impl Kernel {
             modules: files,
         };
         let manifest = staging.join("kernel.json");
-        let json = serde_json::to_string_pretty(&kernel).map_err(|source| KernelError::Manifest {
-            path: manifest.clone(),
-            source,
-        })?;
+        let json =
+            serde_json::to_string_pretty(&kernel).map_err(|source| KernelError::Manifest {
+                path: manifest.clone(),
+                source,
+            })?;
         fs::write(&manifest, json).map_err(io_err(&manifest))?;
         // Publish atomically: a concurrent fetch of the same release loses the
         // rename race harmlessly and uses the winner's copy.

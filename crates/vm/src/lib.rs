@@ -1,2 +1,19 @@
 //! The VM driver: runs each sprite as a QEMU `microvm`, builds the guest
 //! kernel/initramfs bundle and the standard images.
+
+pub mod accel;
+pub mod agent;
+pub mod image;
+pub mod initramfs;
+pub mod kernel;
+pub mod machine;
+pub mod qemu;
+pub mod rootfs;
+pub mod runtime;
+pub mod terminal;
+
+pub use image::{ImageError, ImageInfo, ImageKind};
+pub use kernel::{Kernel, KernelError};
+pub use machine::{Machine, MachineConfig, MachineError};
+pub use qemu::Accel;
+pub use runtime::{Runtime, RuntimeError};

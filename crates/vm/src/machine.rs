@@ -190,7 +190,7 @@ impl Machine {
             }
         };
         let boot_time = t0.elapsed();
-        tracing::info!(
+        tracing::debug!(
             boot_ms = boot_time.as_millis() as u64,
             accel = %config.accel,
             pid = qemu.pid(),
@@ -243,19 +243,18 @@ impl Machine {
     /// and the disk is flushed. Falls back to QMP `quit`, then SIGKILL, when
     /// the guest does not cooperate.
     pub async fn stop(mut self) -> Result<(), MachineError> {
-        let agent_ok = match tokio::time::timeout(Duration::from_secs(60), self.agent.shutdown())
-            .await
-        {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "agent shutdown failed; stopping qemu through qmp");
-                false
-            }
-            Err(_) => {
-                tracing::warn!("agent shutdown timed out; stopping qemu through qmp");
-                false
-            }
-        };
+        let agent_ok =
+            match tokio::time::timeout(Duration::from_secs(60), self.agent.shutdown()).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "agent shutdown failed; stopping qemu through qmp");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("agent shutdown timed out; stopping qemu through qmp");
+                    false
+                }
+            };
         let exited = agent_ok
             && self
                 .qemu

@@ -37,11 +37,9 @@ impl Runtime {
         let h = home.to_path_buf();
         let kernel = tokio::task::spawn_blocking(move || Kernel::ensure(&h))
             .await
-            .map_err(|e| {
-                KernelError::Io {
-                    path: home.join("kernel"),
-                    source: std::io::Error::other(e),
-                }
+            .map_err(|e| KernelError::Io {
+                path: home.join("kernel"),
+                source: std::io::Error::other(e),
             })??;
         let agent = initramfs::find_agent()?;
         let initramfs = initramfs::ensure(&kernel, &agent)?;

@@ -27,7 +27,15 @@ async fn boots_runs_a_command_and_stops_cleanly() {
     cfg.boot_timeout = Duration::from_secs(180);
     let m = Machine::start(cfg).await.unwrap();
     eprintln!("boot took {:?}", m.boot_time());
-    let out = m.agent().run(["sh", "-c", "echo hi; echo err >&2; cat /proc/mounts; exit 3"]).await.unwrap();
+    let out = m
+        .agent()
+        .run([
+            "sh",
+            "-c",
+            "echo hi; echo err >&2; cat /proc/mounts; exit 3",
+        ])
+        .await
+        .unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(out.stdout.starts_with(b"hi\n"));
     assert_eq!(out.stderr, b"err\n");
