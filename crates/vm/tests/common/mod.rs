@@ -80,3 +80,141 @@ pub fn vm_slot() -> File {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// A per-test view of the shared test home: its store (with the `tiny`
+/// image built once, by the library) and the runtime (kernel, initramfs,
+/// accelerator).
+pub struct Env {
+    pub home: PathBuf,
+    pub store: wisp_volume::Store,
+    pub runtime: wisp_vm::Runtime,
+    pub image: wisp_vm::ImageInfo,
+}
+
+pub async fn env() -> Env {
+    let home = shared_home();
+    // Kernel and initramfs first, under their lock (several test binaries start at once).
+    boot_files();
+    let config = wisp_volume::StoreConfig::new(
+        format!("file://{}", home.join("store").display()),
+        home.join("cache"),
+    );
+    std::fs::create_dir_all(home.join("store")).unwrap();
+    let store = wisp_volume::Store::open(config).await.expect("open store");
+    let image = {
+        let _guard = lock_file(&home.join("image.lock"));
+        wisp_vm::image::build(&store, &home, wisp_vm::ImageKind::Tiny, false, &|l| {
+            eprintln!("image: {l}")
+        })
+        .await
+        .expect("build the tiny image")
+    };
+    let runtime = wisp_vm::Runtime::prepare(&home).await.expect("runtime");
+    Env {
+        home,
+        store,
+        runtime,
+        image,
+    }
+}
+
+/// A unique volume name for one test.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000
+    )
+}
+
+/// A running sprite of a test: the machine and its volume.
+pub struct Sprite {
+    pub machine: wisp_vm::Machine,
+    pub volume: std::sync::Arc<wisp_volume::Volume>,
+    pub name: String,
+}
+
+impl Env {
+    /// Forks the tiny image into `name` (if it does not exist yet) and boots it.
+    pub async fn boot(&self, name: &str, http_port: Option<u16>) -> Sprite {
+        if self.store.volume_info(name).await.is_err() {
+            self.store
+                .fork(&self.image.volume, &self.image.checkpoint, name)
+                .await
+                .expect("fork the image");
+        }
+        let volume = std::sync::Arc::new(self.store.open_volume(name).await.expect("open"));
+        let mut cfg = self.runtime.machine_config(volume.clone(), name);
+        cfg.http_port = http_port;
+        cfg.boot_timeout = std::time::Duration::from_secs(240);
+        let machine = wisp_vm::Machine::start(cfg).await.expect("boot");
+        Sprite {
+            machine,
+            volume,
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Sprite {
+    /// Runs a shell command, asserting success; returns stdout.
+    pub async fn sh(&self, script: &str) -> String {
+        let out = self
+            .machine
+            .agent()
+            .run(["/bin/sh", "-c", script])
+            .await
+            .expect("exec");
+        assert!(
+            out.status.success(),
+            "`{script}` failed: {:?}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Clean stop, then the volume is closed.
+    pub async fn stop(self) {
+        self.machine.stop().await.expect("clean stop");
+        close(self.volume).await;
+    }
+
+    /// SIGKILL to QEMU, then the volume is closed.
+    pub async fn kill(self) {
+        self.machine.kill().await.expect("kill");
+        close(self.volume).await;
+    }
+}
+
+pub async fn close(volume: std::sync::Arc<wisp_volume::Volume>) {
+    match std::sync::Arc::try_unwrap(volume) {
+        Ok(v) => v.close().await.expect("close volume"),
+        Err(_) => panic!("volume still referenced after the machine stopped"),
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Fails with the tool's Debian package when `tool` is missing.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(found, "`{tool}` is missing: apt-get install {package}");
+}

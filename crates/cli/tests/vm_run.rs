@@ -1,0 +1,169 @@
+//! `wisp image`, `wisp vm run` and `wisp doctor` as a user runs them: the real
+//! binary, a real VM (QEMU; TCG here) booted from a fork of the `tiny` image.
+//! One test runs the steps in order, so that only one VM runs at a time.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A WISP_HOME shared by the runs of this test in one target folder, so the
+/// kernel and the image are built by `wisp` once and then reused.
+fn home() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_wisp"));
+    let target = exe.ancestors().nth(2).unwrap().to_path_buf();
+    let home = target.join("wisp-cli-test-home");
+    std::fs::create_dir_all(&home).unwrap();
+    home
+}
+
+fn wisp(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .args(args)
+        .env("WISP_HOME", home)
+        .env_remove("WISP_STORE")
+        .env("RUST_LOG", "warn")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wisp");
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        w.write_all(data).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "wisp failed ({:?})\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn image_build_vm_run_and_doctor() {
+    let home = home();
+    let built = ok(&wisp(&home, &["image", "build", "tiny"], None));
+    assert!(built.starts_with("tiny\t"), "{built}");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&wisp(&home, &["image", "list", "--json"], None))).unwrap();
+    let tiny = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "tiny")
+        .expect("tiny listed");
+    assert_eq!(tiny["checkpoint"], "v0");
+
+    // stdout, stderr and the exit code pass through.
+    let out = wisp(
+        &home,
+        &[
+            "vm",
+            "run",
+            "--image",
+            "tiny",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 5",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert!(text(&out.stderr).contains("err\n"), "{}", text(&out.stderr));
+
+    // -i passes stdin through.
+    let out = wisp(
+        &home,
+        &[
+            "vm", "run", "--image", "tiny", "-i", "--memory", "512M", "--cpus", "1", "--", "tr",
+            "a-z", "A-Z",
+        ],
+        Some(b"quiet sprite\n"),
+    );
+    assert_eq!(ok(&out), "QUIET SPRITE\n");
+
+    // -t gives the command a terminal.
+    let out = wisp(
+        &home,
+        &["vm", "run", "--image", "tiny", "-t", "--", "tty"],
+        None,
+    );
+    assert!(ok(&out).contains("/dev/pts/"));
+
+    // Forks without --keep are deleted; with --keep the disk lives on and boots again.
+    let names = home.join("store").join("names");
+    let leftovers: Vec<_> = std::fs::read_dir(&names)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("vm-"))
+        .collect();
+    assert!(leftovers.is_empty(), "forks left behind: {leftovers:?}");
+    let keep = format!("kept-{}", std::process::id());
+    ok(&wisp(
+        &home,
+        &[
+            "vm",
+            "run",
+            "--image",
+            "tiny",
+            "--keep",
+            &keep,
+            "--",
+            "sh",
+            "-c",
+            "echo $PPID > /root/mark",
+        ],
+        None,
+    ));
+    let again = ok(&wisp(
+        &home,
+        &["vm", "run", "--keep", &keep, "--", "cat", "/root/mark"],
+        None,
+    ));
+    assert!(!again.trim().is_empty());
+
+    // Bad input is an error that names it, not a crash.
+    let out = wisp(&home, &["vm", "run", "--image", "nope", "--", "true"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown image `nope`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = wisp(
+        &home,
+        &["vm", "run", "--memory", "lots", "--", "true"],
+        None,
+    );
+    assert!(text(&out.stderr).contains("bad memory size `lots`"));
+
+    // doctor: the accelerator, the kernel and the tiny image are reported.
+    let out = wisp(&home, &["doctor", "--json"], None);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor json: {e}: {}", text(&out.stdout)));
+    let accel = report["accelerator"].as_str().unwrap();
+    assert!(accel == "tcg" || accel == "kvm", "{report}");
+    let checks = report["checks"].as_array().unwrap();
+    let find = |n: &str| checks.iter().find(|c| c["name"] == n).unwrap().clone();
+    assert_eq!(find("kernel")["ok"], true);
+    assert_eq!(find("image tiny")["ok"], true);
+    if find("image debian")["ok"] == false {
+        assert_eq!(find("image debian")["fix"], "wisp image build debian");
+    }
+}
