@@ -135,12 +135,16 @@ pub fn command(
     let switch_user = user.is_some() && u.uid != euid;
     let groups: Vec<libc::gid_t> = u.groups.clone();
     let (uid, gid) = (u.uid, u.gid);
+    let pdeathsig = sys::KILL_CHILDREN_WITH_AGENT.load(std::sync::atomic::Ordering::Relaxed);
     // SAFETY: the closure only makes async-signal-safe system calls and does not allocate.
     unsafe {
         cmd.pre_exec(move || {
             // A new session: the process leads its own group (signals reach the whole
             // group) and can take a controlling terminal.
             sys::cvt(libc::setsid())?;
+            if pdeathsig {
+                sys::cvt(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+            }
             if tty {
                 sys::cvt(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
             }
@@ -200,7 +204,12 @@ pub fn start(agent: &Arc<Agent>, session: u32, req: &ExecRequest) -> io::Result<
             stdin_inflight: inflight.clone(),
             credit: credit.clone(),
         };
-        (h, vec![(out, Kind::Data), (err, Kind::Stderr)], stdin, exit_rx)
+        (
+            h,
+            vec![(out, Kind::Data), (err, Kind::Stderr)],
+            stdin,
+            exit_rx,
+        )
     };
     // The parent's copies of the child's ends (PTY slave) must close now, or the output
     // never reaches EOF.

@@ -150,7 +150,8 @@ pub fn start_read(
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => c.give_back(n),
                     Err(e) => {
-                        a.out.error(session, format!("reading `{}`: {e}", path.display()));
+                        a.out
+                            .error(session, format!("reading `{}`: {e}", path.display()));
                         a.finish(session);
                         return;
                     }

@@ -48,17 +48,36 @@ pub fn log(msg: &str) {
     eprintln!("wisp-agent: {msg}");
 }
 
-fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
+fn mount(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
     let _ = std::fs::create_dir_all(target);
-    let (s, t, f, d) = (cstring(src)?, cstring(target)?, cstring(fstype)?, cstring(data)?);
+    let (s, t, f, d) = (
+        cstring(src)?,
+        cstring(target)?,
+        cstring(fstype)?,
+        cstring(data)?,
+    );
     // SAFETY: all pointers are valid C strings for the duration of the call.
     let r = unsafe {
         libc::mount(
             s.as_ptr(),
             t.as_ptr(),
-            if fstype.is_empty() { std::ptr::null() } else { f.as_ptr() },
+            if fstype.is_empty() {
+                std::ptr::null()
+            } else {
+                f.as_ptr()
+            },
             flags,
-            if data.is_empty() { std::ptr::null() } else { d.as_ptr().cast() },
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                d.as_ptr().cast()
+            },
         )
     };
     match cvt(r) {
@@ -87,7 +106,11 @@ fn ensure_console() {
     if unsafe { libc::fcntl(2, libc::F_GETFD) } != -1 {
         return;
     }
-    if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console") {
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors.
             unsafe { libc::dup2(f.as_raw_fd(), fd) };
@@ -184,7 +207,10 @@ fn setup_network(cmd: &Cmdline) {
         return;
     }
     let dev = cmd.get("netdev", "eth0");
-    if !wait_for(&Path::new("/sys/class/net").join(dev), Duration::from_secs(10)) {
+    if !wait_for(
+        &Path::new("/sys/class/net").join(dev),
+        Duration::from_secs(10),
+    ) {
         log(&format!("network device {dev} did not appear"));
         return;
     }
@@ -238,7 +264,10 @@ fn grow_root(dev: &str) {
         log(&format!("growing {dev} from {fs_size} to {dev_size} bytes"));
         match std::process::Command::new(resize2fs).arg(dev).output() {
             Ok(o) if o.status.success() => {}
-            Ok(o) => log(&format!("resize2fs: {}", String::from_utf8_lossy(&o.stderr).trim())),
+            Ok(o) => log(&format!(
+                "resize2fs: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
             Err(e) => log(&format!("resize2fs: {e}")),
         }
     }
@@ -260,8 +289,20 @@ fn find_port(name: &str) -> Option<PathBuf> {
 pub fn boot() -> File {
     mount_logged("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
     ensure_console();
-    mount_logged("proc", "/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "");
-    mount_logged("sysfs", "/sys", "sysfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "");
+    mount_logged(
+        "proc",
+        "/proc",
+        "proc",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    );
+    mount_logged(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    );
     let cmd = Cmdline::read();
     if root_is_initramfs() {
         load_modules();
@@ -275,7 +316,13 @@ pub fn boot() -> File {
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0o022) };
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-    mount_logged("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
+    mount_logged(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "gid=5,mode=620,ptmxmode=666",
+    );
     mount_logged("tmpfs", "/dev/shm", "tmpfs", nosuid_nodev, "mode=1777");
     if !is_mountpoint("/tmp") {
         mount_logged("tmpfs", "/tmp", "tmpfs", nosuid_nodev, "mode=1777");

@@ -28,7 +28,8 @@ use reaper::Reaper;
 use server::{Agent, OnShutdown};
 use services::Services;
 
-const USAGE: &str = "usage: wisp-agent                      (as PID 1: boot the guest and serve the agent port)
+const USAGE: &str =
+    "usage: wisp-agent                      (as PID 1: boot the guest and serve the agent port)
        wisp-agent --stdio [--state-dir DIR]        (serve on stdin/stdout)
        wisp-agent --listen PATH [--state-dir DIR]  (serve on a unix socket)
        wisp-agent --version";
@@ -81,6 +82,7 @@ fn main() {
             // Orphans of our children come to us, as they would to PID 1.
             // SAFETY: prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+            sys::KILL_CHILDREN_WITH_AGENT.store(true, std::sync::atomic::Ordering::Relaxed);
             let dir = state_dir.unwrap_or_else(|| std::env::temp_dir().join("wisp-agent-state"));
             let reaper = Reaper::start();
             let services = Services::new(dir.join("services"), dir.join("log"), reaper.clone());
@@ -116,7 +118,12 @@ fn serve_listen(path: &PathBuf, reaper: &Arc<Reaper>, services: &Arc<Services>) 
     for conn in l.incoming() {
         let conn = conn?;
         let w = conn.try_clone()?;
-        let agent = Agent::new(Out::new(Box::new(w)), reaper.clone(), services.clone(), OnShutdown::Exit);
+        let agent = Agent::new(
+            Out::new(Box::new(w)),
+            reaper.clone(),
+            services.clone(),
+            OnShutdown::Exit,
+        );
         let mut r = conn;
         if let Err(e) = agent.serve(&mut r) {
             eprintln!("wisp-agent: connection: {e}");
@@ -128,7 +135,11 @@ fn serve_listen(path: &PathBuf, reaper: &Arc<Reaper>, services: &Arc<Services>) 
 fn run_pid1() -> ! {
     let port = init::boot();
     let reaper = Reaper::start();
-    let services = Services::new("/etc/wisp/services".into(), "/var/log/wisp".into(), reaper.clone());
+    let services = Services::new(
+        "/etc/wisp/services".into(),
+        "/var/log/wisp".into(),
+        reaper.clone(),
+    );
     services.start_all();
     let out = match port.try_clone() {
         Ok(w) => Out::new(Box::new(w)),

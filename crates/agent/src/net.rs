@@ -94,7 +94,8 @@ pub fn link_up(name: &str) -> io::Result<()> {
     let s = sock()?;
     let mut r = ifreq(name)?;
     ioctl(&s, SIOCGIFFLAGS, &mut r)?;
-    let flags = i16::from_ne_bytes([r.data[0], r.data[1]]) | (libc::IFF_UP | libc::IFF_RUNNING) as i16;
+    let flags =
+        i16::from_ne_bytes([r.data[0], r.data[1]]) | (libc::IFF_UP | libc::IFF_RUNNING) as i16;
     r.data[..2].copy_from_slice(&flags.to_ne_bytes());
     ioctl(&s, SIOCSIFFLAGS, &mut r)
 }
@@ -105,7 +106,11 @@ pub fn configure(name: &str, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
     let mut r = ifreq(name)?;
     set_sockaddr(&mut r, ip);
     ioctl(&s, SIOCSIFADDR, &mut r)?;
-    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix.min(32) as u32) };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix.min(32) as u32)
+    };
     let mut r = ifreq(name)?;
     set_sockaddr(&mut r, Ipv4Addr::from(mask));
     ioctl(&s, SIOCSIFNETMASK, &mut r)?;
@@ -150,8 +155,14 @@ mod tests {
 
     #[test]
     fn cidr() {
-        assert_eq!(parse_cidr("10.0.2.15/24"), Some((Ipv4Addr::new(10, 0, 2, 15), 24)));
-        assert_eq!(parse_cidr("10.0.2.15"), Some((Ipv4Addr::new(10, 0, 2, 15), 24)));
+        assert_eq!(
+            parse_cidr("10.0.2.15/24"),
+            Some((Ipv4Addr::new(10, 0, 2, 15), 24))
+        );
+        assert_eq!(
+            parse_cidr("10.0.2.15"),
+            Some((Ipv4Addr::new(10, 0, 2, 15), 24))
+        );
         assert_eq!(parse_cidr("10.0.2.15/33"), None);
         assert_eq!(parse_cidr("nope/8"), None);
     }

@@ -69,9 +69,7 @@ impl Reaper {
                 let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 let _ = self
                     .spawned
-                    .wait_timeout_while(st, Duration::from_secs(5), |s| {
-                        s.generation == generation
-                    });
+                    .wait_timeout_while(st, Duration::from_secs(5), |s| s.generation == generation);
             }
         }
     }

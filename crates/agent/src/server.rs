@@ -87,7 +87,8 @@ impl Agent {
                     Decoded::Garbage { skip, error } => {
                         pos += skip;
                         if !in_garbage {
-                            self.out.error(0, format!("bad frame, resynchronising: {error}"));
+                            self.out
+                                .error(0, format!("bad frame, resynchronising: {error}"));
                             in_garbage = true;
                         }
                     }
@@ -256,7 +257,12 @@ impl Agent {
         let started: Result<Option<Session>, String> = match msg {
             Control::Exec(req) => exec::start(self, s, &req)
                 .map(|h| Some(Session::Exec(h)))
-                .map_err(|e| format!("exec `{}`: {e}", req.argv.first().map(String::as_str).unwrap_or(""))),
+                .map_err(|e| {
+                    format!(
+                        "exec `{}`: {e}",
+                        req.argv.first().map(String::as_str).unwrap_or("")
+                    )
+                }),
             Control::FileWrite {
                 path,
                 mode,

@@ -84,7 +84,11 @@ impl Services {
                 .and_then(|b| serde_json::from_slice::<ServiceSpec>(&b).map_err(|e| e.to_string()));
             match spec {
                 Ok(s) if ServiceSpec::valid_name(&s.name) => self.run(s),
-                Ok(s) => eprintln!("wisp-agent: service file {}: bad name `{}`", p.display(), s.name),
+                Ok(s) => eprintln!(
+                    "wisp-agent: service file {}: bad name `{}`",
+                    p.display(),
+                    s.name
+                ),
                 Err(e) => eprintln!("wisp-agent: service file {}: {e}", p.display()),
             }
         }
@@ -177,11 +181,10 @@ impl Services {
         for s in &all {
             let mut st = s.st.lock().unwrap_or_else(|e| e.into_inner());
             while st.pid.is_some() && Instant::now() < deadline {
-                st = s
-                    .cv
-                    .wait_timeout(st, Duration::from_millis(50))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                st =
+                    s.cv.wait_timeout(st, Duration::from_millis(50))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
             }
         }
     }
@@ -241,7 +244,10 @@ impl Services {
     fn open_log(&self, name: &str) -> io::Result<std::fs::File> {
         std::fs::create_dir_all(&self.logs)?;
         let path = self.logs.join(format!("{name}.log"));
-        if std::fs::metadata(&path).map(|m| m.len() > LOG_MAX).unwrap_or(false) {
+        if std::fs::metadata(&path)
+            .map(|m| m.len() > LOG_MAX)
+            .unwrap_or(false)
+        {
             let _ = std::fs::rename(&path, self.logs.join(format!("{name}.log.1")));
         }
         OpenOptions::new().create(true).append(true).open(path)
@@ -257,7 +263,8 @@ impl Services {
     fn spawn_once(&self, svc: &Svc) -> io::Result<ExitStatus> {
         let s = &svc.spec;
         let log = self.open_log(&s.name)?;
-        let mut cmd = crate::exec::command(&s.argv, &s.env, s.cwd.as_deref(), s.user.as_deref(), false)?;
+        let mut cmd =
+            crate::exec::command(&s.argv, &s.env, s.cwd.as_deref(), s.user.as_deref(), false)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));

@@ -3,6 +3,11 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
+
+/// Set in channel mode (tests on the host): processes the agent starts get SIGKILL when
+/// the agent dies, so a killed test agent leaves nothing running on the host.
+pub static KILL_CHILDREN_WITH_AGENT: AtomicBool = AtomicBool::new(false);
 
 /// Turns a `-1` return into the `errno` error.
 pub fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {

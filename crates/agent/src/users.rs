@@ -58,7 +58,7 @@ fn lookup_in(spec: &str, passwd: &str, group: &str) -> io::Result<User> {
     });
     let mut user = match (entry, numeric) {
         (Some(u), _) => u,
-        (None, Some(n)) if n == 0 => User::root(),
+        (None, Some(0)) => User::root(),
         (None, Some(n)) => User {
             name: n.to_string(),
             uid: n,
@@ -93,13 +93,17 @@ fn lookup_in(spec: &str, passwd: &str, group: &str) -> io::Result<User> {
 mod tests {
     use super::*;
 
-    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nbad line\nsprite:x:1000:1000::/home/sprite:/bin/bash\n";
+    const PASSWD: &str =
+        "root:x:0:0:root:/root:/bin/bash\nbad line\nsprite:x:1000:1000::/home/sprite:/bin/bash\n";
     const GROUP: &str = "root:x:0:\nsudo:x:27:sprite\nusers:x:100:other,sprite\n";
 
     #[test]
     fn by_name_and_uid_with_groups() {
         let u = lookup_in("sprite", PASSWD, GROUP).unwrap();
-        assert_eq!((u.uid, u.gid, u.home.as_str()), (1000, 1000, "/home/sprite"));
+        assert_eq!(
+            (u.uid, u.gid, u.home.as_str()),
+            (1000, 1000, "/home/sprite")
+        );
         assert_eq!(u.groups, vec![1000, 27, 100]);
         assert_eq!(lookup_in("1000", PASSWD, GROUP).unwrap().name, "sprite");
         assert_eq!(lookup_in("4321", PASSWD, GROUP).unwrap().gid, 4321);

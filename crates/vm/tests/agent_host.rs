@@ -58,9 +58,10 @@ async fn start_agent(state: &Path) -> Agent {
         .expect("spawn wisp-agent");
     let stdin = child.stdin.take().unwrap();
     let stdout = child.stdout.take().unwrap();
-    let client = AgentClient::connect_timeout(tokio::io::join(stdout, stdin), Duration::from_secs(30))
-        .await
-        .expect("handshake with the agent");
+    let client =
+        AgentClient::connect_timeout(tokio::io::join(stdout, stdin), Duration::from_secs(30))
+            .await
+            .expect("handshake with the agent");
     Agent { client, child }
 }
 
@@ -80,7 +81,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -119,12 +123,18 @@ async fn hello_and_exec_with_stdout_stderr_and_exit_codes() {
         .output()
         .await
         .unwrap();
-    let expect = format!("bar baz\n{}\n", dir.path().canonicalize().unwrap().display());
+    let expect = format!(
+        "bar baz\n{}\n",
+        dir.path().canonicalize().unwrap().display()
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), expect);
 
     // A missing program is a clean error, and the agent keeps serving.
     let err = a.client.run(["/nonexistent/program"]).await.unwrap_err();
-    assert!(matches!(err, AgentError::Remote(ref m) if m.contains("/nonexistent/program")), "{err}");
+    assert!(
+        matches!(err, AgentError::Remote(ref m) if m.contains("/nonexistent/program")),
+        "{err}"
+    );
     a.client.ping().await.unwrap();
 }
 
@@ -133,7 +143,9 @@ async fn stdin_is_streamed_with_flow_control() {
     let dir = tempfile::tempdir().unwrap();
     let a = start_agent(dir.path()).await;
     // 8 MiB through `cat`, four times the window: the agent must pace us.
-    let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..8 << 20)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let mut e = a
         .client
         .exec(ExecRequest {
@@ -158,7 +170,12 @@ async fn stdin_is_streamed_with_flow_control() {
     };
     writer.await.unwrap();
     assert!(status.success());
-    assert!(got == data, "cat returned {} bytes, sent {}", got.len(), data.len());
+    assert!(
+        got == data,
+        "cat returned {} bytes, sent {}",
+        got.len(),
+        data.len()
+    );
 }
 
 #[tokio::test]
@@ -173,7 +190,10 @@ async fn signals_reach_the_process_group() {
         })
         .await
         .unwrap();
-    assert_eq!(e.recv().await.unwrap(), Some(ExecEvent::Stdout(b"ready\n".to_vec())));
+    assert_eq!(
+        e.recv().await.unwrap(),
+        Some(ExecEvent::Stdout(b"ready\n".to_vec()))
+    );
     e.input().signal(libc::SIGTERM).await.unwrap();
     let st = e.wait().await.unwrap();
     assert_eq!(st.signal, Some(libc::SIGTERM), "{st:?}");
@@ -244,18 +264,49 @@ async fn pty_session_with_resize() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("40 100"), "{text:?}");
 
-    // Ctrl-C through the terminal reaches the foreground job.
+    // A signal reaches the terminal's foreground job. `cat` (no shell: a shell that catches
+    // SIGINT while it forks would make this racy) echoes a line once it is running.
     let mut e = a
         .client
         .exec(ExecRequest {
-            argv: argv(&["sh", "-c", "echo go; sleep 1000"]),
+            argv: argv(&["cat"]),
             tty: Some(TtySize { rows: 24, cols: 80 }),
             ..Default::default()
         })
         .await
         .unwrap();
-    assert!(matches!(e.recv().await.unwrap(), Some(ExecEvent::Stdout(_))));
+    e.input().write(b"ping\n").await.unwrap();
+    let mut text = String::new();
+    // The terminal echoes the line, then cat prints it.
+    while text.matches("ping").count() < 2 {
+        match e.recv().await.unwrap().unwrap() {
+            ExecEvent::Stdout(d) => text.push_str(&String::from_utf8_lossy(&d)),
+            other => panic!("{other:?}"),
+        }
+    }
     e.input().signal(libc::SIGINT).await.unwrap();
+    let st = e.wait().await.unwrap();
+    assert_eq!(st.signal, Some(libc::SIGINT), "{st:?}");
+
+    // Ctrl-C typed into the terminal does the same through the line discipline.
+    let mut e = a
+        .client
+        .exec(ExecRequest {
+            argv: argv(&["cat"]),
+            tty: Some(TtySize { rows: 24, cols: 80 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    e.input().write(b"x\n").await.unwrap();
+    let mut text = String::new();
+    while text.matches('x').count() < 2 {
+        match e.recv().await.unwrap().unwrap() {
+            ExecEvent::Stdout(d) => text.push_str(&String::from_utf8_lossy(&d)),
+            other => panic!("{other:?}"),
+        }
+    }
+    e.input().write(b"\x03").await.unwrap();
     let st = e.wait().await.unwrap();
     assert_eq!(st.signal, Some(libc::SIGINT), "{st:?}");
 }
@@ -294,10 +345,21 @@ async fn file_write_and_read_over_100_mib() {
     assert_eq!((meta.uid(), meta.gid()), (1234, 2345));
     // Compare with what the guest side sees through an independent tool.
     let out = a.client.run(["sha256sum", p.as_str()]).await.unwrap();
-    let guest_sum = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string();
+    let guest_sum = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     let host_sum = {
-        let o = std::process::Command::new("sha256sum").arg(&path).output().unwrap();
-        String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string()
+        let o = std::process::Command::new("sha256sum")
+            .arg(&path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
     };
     assert_eq!(guest_sum, host_sum);
 
@@ -307,10 +369,20 @@ async fn file_write_and_read_over_100_mib() {
     assert!(back == data, "read back differs");
 
     // Replacing an existing file, and errors that name the path.
-    a.client.write_file(&p, 0o600, None, None, &b"small"[..]).await.unwrap();
+    a.client
+        .write_file(&p, 0o600, None, None, &b"small"[..])
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"small");
-    let err = a.client.read_file("/nonexistent/x", tokio::io::sink()).await.unwrap_err();
-    assert!(matches!(err, AgentError::Remote(ref m) if m.contains("/nonexistent/x")), "{err}");
+    let err = a
+        .client
+        .read_file("/nonexistent/x", tokio::io::sink())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AgentError::Remote(ref m) if m.contains("/nonexistent/x")),
+        "{err}"
+    );
     let err = a
         .client
         .write_file("relative/path", 0o644, None, None, &b"x"[..])
@@ -331,7 +403,11 @@ async fn bad_frames_are_rejected_and_the_agent_keeps_serving() {
     let a = start_agent(dir.path()).await;
 
     // Invalid JSON, an unknown message type, unknown fields: an error on that session.
-    for bad in [&b"{not json"[..], br#"{"type":"launch_missiles"}"#, br#"{"type":"exec","argv":["true"],"evil":1}"#] {
+    for bad in [
+        &b"{not json"[..],
+        br#"{"type":"launch_missiles"}"#,
+        br#"{"type":"exec","argv":["true"],"evil":1}"#,
+    ] {
         match a.client.raw_request(Kind::Control, bad).await {
             Err(AgentError::Remote(m)) => assert!(m.contains("bad control message"), "{m}"),
             other => panic!("{other:?}"),
@@ -343,14 +419,21 @@ async fn bad_frames_are_rejected_and_the_agent_keeps_serving() {
         other => panic!("{other:?}"),
     }
     // An empty argv.
-    match a.client.raw_request(Kind::Control, br#"{"type":"exec","argv":[]}"#).await {
+    match a
+        .client
+        .raw_request(Kind::Control, br#"{"type":"exec","argv":[]}"#)
+        .await
+    {
         Err(AgentError::Remote(m)) => assert!(m.contains("empty argv"), "{m}"),
         other => panic!("{other:?}"),
     }
 
     // Broken framing: garbage, a header announcing 4 GiB, an unknown kind.
     let before = a.client.connection_errors().len();
-    a.client.send_raw(b"this is not a frame at all").await.unwrap();
+    a.client
+        .send_raw(b"this is not a frame at all")
+        .await
+        .unwrap();
     let mut huge = wisp_proto::encode_header(Kind::Data, 77, 0).unwrap();
     huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
     a.client.send_raw(&huge).await.unwrap();
@@ -371,7 +454,10 @@ async fn bad_frames_are_rejected_and_the_agent_keeps_serving() {
 async fn services_restart_after_a_crash_and_after_an_agent_restart() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("runs");
-    let script = format!("echo run >> {}; echo started; exec sleep 1000", marker.display());
+    let script = format!(
+        "echo run >> {}; echo started; exec sleep 1000",
+        marker.display()
+    );
     let spec = ServiceSpec {
         name: "web".into(),
         argv: argv(&["sh", "-c", &script]),
@@ -386,12 +472,20 @@ async fn services_restart_after_a_crash_and_after_an_agent_restart() {
             l.first().and_then(|s| s.pid)
         })
         .await;
-        // Crash it from outside.
+        // Let it get going (log its start), then crash it from outside.
+        eventually("the first start in the log", || async {
+            let l = a.client.service_logs("web", None).await.ok()?;
+            String::from_utf8_lossy(&l)
+                .contains("started")
+                .then_some(())
+        })
+        .await;
         // SAFETY: plain kill of a pid we just read.
         unsafe { libc::kill(first as i32, libc::SIGKILL) };
         let second = eventually("the service to restart", || async {
             let l = a.client.list_services().await.unwrap();
-            l.first().and_then(|s| s.pid.filter(|p| *p != first && s.starts >= 2))
+            l.first()
+                .and_then(|s| s.pid.filter(|p| *p != first && s.starts >= 2))
         })
         .await;
         assert_ne!(first, second);
@@ -416,12 +510,20 @@ async fn services_restart_after_a_crash_and_after_an_agent_restart() {
     // A new agent on the same state (a reboot) starts the persisted service again.
     let a = start_agent(dir.path()).await;
     let pid = eventually("the service after restart", || async {
-        a.client.list_services().await.unwrap().first().and_then(|s| s.pid)
+        a.client
+            .list_services()
+            .await
+            .unwrap()
+            .first()
+            .and_then(|s| s.pid)
     })
     .await;
     assert_eq!(a.client.list_services().await.unwrap()[0].spec, spec);
     let runs = eventually("three runs", || async {
-        let n = std::fs::read_to_string(&marker).unwrap_or_default().lines().count();
+        let n = std::fs::read_to_string(&marker)
+            .unwrap_or_default()
+            .lines()
+            .count();
         (n >= 3).then_some(n)
     })
     .await;
@@ -498,7 +600,10 @@ async fn dropping_a_session_kills_its_process() {
         .await
         .unwrap();
     let pid = e.pid;
-    assert!(matches!(e.recv().await.unwrap(), Some(ExecEvent::Stdout(_))));
+    assert!(matches!(
+        e.recv().await.unwrap(),
+        Some(ExecEvent::Stdout(_))
+    ));
     drop(e);
     eventually("the abandoned process to die", || async {
         // A zombie counts as gone too: check /proc state.

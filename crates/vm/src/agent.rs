@@ -1,0 +1,899 @@
+//! Host side of the guest agent protocol (`docs/AGENT.md`): an async client over any byte
+//! stream (QEMU's virtio-serial chardev socket, or a test agent's stdio).
+//!
+//! One reader task demultiplexes frames into per-session queues. Every frame from the
+//! guest is size-capped and validated by `wisp-proto`; data beyond the window we granted
+//! is a protocol violation that ends the session, so a hostile guest cannot make the host
+//! buffer more than one window per session.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify};
+use wisp_proto::{decode, encode_header, Decoded, Frame, CHUNK, INITIAL_WINDOW, PROTOCOL_VERSION};
+
+pub use wisp_proto::{Control, ExecRequest, ExitStatus, Kind, ServiceSpec, ServiceStatus, TtySize};
+
+/// Default time [`AgentClient::connect`] waits for the agent's `hello` (covers a TCG boot).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often `hello` is re-sent while the agent has not answered.
+const HELLO_RETRY: Duration = Duration::from_millis(500);
+
+/// Errors of the agent client. `Disconnected` means the channel is gone (the VM stopped or
+/// crashed); `Remote` is the agent refusing one request (the connection stays usable).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent channel i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("the agent connection is closed")]
+    Disconnected,
+    #[error("the agent did not answer hello within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("the agent refused protocol version {PROTOCOL_VERSION}: {0}")]
+    Version(String),
+    #[error("agent: {0}")]
+    Remote(String),
+    #[error("agent protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// What the agent announced in its `hello` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub version: u32,
+    pub agent: String,
+    pub capabilities: Vec<String>,
+}
+
+/// Collected result of [`AgentClient::run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+enum Event {
+    Control(Control),
+    Data(Vec<u8>),
+    Stderr(Vec<u8>),
+    Eof,
+    /// The connection ended, or this session broke the protocol.
+    Closed(AgentError),
+}
+
+/// How many more data bytes we may send on a session.
+#[derive(Default)]
+struct SendWindow {
+    avail: Mutex<u64>,
+    notify: Notify,
+}
+
+impl SendWindow {
+    fn new() -> Arc<SendWindow> {
+        Arc::new(SendWindow {
+            avail: Mutex::new(INITIAL_WINDOW as u64),
+            notify: Notify::new(),
+        })
+    }
+
+    fn grant(&self, n: u32) {
+        let mut a = self.avail.lock().unwrap_or_else(|e| e.into_inner());
+        *a = a.saturating_add(n as u64);
+        self.notify.notify_waiters();
+    }
+}
+
+struct SessionTx {
+    events: mpsc::UnboundedSender<Event>,
+    window: Arc<SendWindow>,
+    /// Data bytes received and not yet granted back: bounded by the window we gave.
+    unacked: u64,
+}
+
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+struct Inner {
+    writer: tokio::sync::Mutex<Writer>,
+    sessions: Mutex<HashMap<u32, SessionTx>>,
+    next_session: AtomicU32,
+    closed: AtomicBool,
+    closed_notify: Notify,
+    hello: Mutex<Option<Result<AgentInfo, String>>>,
+    hello_notify: Notify,
+    /// Recent errors the agent reported on session 0 (frames it could not decode).
+    conn_errors: Mutex<VecDeque<String>>,
+}
+
+impl Inner {
+    async fn send(&self, kind: Kind, session: u32, payload: &[u8]) -> Result<(), AgentError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(AgentError::Disconnected);
+        }
+        let h = encode_header(kind, session, payload.len())
+            .map_err(|e| AgentError::Protocol(e.to_string()))?;
+        let mut w = self.writer.lock().await;
+        let r = async {
+            w.write_all(&h).await?;
+            w.write_all(payload).await?;
+            w.flush().await
+        }
+        .await;
+        r.map_err(|e| {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) {
+                AgentError::Disconnected
+            } else {
+                AgentError::Io(e)
+            }
+        })
+    }
+
+    async fn send_control(&self, session: u32, msg: &Control) -> Result<(), AgentError> {
+        let f = Frame::control(session, msg);
+        self.send(Kind::Control, session, &f.payload).await
+    }
+
+    /// Data consumed by the caller: give the agent room for that much more.
+    async fn grant(&self, session: u32, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if let Some(s) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&session)
+        {
+            s.unacked = s.unacked.saturating_sub(n as u64);
+        }
+        let _ = self
+            .send(Kind::Window, session, &(n as u32).to_le_bytes())
+            .await;
+    }
+
+    fn dispatch(&self, f: Frame) {
+        if f.session == 0 {
+            return self.session0(f);
+        }
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = sessions.get_mut(&f.session) else {
+            // Late frames of a session we already dropped.
+            return;
+        };
+        let ev = match f.kind {
+            Kind::Window => {
+                s.window.grant(f.window_bytes());
+                return;
+            }
+            Kind::Data | Kind::Stderr => {
+                s.unacked += f.payload.len() as u64;
+                if s.unacked > INITIAL_WINDOW as u64 {
+                    Event::Closed(AgentError::Protocol(format!(
+                        "session `{}` overran its window: `{}` bytes unacknowledged",
+                        f.session, s.unacked
+                    )))
+                } else if f.kind == Kind::Data {
+                    Event::Data(f.payload)
+                } else {
+                    Event::Stderr(f.payload)
+                }
+            }
+            Kind::Eof => Event::Eof,
+            Kind::Control => match f.to_control() {
+                Ok(c) => Event::Control(c),
+                Err(e) => Event::Closed(AgentError::Protocol(format!("bad control message: {e}"))),
+            },
+        };
+        let fatal = matches!(ev, Event::Closed(_));
+        let _ = s.events.send(ev);
+        if fatal {
+            sessions.remove(&f.session);
+        }
+    }
+
+    fn session0(&self, f: Frame) {
+        let msg = match (f.kind, f.to_control()) {
+            (Kind::Control, Ok(m)) => m,
+            (kind, r) => {
+                tracing::warn!(?kind, error = ?r.err(), "unexpected frame from the agent on session 0");
+                return;
+            }
+        };
+        match msg {
+            Control::Hello {
+                version,
+                agent,
+                capabilities,
+            } => {
+                let mut h = self.hello.lock().unwrap_or_else(|e| e.into_inner());
+                if h.is_none() {
+                    *h = Some(Ok(AgentInfo {
+                        version,
+                        agent,
+                        capabilities,
+                    }));
+                }
+                self.hello_notify.notify_waiters();
+            }
+            Control::Error { message } => {
+                tracing::warn!(%message, "agent reported a connection error");
+                let mut h = self.hello.lock().unwrap_or_else(|e| e.into_inner());
+                if h.is_none() && message.contains("protocol version") {
+                    *h = Some(Err(message.clone()));
+                    self.hello_notify.notify_waiters();
+                }
+                let mut errs = self.conn_errors.lock().unwrap_or_else(|e| e.into_inner());
+                if errs.len() >= 16 {
+                    errs.pop_front();
+                }
+                errs.push_back(message);
+            }
+            other => tracing::debug!(?other, "ignored session-0 message"),
+        }
+    }
+
+    fn close_all(&self, why: &str) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.closed_notify.notify_waiters();
+        self.hello_notify.notify_waiters();
+        let all: Vec<SessionTx> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in all {
+            let _ = s.events.send(Event::Closed(AgentError::Disconnected));
+            s.window.notify.notify_waiters();
+        }
+        tracing::debug!(why, "agent connection closed");
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(inner: Arc<Inner>, mut r: R) {
+    let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+    let mut tmp = vec![0u8; 256 * 1024];
+    let mut in_garbage = false;
+    let why = loop {
+        let n = match r.read(&mut tmp).await {
+            Ok(0) => break "eof".to_string(),
+            Ok(n) => n,
+            Err(e) => break e.to_string(),
+        };
+        buf.extend_from_slice(&tmp[..n]);
+        let mut pos = 0;
+        loop {
+            match decode(&buf[pos..]) {
+                Decoded::Frame(f, used) => {
+                    pos += used;
+                    in_garbage = false;
+                    inner.dispatch(f);
+                }
+                Decoded::Incomplete => break,
+                Decoded::Garbage { skip, error } => {
+                    pos += skip;
+                    if !in_garbage {
+                        // The guest's console may leak onto the port before the agent runs;
+                        // resynchronise rather than give up.
+                        tracing::warn!(%error, "garbage from the agent channel; resynchronising");
+                        in_garbage = true;
+                    }
+                }
+            }
+        }
+        buf.drain(..pos);
+    };
+    inner.close_all(&why);
+}
+
+/// One open session: its event queue and a guard that forgets it (and tells the agent to
+/// abandon it, if it is still running) on drop.
+struct Session {
+    inner: Arc<Inner>,
+    id: u32,
+    events: mpsc::UnboundedReceiver<Event>,
+    window: Arc<SendWindow>,
+    finished: bool,
+}
+
+impl Session {
+    async fn next(&mut self) -> Result<Event, AgentError> {
+        match self.events.recv().await {
+            Some(Event::Closed(e)) => {
+                self.finished = true;
+                Err(e)
+            }
+            Some(ev) => Ok(ev),
+            None => Err(AgentError::Disconnected),
+        }
+    }
+
+    /// The next control message; data frames are unexpected here.
+    async fn next_control(&mut self) -> Result<Control, AgentError> {
+        match self.next().await? {
+            Event::Control(Control::Error { message }) => {
+                self.finished = true;
+                Err(AgentError::Remote(message))
+            }
+            Event::Control(c) => Ok(c),
+            _ => Err(AgentError::Protocol(format!(
+                "data frame on session `{}` where a control message was expected",
+                self.id
+            ))),
+        }
+    }
+
+    async fn reserve(&mut self, want: usize) -> Result<usize, AgentError> {
+        reserve(&self.inner, &self.window, want).await
+    }
+}
+
+async fn reserve(inner: &Inner, window: &SendWindow, want: usize) -> Result<usize, AgentError> {
+    loop {
+        let notified = window.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if inner.closed.load(Ordering::SeqCst) {
+            return Err(AgentError::Disconnected);
+        }
+        {
+            let mut a = window.avail.lock().unwrap_or_else(|e| e.into_inner());
+            if *a > 0 {
+                let n = (*a).min(want as u64) as usize;
+                *a -= n as u64;
+                return Ok(n);
+            }
+        }
+        notified.await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        if !self.finished && !self.inner.closed.load(Ordering::SeqCst) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let inner = self.inner.clone();
+                let id = self.id;
+                rt.spawn(async move {
+                    let _ = inner.send_control(id, &Control::Close).await;
+                });
+            }
+        }
+    }
+}
+
+/// A connection to one guest agent. Cheap to share: wrap it in an `Arc`; every method
+/// takes `&self` and many sessions run concurrently.
+pub struct AgentClient {
+    inner: Arc<Inner>,
+    info: AgentInfo,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl AgentClient {
+    /// Handshakes over `stream` (retrying `hello` until the agent answers) with the
+    /// default timeout, [`CONNECT_TIMEOUT`].
+    pub async fn connect<S>(stream: S) -> Result<AgentClient, AgentError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Self::connect_timeout(stream, CONNECT_TIMEOUT).await
+    }
+
+    pub async fn connect_timeout<S>(stream: S, timeout: Duration) -> Result<AgentClient, AgentError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (r, w) = tokio::io::split(stream);
+        let inner = Arc::new(Inner {
+            writer: tokio::sync::Mutex::new(Box::new(w)),
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU32::new(1),
+            closed: AtomicBool::new(false),
+            closed_notify: Notify::new(),
+            hello: Mutex::new(None),
+            hello_notify: Notify::new(),
+            conn_errors: Mutex::new(VecDeque::new()),
+        });
+        let reader = tokio::spawn(read_loop(inner.clone(), r));
+        let hello = Control::Hello {
+            version: PROTOCOL_VERSION,
+            agent: format!("wisp-vm {}", env!("CARGO_PKG_VERSION")),
+            capabilities: vec![],
+        };
+        let deadline = Instant::now() + timeout;
+        let info = loop {
+            let notified = inner.hello_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(h) = inner
+                .hello
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            {
+                break h.map_err(AgentError::Version);
+            }
+            if inner.closed.load(Ordering::SeqCst) {
+                break Err(AgentError::Disconnected);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break Err(AgentError::HandshakeTimeout(timeout));
+            }
+            // Re-sent because bytes written before the guest opens its port may be lost.
+            if let Err(e) = inner.send_control(0, &hello).await {
+                break Err(e);
+            }
+            let wait = HELLO_RETRY.min(deadline - now);
+            let _ = tokio::time::timeout(wait, notified).await;
+        };
+        match info {
+            Ok(info) => Ok(AgentClient {
+                inner,
+                info,
+                reader,
+            }),
+            Err(e) => {
+                reader.abort();
+                Err(e)
+            }
+        }
+    }
+
+    /// What the agent announced.
+    pub fn info(&self) -> &AgentInfo {
+        &self.info
+    }
+
+    /// Whether the connection has ended (the VM stopped, or the stream broke).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the connection ends.
+    pub async fn closed(&self) {
+        loop {
+            let n = self.inner.closed_notify.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// Errors the agent reported about frames it could not decode (most recent last).
+    pub fn connection_errors(&self) -> Vec<String> {
+        self.inner
+            .conn_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Writes raw bytes to the channel, bypassing the codec: for tests of the agent's
+    /// handling of malformed frames.
+    #[doc(hidden)]
+    pub async fn send_raw(&self, bytes: &[u8]) -> Result<(), AgentError> {
+        let mut w = self.inner.writer.lock().await;
+        w.write_all(bytes).await?;
+        w.flush().await?;
+        Ok(())
+    }
+
+    /// Allocates a session number for a frame sent by hand (tests).
+    #[doc(hidden)]
+    pub fn raw_session(&self) -> u32 {
+        self.inner.next_session.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Opens a session, sends one frame of `kind` with `payload` as is (no validation of
+    /// the payload), and returns the agent's first control answer: for tests of malformed
+    /// requests.
+    #[doc(hidden)]
+    pub async fn raw_request(&self, kind: Kind, payload: &[u8]) -> Result<Control, AgentError> {
+        let mut s = self.open();
+        self.inner.send(kind, s.id, payload).await?;
+        let r = s.next_control().await;
+        s.finished = true;
+        r
+    }
+
+    fn open(&self) -> Session {
+        let id = self.inner.next_session.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let window = SendWindow::new();
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id,
+                SessionTx {
+                    events: tx,
+                    window: window.clone(),
+                    unacked: 0,
+                },
+            );
+        Session {
+            inner: self.inner.clone(),
+            id,
+            events: rx,
+            window,
+            finished: false,
+        }
+    }
+
+    /// One request, one control answer.
+    async fn request(&self, msg: &Control) -> Result<Control, AgentError> {
+        let mut s = self.open();
+        self.inner.send_control(s.id, msg).await?;
+        let r = s.next_control().await;
+        s.finished = true;
+        r
+    }
+
+    /// Round-trip time of a `ping`.
+    pub async fn ping(&self) -> Result<Duration, AgentError> {
+        let t0 = Instant::now();
+        match self.request(&Control::Ping).await? {
+            Control::Pong => Ok(t0.elapsed()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Starts a process. Its output must be consumed ([`ExecSession::recv`]) for it to
+    /// make progress: the agent only sends as much as the host has room for.
+    pub async fn exec(&self, req: ExecRequest) -> Result<ExecSession, AgentError> {
+        let mut s = self.open();
+        self.inner.send_control(s.id, &Control::Exec(req)).await?;
+        match s.next_control().await? {
+            Control::Started { pid } => Ok(ExecSession {
+                pid,
+                input: ExecInput {
+                    inner: s.inner.clone(),
+                    id: s.id,
+                    window: s.window.clone(),
+                },
+                session: s,
+                done: false,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Runs `argv` to completion with empty stdin and collects its output.
+    pub async fn run<I, A>(&self, argv: I) -> Result<Output, AgentError>
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<String>,
+    {
+        let req = ExecRequest {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        };
+        let e = self.exec(req).await?;
+        e.input().close_stdin().await?;
+        e.output().await
+    }
+
+    /// Writes a file of any size from `reader`, streamed; replaces `path` atomically when
+    /// complete. Returns the number of bytes written.
+    pub async fn write_file<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        mode: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mut reader: R,
+    ) -> Result<u64, AgentError> {
+        let mut s = self.open();
+        self.inner
+            .send_control(
+                s.id,
+                &Control::FileWrite {
+                    path: path.to_string(),
+                    mode,
+                    uid,
+                    gid,
+                },
+            )
+            .await?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            // An early refusal (cannot create the file) arrives as an error event.
+            if let Ok(ev) = s.events.try_recv() {
+                return match ev {
+                    Event::Control(Control::Error { message }) => {
+                        s.finished = true;
+                        Err(AgentError::Remote(message))
+                    }
+                    Event::Closed(e) => Err(e),
+                    _ => Err(AgentError::Protocol(
+                        "unexpected frame during a file write".into(),
+                    )),
+                };
+            }
+            let want = s.reserve(CHUNK).await?;
+            let n = reader.read(&mut buf[..want]).await?;
+            if n < want {
+                s.window.grant((want - n) as u32);
+            }
+            if n == 0 {
+                break;
+            }
+            self.inner.send(Kind::Data, s.id, &buf[..n]).await?;
+        }
+        self.inner.send(Kind::Eof, s.id, &[]).await?;
+        loop {
+            match s.next_control().await? {
+                Control::Done { bytes } => {
+                    s.finished = true;
+                    return Ok(bytes);
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// Reads a whole file into `writer`, streamed. Returns the number of bytes.
+    pub async fn read_file<W: AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        writer: W,
+    ) -> Result<u64, AgentError> {
+        self.read_stream(
+            &Control::FileRead {
+                path: path.to_string(),
+            },
+            writer,
+        )
+        .await
+    }
+
+    async fn read_stream<W: AsyncWrite + Unpin>(
+        &self,
+        req: &Control,
+        mut writer: W,
+    ) -> Result<u64, AgentError> {
+        let mut s = self.open();
+        self.inner.send_control(s.id, req).await?;
+        match s.next_control().await? {
+            Control::FileInfo { .. } => {}
+            other => return Err(unexpected(&other)),
+        }
+        let mut got = 0u64;
+        loop {
+            match s.next().await? {
+                Event::Data(d) => {
+                    writer.write_all(&d).await?;
+                    got += d.len() as u64;
+                    self.inner.grant(s.id, d.len()).await;
+                }
+                Event::Eof => {}
+                Event::Control(Control::Done { bytes }) => {
+                    s.finished = true;
+                    writer.flush().await?;
+                    if bytes != got {
+                        return Err(AgentError::Protocol(format!(
+                            "agent reported `{bytes}` bytes but sent `{got}`"
+                        )));
+                    }
+                    return Ok(got);
+                }
+                Event::Control(Control::Error { message }) => {
+                    s.finished = true;
+                    return Err(AgentError::Remote(message));
+                }
+                Event::Control(other) => return Err(unexpected(&other)),
+                Event::Stderr(_) => {
+                    return Err(AgentError::Protocol("stderr frame in a file read".into()))
+                }
+                Event::Closed(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Creates or replaces a service (persisted in the guest, started at every boot).
+    pub async fn define_service(&self, spec: ServiceSpec) -> Result<(), AgentError> {
+        expect_ok(self.request(&Control::ServiceDefine(spec)).await?)
+    }
+
+    /// Stops and forgets a service.
+    pub async fn remove_service(&self, name: &str) -> Result<(), AgentError> {
+        expect_ok(
+            self.request(&Control::ServiceRemove {
+                name: name.to_string(),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn list_services(&self) -> Result<Vec<ServiceStatus>, AgentError> {
+        match self.request(&Control::ServiceList).await? {
+            Control::Services { services } => Ok(services),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A service's log (the last `tail` bytes, or all of it).
+    pub async fn service_logs(&self, name: &str, tail: Option<u64>) -> Result<Vec<u8>, AgentError> {
+        let mut v = Vec::new();
+        self.read_stream(
+            &Control::ServiceLogs {
+                name: name.to_string(),
+                tail,
+            },
+            &mut v,
+        )
+        .await?;
+        Ok(v)
+    }
+
+    /// Asks the agent to stop services, sync and power the guest off. Returns when the
+    /// agent confirmed (root read-only, about to power off) or the channel closed.
+    pub async fn shutdown(&self) -> Result<(), AgentError> {
+        match self.request(&Control::Shutdown).await {
+            Ok(Control::Ok) | Err(AgentError::Disconnected) => Ok(()),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn expect_ok(c: Control) -> Result<(), AgentError> {
+    match c {
+        Control::Ok => Ok(()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(c: &Control) -> AgentError {
+    AgentError::Protocol(format!("unexpected answer {c:?}"))
+}
+
+/// Output or end of an exec session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(ExitStatus),
+}
+
+/// A running process in the guest.
+pub struct ExecSession {
+    pub pid: u32,
+    input: ExecInput,
+    session: Session,
+    done: bool,
+}
+
+/// The input side of an exec session: stdin, window size, signals. Clone it into the
+/// task that copies stdin while another reads the output.
+#[derive(Clone)]
+pub struct ExecInput {
+    inner: Arc<Inner>,
+    id: u32,
+    window: Arc<SendWindow>,
+}
+
+impl ExecInput {
+    /// Writes stdin bytes, waiting while the agent's window is full.
+    pub async fn write(&self, mut data: &[u8]) -> Result<(), AgentError> {
+        while !data.is_empty() {
+            let n = reserve(&self.inner, &self.window, data.len().min(CHUNK)).await?;
+            self.inner.send(Kind::Data, self.id, &data[..n]).await?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Closes stdin (the process reads EOF). No effect in PTY mode.
+    pub async fn close_stdin(&self) -> Result<(), AgentError> {
+        self.inner.send(Kind::Eof, self.id, &[]).await
+    }
+
+    /// New terminal size (PTY mode).
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), AgentError> {
+        self.inner
+            .send_control(self.id, &Control::Resize { rows, cols })
+            .await
+    }
+
+    /// Sends signal number `signal` to the process group (PTY: the foreground group).
+    pub async fn signal(&self, signal: i32) -> Result<(), AgentError> {
+        self.inner
+            .send_control(self.id, &Control::Signal { signal })
+            .await
+    }
+}
+
+impl ExecSession {
+    pub fn input(&self) -> ExecInput {
+        self.input.clone()
+    }
+
+    /// The next piece of output, or the exit status; `None` after the exit was returned.
+    pub async fn recv(&mut self) -> Result<Option<ExecEvent>, AgentError> {
+        if self.done {
+            return Ok(None);
+        }
+        loop {
+            match self.session.next().await? {
+                Event::Data(d) => {
+                    self.session.inner.grant(self.session.id, d.len()).await;
+                    return Ok(Some(ExecEvent::Stdout(d)));
+                }
+                Event::Stderr(d) => {
+                    self.session.inner.grant(self.session.id, d.len()).await;
+                    return Ok(Some(ExecEvent::Stderr(d)));
+                }
+                Event::Eof => continue,
+                Event::Control(Control::Exit(st)) => {
+                    self.done = true;
+                    self.session.finished = true;
+                    return Ok(Some(ExecEvent::Exit(st)));
+                }
+                Event::Control(Control::Error { message }) => {
+                    self.session.finished = true;
+                    return Err(AgentError::Remote(message));
+                }
+                Event::Control(other) => return Err(unexpected(&other)),
+                Event::Closed(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits for the exit, discarding output.
+    pub async fn wait(mut self) -> Result<ExitStatus, AgentError> {
+        loop {
+            match self.recv().await? {
+                Some(ExecEvent::Exit(st)) => return Ok(st),
+                Some(_) => {}
+                None => return Err(AgentError::Protocol("exec session ended twice".into())),
+            }
+        }
+    }
+
+    /// Waits for the exit, collecting output.
+    pub async fn output(mut self) -> Result<Output, AgentError> {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            match self.recv().await? {
+                Some(ExecEvent::Stdout(d)) => stdout.extend_from_slice(&d),
+                Some(ExecEvent::Stderr(d)) => stderr.extend_from_slice(&d),
+                Some(ExecEvent::Exit(status)) => {
+                    return Ok(Output {
+                        status,
+                        stdout,
+                        stderr,
+                    })
+                }
+                None => return Err(AgentError::Protocol("exec session ended twice".into())),
+            }
+        }
+    }
+}
