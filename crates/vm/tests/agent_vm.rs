@@ -1,0 +1,209 @@
+//! The agent as PID 1 in a real VM (QEMU, TCG here) over the real virtio-serial port:
+//! init duties (mounts, hostname, network, resolv.conf), exec round trips, PTY, files,
+//! malformed frames, and a service that comes back after a reboot.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wisp_vm::agent::{AgentClient, ExecRequest, Kind, ServiceSpec, TtySize};
+use wisp_vm::{Machine, MachineConfig};
+
+fn config(dev: Arc<wisp_nbd::FileDevice>, run: std::path::PathBuf) -> MachineConfig {
+    let boot = common::boot_files();
+    let mut cfg = MachineConfig::new(dev, boot.kernel.vmlinuz(), boot.initramfs.clone(), run);
+    cfg.boot_timeout = Duration::from_secs(180);
+    cfg.hostname = "agent-vm".into();
+    cfg
+}
+
+async fn sh(a: &AgentClient, script: &str) -> String {
+    let out = a.run(["sh", "-c", script]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Retries `script` until its output satisfies `ok` (background set-up such as the
+/// network finishes after the agent is ready). The deadline only turns a hang into a failure.
+async fn sh_until(a: &AgentClient, script: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = a.run(["sh", "-c", script]).await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if ok(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{script}` never satisfied: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_as_pid1_in_a_real_vm() {
+    let _slot = common::vm_slot();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    wisp_vm::rootfs::populate_tiny(&tree).unwrap();
+    let image = dir.path().join("root.ext4");
+    wisp_vm::rootfs::make_ext4(&tree, &image, 256 << 20, "root").unwrap();
+    let dev = Arc::new(wisp_nbd::FileDevice::create(&dir.path().join("disk"), 1 << 30).unwrap());
+    wisp_vm::rootfs::import_image(&image, &*dev).await.unwrap();
+
+    let m = Machine::start(config(dev.clone(), dir.path().join("run1")))
+        .await
+        .unwrap();
+    let a = m.agent().clone();
+    eprintln!("boot to agent ready: {:?}", m.boot_time());
+
+    // Init duties.
+    assert_eq!(
+        sh(&a, "cat /proc/1/comm; hostname").await,
+        "init\nagent-vm\n"
+    );
+    let mounts = sh(&a, "cat /proc/mounts").await;
+    for want in [
+        "/dev/vda / ext4 rw",
+        "devpts /dev/pts",
+        "tmpfs /tmp",
+        "tmpfs /run",
+        "proc /proc",
+    ] {
+        assert!(mounts.contains(want), "{want} missing from {mounts}");
+    }
+    // Default route via 10.0.2.2 on eth0 (0202000A in /proc/net/route), resolv.conf.
+    sh_until(&a, "cat /proc/net/route", |t| {
+        t.contains("eth0\t00000000\t0202000A")
+    })
+    .await;
+    assert_eq!(
+        sh(&a, "cat /etc/resolv.conf").await,
+        "nameserver 10.0.2.3\n"
+    );
+
+    // Exec round trips of `true` (reported, not asserted: timing belongs in benchmarks).
+    let mut times = vec![];
+    for _ in 0..21 {
+        let t0 = Instant::now();
+        assert!(a.run(["true"]).await.unwrap().status.success());
+        times.push(t0.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "exec `true` round trip: median {:?}, min {:?}",
+        times[10], times[0]
+    );
+    let mut pings = vec![];
+    for _ in 0..21 {
+        pings.push(a.ping().await.unwrap());
+    }
+    pings.sort();
+    eprintln!("ping round trip: median {:?}", pings[10]);
+
+    // PTY.
+    let out = a
+        .exec(ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), "tty; stty size".into()],
+            tty: Some(TtySize {
+                rows: 33,
+                cols: 101,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("33 101"),
+        "{text:?}"
+    );
+
+    // Files both ways, checked by the guest's own sha256sum.
+    let data: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let t0 = Instant::now();
+    a.write_file("/root/blob", 0o600, Some(0), Some(0), &data[..])
+        .await
+        .unwrap();
+    let up = t0.elapsed();
+    let mut back = Vec::new();
+    let t0 = Instant::now();
+    a.read_file("/root/blob", &mut back).await.unwrap();
+    let down = t0.elapsed();
+    eprintln!("24 MiB: write {up:?}, read {down:?}");
+    assert!(back == data);
+    let sum = sh(&a, "sha256sum /root/blob; stat -c %a /root/blob").await;
+    let host = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&data)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let host_sum = String::from_utf8_lossy(&host.stdout);
+    assert_eq!(
+        sum.split_whitespace().next(),
+        host_sum.split_whitespace().next()
+    );
+    assert!(sum.ends_with("600\n"), "{sum}");
+
+    // Garbage on the real port: rejected, the agent keeps serving.
+    a.send_raw(b"\x00\x01garbage garbage wsp\x01\xff")
+        .await
+        .unwrap();
+    assert!(a.raw_request(Kind::Control, b"{oops").await.is_err());
+    a.ping().await.unwrap();
+    assert!(!a.connection_errors().is_empty());
+
+    // A service, crashed once, then across a reboot.
+    a.define_service(ServiceSpec {
+        name: "ticker".into(),
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo tick; exec sleep 1000".into(),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let pid = sh_until(&a, "pidof sleep || true", |t| !t.trim().is_empty()).await;
+    sh(&a, &format!("kill -9 {}", pid.trim())).await;
+    sh_until(&a, "cat /var/log/wisp/ticker.log", |t| {
+        t.matches("tick").count() >= 2
+    })
+    .await;
+    m.stop().await.unwrap();
+
+    let m = Machine::start(config(dev, dir.path().join("run2")))
+        .await
+        .unwrap();
+    let a = m.agent().clone();
+    // The file written before the clean stop is there, and the service is back.
+    assert!(sh(&a, "sha256sum /root/blob")
+        .await
+        .starts_with(host_sum.split_whitespace().next().unwrap()));
+    sh_until(&a, "cat /var/log/wisp/ticker.log", |t| {
+        t.matches("tick").count() >= 3
+    })
+    .await;
+    let list = a.list_services().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert!(list[0].pid.is_some());
+    m.stop().await.unwrap();
+}
