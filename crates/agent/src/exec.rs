@@ -136,6 +136,12 @@ pub fn command(
     let groups: Vec<libc::gid_t> = u.groups.clone();
     let (uid, gid) = (u.uid, u.gid);
     let pdeathsig = sys::KILL_CHILDREN_WITH_AGENT.load(std::sync::atomic::Ordering::Relaxed);
+    if !tty && !switch_user && !pdeathsig {
+        // Own process group (signals reach everything it starts) without a pre-exec hook,
+        // so std can use posix_spawn (vfork-style): much cheaper than fork under emulation.
+        cmd.process_group(0);
+        return Ok(cmd);
+    }
     // SAFETY: the closure only makes async-signal-safe system calls and does not allocate.
     unsafe {
         cmd.pre_exec(move || {

@@ -53,13 +53,25 @@ impl Reaper {
     fn run(&self) {
         loop {
             let generation = self.state.lock().map(|s| s.generation).unwrap_or(0);
-            let mut status = 0;
-            // SAFETY: status is a valid out-pointer.
-            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-            if pid > 0 {
+            // Peek at the next dead child without reaping it: if it is a child `spawn` is
+            // still creating (std reaps a child whose exec failed, and panics if someone
+            // else already did), taking the lock below waits for `spawn` to finish.
+            // SAFETY: siginfo_t is plain data; waitid fills it.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: valid out-pointer.
+            let r =
+                unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            if r == 0 {
+                // SAFETY: waitid succeeded, so si_pid is set.
+                let pid = unsafe { info.si_pid() };
                 let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(tx) = st.waiters.remove(&pid) {
-                    let _ = tx.send(crate::sys::exit_status(status));
+                let mut status = 0;
+                // SAFETY: status is a valid out-pointer.
+                let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                if got == pid {
+                    if let Some(tx) = st.waiters.remove(&pid) {
+                        let _ = tx.send(crate::sys::exit_status(status));
+                    }
                 }
                 continue;
             }

@@ -101,6 +101,18 @@ async fn agent_as_pid1_in_a_real_vm() {
         "exec `true` round trip: median {:?}, min {:?}",
         times[10], times[0]
     );
+    // Reference: the guest's own cost of starting `true` (busybox sh, fork + exec).
+    let t = sh(&a, "a=$(cut -d' ' -f1 /proc/uptime); for i in $(seq 50); do /bin/true; done; b=$(cut -d' ' -f1 /proc/uptime); echo $a $b").await;
+    let v: Vec<f64> = t
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if let [a0, b0] = v[..] {
+        eprintln!(
+            "in-guest fork+exec of /bin/true: {:.1} ms each",
+            (b0 - a0) * 1000.0 / 50.0
+        );
+    }
     let mut pings = vec![];
     for _ in 0..21 {
         pings.push(a.ping().await.unwrap());
