@@ -45,8 +45,9 @@ pub enum ImageError {
     NotBuilt(String),
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
+    /// Boxed: a volume error is large and this enum travels through `Result`s.
     #[error("volume store: {0}")]
-    Volume(#[from] VolumeError),
+    Volume(Box<VolumeError>),
     #[error("cannot read or write `{path}`: {source}")]
     Io {
         path: PathBuf,
@@ -57,6 +58,12 @@ pub enum ImageError {
         path: PathBuf,
         source: serde_json::Error,
     },
+}
+
+impl From<VolumeError> for ImageError {
+    fn from(e: VolumeError) -> Self {
+        ImageError::Volume(Box::new(e))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {

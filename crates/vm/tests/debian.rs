@@ -29,7 +29,9 @@ async fn debian_image_boots_and_runs_python() {
     assert_eq!(py.trim(), "42");
     let who = s.sh("su - sprite -c 'sudo -n id -u; echo $LANG'").await;
     assert_eq!(who, "0\nC.UTF-8\n");
-    let tz = s.sh("date +%Z; test -x /usr/bin/git && test -x /usr/bin/curl && echo tools").await;
+    let tz = s
+        .sh("date +%Z; test -x /usr/bin/git && test -x /usr/bin/curl && echo tools")
+        .await;
     assert_eq!(tz, "UTC\ntools\n");
     s.stop().await;
     env.store.delete_volume(&name).await.unwrap();
