@@ -273,6 +273,29 @@ fn grow_root(dev: &str) {
     }
 }
 
+/// Makes the hostname resolve locally (`sudo` and others complain otherwise).
+fn ensure_hosts_entry(host: &str) {
+    let current = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let known = current
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .any(|l| l.split_whitespace().skip(1).any(|name| name == host));
+    if known {
+        return;
+    }
+    let mut text = current;
+    if !text.contains("localhost") {
+        text.push_str("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("127.0.1.1\t{host}\n"));
+    if let Err(e) = std::fs::write("/etc/hosts", text) {
+        log(&format!("/etc/hosts: {e}"));
+    }
+}
+
 /// The agent port's device: `/dev/<entry>` for the `/sys/class/virtio-ports/<entry>`
 /// whose `name` is `name`.
 fn find_port(name: &str) -> Option<PathBuf> {
@@ -331,6 +354,7 @@ pub fn boot() -> File {
     let host = cmd.get("hostname", "sprite");
     // SAFETY: pointer and length describe the hostname bytes.
     unsafe { libc::sethostname(host.as_ptr().cast(), host.len()) };
+    ensure_hosts_entry(host);
     if !Path::new("/dev/ptmx").exists() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }

@@ -648,14 +648,12 @@ impl AgentClient {
             self.inner.send(Kind::Data, s.id, &buf[..n]).await?;
         }
         self.inner.send(Kind::Eof, s.id, &[]).await?;
-        loop {
-            match s.next_control().await? {
-                Control::Done { bytes } => {
-                    s.finished = true;
-                    return Ok(bytes);
-                }
-                other => return Err(unexpected(&other)),
+        match s.next_control().await? {
+            Control::Done { bytes } => {
+                s.finished = true;
+                Ok(bytes)
             }
+            other => Err(unexpected(&other)),
         }
     }
 

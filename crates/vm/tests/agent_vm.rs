@@ -88,6 +88,9 @@ async fn agent_as_pid1_in_a_real_vm() {
         sh(&a, "cat /etc/resolv.conf").await,
         "nameserver 10.0.2.3\n"
     );
+    assert!(sh(&a, "cat /etc/hosts")
+        .await
+        .contains("127.0.1.1\tagent-vm\n"));
 
     // Exec round trips of `true` (reported, not asserted: timing belongs in benchmarks).
     let mut times = vec![];
