@@ -73,7 +73,7 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     lock_file: Mutex<Option<File>>,
     token: String,
-    wake: tokio::sync::Notify,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// An open volume. Cheap to clone; the writer lease is held until [`Volume::close`].
@@ -186,7 +186,7 @@ impl Volume {
             closed: AtomicBool::new(false),
             lock_file: Mutex::new(Some(lock_file)),
             token,
-            wake: tokio::sync::Notify::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         });
         tokio::spawn(background(Arc::downgrade(&inner)));
         Ok(Volume { inner })
@@ -231,7 +231,7 @@ impl Volume {
             (num, new_layer)
         };
         lock(&inner.state)?.head = new_layer;
-        inner.ship_snapshot().await?;
+        inner.ship_snapshot_locked().await?;
         Ok(CheckpointInfo {
             id: format!("v{num}"),
             created,
@@ -305,7 +305,7 @@ impl Volume {
                 .and_then(|_| inner.file.set_len(inner.info.size))
                 .map_err(|e| VolumeError::io(path.display(), e))?;
         }
-        inner.ship_snapshot().await
+        inner.ship_snapshot_locked().await
     }
 
     /// Byte ranges (chunk granularity, merged) that differ between checkpoint
@@ -417,19 +417,20 @@ async fn background(weak: Weak<Inner>) {
             ),
             None => return,
         };
-        let woken = {
-            let Some(inner) = weak.upgrade() else { return };
-            let wake = async { inner.wake.notified().await };
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => false,
-                _ = wake => true,
-            }
+        // Hold only the notifier while sleeping, so that dropping the last
+        // `Volume` drops the volume (and its flock) right away.
+        let wake = match weak.upgrade() {
+            Some(inner) => Arc::clone(&inner.wake),
+            None => return,
         };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = wake.notified() => {}
+        }
         let Some(inner) = weak.upgrade() else { return };
         if inner.closed.load(Ordering::SeqCst) {
             return;
         }
-        let _ = woken;
         if let Err(e) = inner.upload_cycle().await {
             tracing::warn!(volume = %inner.info.name, error = %e, "background upload failed; data stays dirty locally");
         }

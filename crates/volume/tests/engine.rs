@@ -1,0 +1,349 @@
+//! Engine tests over real file:// stores in temporary folders: data path,
+//! checkpoints, restore, fork, diff, gc, corruption, portability, crashes.
+
+mod common;
+
+use common::*;
+use wisp_nbd::BlockDevice;
+use wisp_volume::{GcOptions, VolumeError};
+
+#[tokio::test]
+async fn writes_read_back_and_unwritten_ranges_are_zeros() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    store.create_volume("data", 64 * MIB).await.unwrap();
+    let vol = store.open_volume("data").await.unwrap();
+    assert_eq!(vol.size(), 64 * MIB);
+    // Unaligned, spanning a chunk boundary (chunks are 256 KiB).
+    let a = pattern(1, 300_000);
+    write(&vol, 200_000, &a).await;
+    let b = pattern(2, 4096);
+    write(&vol, 40 * MIB, &b).await;
+    assert_eq!(read(&vol, 200_000, a.len()).await, a);
+    assert_eq!(read(&vol, 40 * MIB, 4096).await, b);
+    assert!(read(&vol, 10 * MIB, 1 << 20).await.iter().all(|x| *x == 0));
+    // Trim inside written data reads back as zeros, the rest survives.
+    vol.trim(200_000 + 4096, 8192).await.unwrap();
+    let got = read(&vol, 200_000, a.len()).await;
+    assert!(got[4096..4096 + 8192].iter().all(|x| *x == 0));
+    assert_eq!(got[..4096], a[..4096]);
+    assert_eq!(got[12288..], a[12288..]);
+    // Out of range is an error, not a panic.
+    assert!(vol.read(64 * MIB - 10, 20).await.is_err());
+    vol.close().await.unwrap();
+    // After close everything is in the bucket: a fresh cache reads the same.
+    let other = env.store("b").await;
+    let vol = other.open_volume("data").await.unwrap();
+    let got = read(&vol, 200_000, a.len()).await;
+    assert!(got[4096..4096 + 8192].iter().all(|x| *x == 0));
+    assert_eq!(got[12288..], a[12288..]);
+    assert_eq!(read(&vol, 40 * MIB, 4096).await, b);
+    vol.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn names_sizes_and_missing_volumes_give_clear_errors() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    assert!(matches!(
+        store.create_volume("bad/name", MIB).await,
+        Err(VolumeError::InvalidName(_))
+    ));
+    assert!(matches!(
+        store.create_volume("x", 1000).await,
+        Err(VolumeError::InvalidSize(1000))
+    ));
+    let err = store.open_volume("nope").await.err().unwrap();
+    assert_eq!(err.to_string(), "volume `nope` does not exist");
+    store.create_volume("x", MIB).await.unwrap();
+    assert!(matches!(
+        store.create_volume("x", MIB).await,
+        Err(VolumeError::AlreadyExists(_))
+    ));
+    let list = store.list_volumes().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert!(list[0].url.ends_with(&format!("/volumes/{}", list[0].id)));
+    let vol = store.open_volume("x").await.unwrap();
+    let err = store.open_volume("x").await.err().unwrap().to_string();
+    assert!(err.starts_with("volume `x` is in use by host"), "{err}");
+    let err = vol.restore("v7").await.unwrap_err().to_string();
+    assert_eq!(err, "checkpoint `v7` of volume `x` does not exist");
+    vol.close().await.unwrap();
+    store.delete_volume("x").await.unwrap();
+    assert!(store.list_volumes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn checkpoint_restore_fork_and_diff() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    store.create_volume("base", 16 * MIB).await.unwrap();
+    let vol = store.open_volume("base").await.unwrap();
+    let one = pattern(10, MIB as usize);
+    write(&vol, 0, &one).await;
+    let v0 = vol.checkpoint(Some("first".into())).await.unwrap();
+    assert_eq!(v0.id, "v0");
+    let two = pattern(11, 256 * 1024);
+    write(&vol, 4 * MIB, &two).await;
+    write(&vol, 0, &pattern(12, 4096)).await;
+    let v1 = vol.checkpoint(None).await.unwrap();
+    assert_eq!(v1.id, "v1");
+    // Changes after v1, then restore to v0: back to the first state.
+    write(&vol, 8 * MIB, &pattern(13, 4096)).await;
+    assert_eq!(
+        vol.diff("v0", Some("v1")).await.unwrap(),
+        vec![0..256 * 1024, 4 * MIB..4 * MIB + 256 * 1024]
+    );
+    let now = vol.diff("v1", None).await.unwrap();
+    assert_eq!(now, vec![8 * MIB..8 * MIB + 256 * 1024]);
+    vol.restore("v0").await.unwrap();
+    assert_eq!(read(&vol, 0, MIB as usize).await, one);
+    assert!(read(&vol, 4 * MIB, 256 * 1024)
+        .await
+        .iter()
+        .all(|x| *x == 0));
+    assert!(read(&vol, 8 * MIB, 4096).await.iter().all(|x| *x == 0));
+    assert!(vol.diff("v0", None).await.unwrap().is_empty());
+    // Later checkpoints survive a restore (git checkout, not rewind).
+    let ids: Vec<String> = vol
+        .checkpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, ["v0", "v1"]);
+    vol.restore("v1").await.unwrap();
+    assert_eq!(read(&vol, 4 * MIB, 256 * 1024).await, two);
+    vol.restore("v0").await.unwrap();
+    // A checkpoint of a restored state is a new number.
+    assert_eq!(vol.checkpoint(None).await.unwrap().id, "v2");
+
+    // Fork v1 while the source stays open; both sides diverge independently.
+    let forked = store.fork("base", "v1", "copy").await.unwrap();
+    assert_eq!(forked.origin.as_deref(), Some("base@v1"));
+    let copy = store.open_volume("copy").await.unwrap();
+    assert_eq!(read(&copy, 4 * MIB, 256 * 1024).await, two);
+    assert_eq!(read(&copy, 0, 4096).await, pattern(12, 4096));
+    write(&copy, 4 * MIB, &pattern(14, 4096)).await;
+    assert_eq!(read(&vol, 4 * MIB, 4096).await, vec![0u8; 4096]);
+    copy.close().await.unwrap();
+    vol.close().await.unwrap();
+    assert!(matches!(
+        store.fork("base", "v9", "x").await,
+        Err(VolumeError::CheckpointNotFound { .. })
+    ));
+    // The fork reads the same on another host.
+    let other = env.store("b").await;
+    let copy = other.open_volume("copy").await.unwrap();
+    assert_eq!(read(&copy, 4 * MIB, 4096).await, pattern(14, 4096));
+    assert_eq!(
+        read(&copy, 4 * MIB + 4096, 4096).await,
+        two.slice(4096..8192)
+    );
+    copy.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn gc_frees_garbage_but_keeps_what_checkpoints_and_forks_need() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    store.create_volume("src", 8 * MIB).await.unwrap();
+    let vol = store.open_volume("src").await.unwrap();
+    let kept = pattern(20, 2 * MIB as usize);
+    write(&vol, 0, &kept).await;
+    vol.checkpoint(None).await.unwrap();
+    // Overwritten twice without a checkpoint: the middle version is garbage.
+    write(&vol, 4 * MIB, &pattern(21, MIB as usize)).await;
+    vol.sync().await.unwrap();
+    write(&vol, 4 * MIB, &pattern(22, MIB as usize)).await;
+    vol.close().await.unwrap();
+    store.fork("src", "v0", "child").await.unwrap();
+    let no_compaction = GcOptions {
+        grace: std::time::Duration::ZERO,
+        compact_below: 0.0,
+    };
+    let report = store.gc(no_compaction.clone()).await.unwrap();
+    assert!(report.objects_deleted >= 1, "{report:?}");
+    assert!(report.bytes_freed > 0);
+    // The source is deleted: the child still needs its v0 data.
+    store.delete_volume("src").await.unwrap();
+    let report = store.gc(no_compaction.clone()).await.unwrap();
+    assert_eq!(report.objects_deleted, 0, "{report:?}");
+    let fresh = env.store("b").await;
+    let child = fresh.open_volume("child").await.unwrap();
+    assert_eq!(read(&child, 0, kept.len()).await, kept);
+    // Once the child overwrote everything it needed and is deleted too, all goes.
+    child.close().await.unwrap();
+    fresh.delete_volume("child").await.unwrap();
+    let report = store.gc(no_compaction).await.unwrap();
+    assert!(report.objects_deleted > 0);
+    assert!(env.segment_files().is_empty(), "{:?}", env.segment_files());
+}
+
+#[tokio::test]
+async fn compaction_rewrites_sparse_segments_and_keeps_data() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    store.create_volume("v", 8 * MIB).await.unwrap();
+    let vol = store.open_volume("v").await.unwrap();
+    let data = pattern(30, 4 * MIB as usize);
+    write(&vol, 0, &data).await;
+    vol.sync().await.unwrap();
+    // Overwrite 3/4 of it: the first segment becomes mostly dead.
+    let newer = pattern(31, 3 * MIB as usize);
+    write(&vol, MIB, &newer).await;
+    vol.close().await.unwrap();
+    let report = store
+        .gc(GcOptions {
+            grace: std::time::Duration::ZERO,
+            compact_below: 0.5,
+        })
+        .await
+        .unwrap();
+    assert!(report.segments_compacted >= 1, "{report:?}");
+    assert!(report.bytes_freed > 0, "{report:?}");
+    let fresh = env.store("b").await;
+    let vol = fresh.open_volume("v").await.unwrap();
+    assert_eq!(
+        read(&vol, 0, MIB as usize).await,
+        data.slice(..MIB as usize)
+    );
+    assert_eq!(read(&vol, MIB, newer.len()).await, newer);
+    vol.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupt_segment_is_an_io_error_naming_the_object() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    store.create_volume("c", 4 * MIB).await.unwrap();
+    let vol = store.open_volume("c").await.unwrap();
+    write(&vol, 0, &pattern(40, 256 * 1024)).await;
+    vol.close().await.unwrap();
+    let segs = env.segment_files();
+    assert_eq!(segs.len(), 1);
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&segs[0], bytes).unwrap();
+    let fresh = env.store("b").await;
+    let vol = fresh.open_volume("c").await.unwrap();
+    let err = vol.read(0, 4096).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("corrupt extent in object `volumes/"), "{msg}");
+    assert!(
+        msg.contains("checksum mismatch") || msg.contains("decompress"),
+        "{msg}"
+    );
+    // A missing object is an error too, never zeros.
+    std::fs::remove_file(&segs[0]).unwrap();
+    let err = vol.read(0, 4096).await.unwrap_err().to_string();
+    assert!(err.contains("segments/"), "{err}");
+    drop(vol);
+}
+
+#[tokio::test]
+async fn portable_across_cache_dirs_and_after_losing_the_local_database() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    store.create_volume("p", 32 * MIB).await.unwrap();
+    let vol = store.open_volume("p").await.unwrap();
+    let mut expected = vec![0u8; 32 * MIB as usize];
+    for i in 0..40u64 {
+        let off = (i * 7919 * 4096) % (31 * MIB);
+        let data = pattern(100 + i, 4096 * (1 + i as usize % 5));
+        write(&vol, off, &data).await;
+        expected[off as usize..off as usize + data.len()].copy_from_slice(&data);
+    }
+    vol.checkpoint(Some("mid".into())).await.unwrap();
+    write(&vol, 0, &pattern(99, 8192)).await;
+    expected[..8192].copy_from_slice(&pattern(99, 8192));
+    vol.sync().await.unwrap();
+    let info = vol.info();
+    vol.close().await.unwrap();
+    // Host B: empty cache dir.
+    let b = env.store("b").await;
+    let vol = b.open_volume("p").await.unwrap();
+    assert_eq!(read(&vol, 0, expected.len()).await, expected);
+    assert_eq!(
+        vol.checkpoints().await.unwrap()[0].comment.as_deref(),
+        Some("mid")
+    );
+    vol.close().await.unwrap();
+    // Host A again, after losing its local metadata database.
+    let db = env.dir.path().join("a").join(&info.id).join("meta.db");
+    assert!(db.exists());
+    std::fs::remove_file(&db).unwrap();
+    let vol = store.open_volume("p").await.unwrap();
+    assert_eq!(read(&vol, 0, expected.len()).await, expected);
+    vol.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn flushed_writes_survive_a_crash_and_are_uploaded_on_reopen() {
+    let env = Env::new();
+    let mut config = env.config("a");
+    // No background upload during the test: the data is only in the cache.
+    config.upload_delay = std::time::Duration::from_secs(3600);
+    let store = wisp_volume::Store::open(config.clone()).await.unwrap();
+    store.create_volume("k", 8 * MIB).await.unwrap();
+    let vol = store.open_volume("k").await.unwrap();
+    let data = pattern(50, 3 * 256 * 1024 + 512);
+    write(&vol, 100_000, &data).await;
+    vol.flush().await.unwrap();
+    // "Crash": drop without close (no sync, no snapshot, lease left behind).
+    drop(vol);
+    drop(store);
+    let store = wisp_volume::Store::open(config).await.unwrap();
+    let vol = store.open_volume("k").await.unwrap();
+    assert_eq!(read(&vol, 100_000, data.len()).await, data);
+    vol.close().await.unwrap();
+    let b = env.store("b").await;
+    let vol = b.open_volume("k").await.unwrap();
+    assert_eq!(read(&vol, 100_000, data.len()).await, data);
+    vol.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn import_skips_zero_chunks_and_export_round_trips() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    store.create_volume("img", 8 * MIB).await.unwrap();
+    let src = env.dir.path().join("in.raw");
+    let mut raw = vec![0u8; 5 * MIB as usize + 4096];
+    raw[..MIB as usize].copy_from_slice(&pattern(60, MIB as usize));
+    raw[3 * MIB as usize..3 * MIB as usize + 4096].copy_from_slice(&pattern(61, 4096));
+    std::fs::write(&src, &raw).unwrap();
+    let vol = store.open_volume("img").await.unwrap();
+    let done = std::sync::atomic::AtomicU64::new(0);
+    vol.import_file(&src, &|d, _| {
+        done.store(d, std::sync::atomic::Ordering::SeqCst)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        done.load(std::sync::atomic::Ordering::SeqCst),
+        raw.len() as u64
+    );
+    vol.checkpoint(None).await.unwrap();
+    let out = env.dir.path().join("out.raw");
+    vol.export_file(&out, &|_, _| {}).await.unwrap();
+    vol.close().await.unwrap();
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got.len() as u64, 8 * MIB);
+    assert_eq!(&got[..raw.len()], &raw[..]);
+    // Only the chunks with data were stored: 4 (first MiB) + 1.
+    let stored: u64 = env
+        .segment_files()
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(stored <= 5 * 256 * 1024, "stored {stored}");
+    let out2 = env.dir.path().join("out2.raw");
+    store
+        .export_checkpoint("img", "v0", &out2, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out2).unwrap(), got);
+}
