@@ -204,6 +204,19 @@ async fn agent_as_pid1_in_a_real_vm() {
     })
     .await;
     m.stop().await.unwrap();
+    // The stop was the agent's clean power-off (not QEMU killed by the host): the kernel
+    // says so on the console, and the root went read-only first.
+    let console = std::fs::read_dir(dir.path().join("run1"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("console-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(console.contains("reboot: Power down"), "console: {console}");
+    assert!(
+        !console.contains("remount / read-only"),
+        "console: {console}"
+    );
 
     let m = Machine::start(config(dev, dir.path().join("run2")))
         .await
