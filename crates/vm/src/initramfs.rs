@@ -281,6 +281,27 @@ pub fn find_agent() -> Result<PathBuf, InitramfsError> {
 /// The initramfs for `kernel` with `init` (the agent binary) as `/init`,
 /// built once and cached as `$kernel_dir/initramfs-<hash>.cpio`.
 pub fn ensure(kernel: &Kernel, init: &Path) -> Result<PathBuf, InitramfsError> {
+    // Hashing a debug agent (~14 MiB) costs more than a boot step should;
+    // remember the hash per (path, size, mtime) in a small index file.
+    let meta = fs::metadata(init).map_err(io_err(init))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let key = format!("{}\t{}\t{mtime}", init.display(), meta.len());
+    let index = kernel.dir.join("initramfs.index");
+    let known = fs::read_to_string(&index).unwrap_or_default();
+    if let Some(hex) = known
+        .lines()
+        .find_map(|l| l.strip_prefix(key.as_str())?.strip_prefix('\t'))
+    {
+        let path = kernel.dir.join(format!("initramfs-{hex}.cpio"));
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
     let data = fs::read(init).map_err(io_err(init))?;
     let mut hasher = Sha256::new();
     hasher.update(&data);
@@ -289,11 +310,16 @@ pub fn ensure(kernel: &Kernel, init: &Path) -> Result<PathBuf, InitramfsError> {
     let digest = hasher.finalize();
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     let path = kernel.dir.join(format!("initramfs-{hex}.cpio"));
-    if path.is_file() {
-        return Ok(path);
+    if !path.is_file() {
+        write_archive(&path, &entries(kernel, &data)?)?;
+        tracing::info!(path = %path.display(), "initramfs built");
     }
-    write_archive(&path, &entries(kernel, &data)?)?;
-    tracing::info!(path = %path.display(), "initramfs built");
+    // Best effort: a lost index entry only costs one more hash.
+    let mut lines: Vec<&str> = known.lines().rev().take(15).collect();
+    lines.reverse();
+    let entry = format!("{key}\t{hex}");
+    lines.push(&entry);
+    let _ = fs::write(&index, lines.join("\n") + "\n");
     Ok(path)
 }
 
@@ -347,6 +373,34 @@ mod tests {
         assert!(st.success());
         assert_eq!(fs::read(out.join("etc/hello")).unwrap(), b"hello world\n");
         assert_eq!(fs::read(out.join("odd")).unwrap(), vec![7u8; 5]);
+    }
+
+    #[test]
+    fn ensure_caches_by_agent_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = Kernel {
+            version: "test".into(),
+            package_version: "0".into(),
+            dir: dir.path().to_path_buf(),
+            modules: vec![],
+        };
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"first agent").unwrap();
+        let a = ensure(&kernel, &agent).unwrap();
+        assert_eq!(ensure(&kernel, &agent).unwrap(), a);
+        // Same size, new content and mtime: a new archive.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(&agent, b"other agent").unwrap();
+        let b = ensure(&kernel, &agent).unwrap();
+        assert_ne!(a, b);
+        let listing = Command::new("cpio")
+            .args(["-it", "--quiet", "-F"])
+            .arg(&b)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&listing.stdout);
+        assert!(text.lines().any(|l| l == "init"), "{text}");
+        assert!(text.lines().any(|l| l == "etc/wisp-modules"), "{text}");
     }
 
     #[test]
