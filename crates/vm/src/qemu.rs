@@ -219,17 +219,25 @@ impl Qemu {
             source,
         })?;
         tracing::debug!(binary = %config.binary.display(), args = ?config.args(), "starting qemu");
-        let child = tokio::process::Command::new(&config.binary)
-            .args(config.args())
+        let mut cmd = tokio::process::Command::new(&config.binary);
+        cmd.args(config.args())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| QemuError::Spawn {
-                binary: config.binary.display().to_string(),
-                source,
-            })?;
+            .kill_on_drop(true);
+        // If wisp dies without dropping the child (SIGKILL, Ctrl-C), the
+        // kernel kills QEMU too: no orphan VM keeps the disk busy.
+        // SAFETY: the closure only calls prctl, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| QemuError::Spawn {
+            binary: config.binary.display().to_string(),
+            source,
+        })?;
         let pid = child.id().unwrap_or(0);
         Ok(Qemu { child, pid })
     }
