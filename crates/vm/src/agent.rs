@@ -895,3 +895,164 @@ impl ExecSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client against a hostile "guest": a peer on an in-memory pipe that speaks the
+    //! framing but breaks the rules. (The well-behaved agent is tested for real in
+    //! `tests/agent_host.rs` and `tests/agent_vm.rs`.)
+
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    async fn read_frame(peer: &mut DuplexStream, buf: &mut Vec<u8>) -> Frame {
+        loop {
+            if let Decoded::Frame(f, n) = decode(buf) {
+                buf.drain(..n);
+                return f;
+            }
+            let mut tmp = [0u8; 4096];
+            let n = peer.read(&mut tmp).await.unwrap();
+            assert!(n > 0, "client closed the stream");
+            buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+
+    async fn send(peer: &mut DuplexStream, f: &Frame) {
+        peer.write_all(&f.encode().unwrap()).await.unwrap();
+    }
+
+    /// Answers the handshake and returns the peer side.
+    async fn connected() -> (AgentClient, DuplexStream, Vec<u8>) {
+        let (host, mut peer) = tokio::io::duplex(8 << 20);
+        let server = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let f = read_frame(&mut peer, &mut buf).await;
+            assert!(matches!(f.to_control(), Ok(Control::Hello { .. })));
+            // Garbage first: the client must resynchronise, not give up.
+            peer.write_all(b"\r\nconsole noise\r\n").await.unwrap();
+            let hello = Control::Hello {
+                version: PROTOCOL_VERSION,
+                agent: "fake".into(),
+                capabilities: vec![],
+            };
+            send(&mut peer, &Frame::control(0, &hello)).await;
+            (peer, buf)
+        });
+        let client = AgentClient::connect_timeout(host, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let (peer, buf) = server.await.unwrap();
+        (client, peer, buf)
+    }
+
+    #[tokio::test]
+    async fn data_beyond_the_granted_window_ends_that_session_only() {
+        let (client, mut peer, mut buf) = connected().await;
+        assert_eq!(client.info().agent, "fake");
+        let server = tokio::spawn(async move {
+            let f = read_frame(&mut peer, &mut buf).await;
+            assert!(matches!(f.to_control(), Ok(Control::Exec(_))));
+            let s = f.session;
+            send(&mut peer, &Frame::control(s, &Control::Started { pid: 9 })).await;
+            // 3 MiB without waiting for grants: more than the 2 MiB window.
+            let chunk = vec![7u8; CHUNK];
+            for _ in 0..24 {
+                let f = Frame {
+                    session: s,
+                    kind: Kind::Data,
+                    payload: chunk.clone(),
+                };
+                send(&mut peer, &f).await;
+            }
+            // Then answer a ping on another session: the connection must still work.
+            loop {
+                let f = read_frame(&mut peer, &mut buf).await;
+                if let Ok(Control::Ping) = f.to_control() {
+                    send(&mut peer, &Frame::control(f.session, &Control::Pong)).await;
+                    return peer;
+                }
+            }
+        });
+        let mut e = client
+            .exec(ExecRequest {
+                argv: vec!["x".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(e.pid, 9);
+        // Consume nothing until the reader has seen the overrun (it then forgets the session).
+        while client
+            .inner
+            .sessions
+            .lock()
+            .unwrap()
+            .contains_key(&e.session.id)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut got = 0usize;
+        let err = loop {
+            match e.recv().await {
+                Ok(Some(ExecEvent::Stdout(d))) => got += d.len(),
+                Ok(other) => panic!("{other:?}"),
+                Err(err) => break err,
+            }
+        };
+        assert!(
+            matches!(err, AgentError::Protocol(ref m) if m.contains("window")),
+            "{err}"
+        );
+        assert!(got <= INITIAL_WINDOW as usize);
+        client.ping().await.unwrap();
+        drop(server.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_errors_not_panics() {
+        let (client, mut peer, mut buf) = connected().await;
+        let server = tokio::spawn(async move {
+            // A control frame that is not JSON, then one with the wrong answer type.
+            let f = read_frame(&mut peer, &mut buf).await;
+            let bad = Frame {
+                session: f.session,
+                kind: Kind::Control,
+                payload: b"{nope".to_vec(),
+            };
+            send(&mut peer, &bad).await;
+            let f = read_frame(&mut peer, &mut buf).await;
+            send(
+                &mut peer,
+                &Frame::control(f.session, &Control::Started { pid: 1 }),
+            )
+            .await;
+            peer
+        });
+        let e = client.ping().await.unwrap_err();
+        assert!(matches!(e, AgentError::Protocol(_)), "{e}");
+        let e = client.list_services().await.unwrap_err();
+        assert!(matches!(e, AgentError::Protocol(_)), "{e}");
+        let peer = server.await.unwrap();
+        // The guest going away ends the connection: calls fail, nothing hangs.
+        drop(peer);
+        client.closed().await;
+        assert!(matches!(client.ping().await, Err(AgentError::Disconnected)));
+    }
+
+    #[tokio::test]
+    async fn a_refused_version_fails_the_handshake() {
+        let (host, mut peer) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = read_frame(&mut peer, &mut buf).await;
+            let err = Control::Error {
+                message: "protocol version `1` is not supported; this agent speaks 2".into(),
+            };
+            send(&mut peer, &Frame::control(0, &err)).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let r = AgentClient::connect_timeout(host, Duration::from_secs(10)).await;
+        assert!(matches!(r, Err(AgentError::Version(_))), "{:?}", r.err());
+    }
+}
