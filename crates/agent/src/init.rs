@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 
 use wisp_proto::{Control, PORT_NAME};
 
+use std::sync::Arc;
+
 use crate::channel::Out;
 use crate::net;
+use crate::reaper::Reaper;
 use crate::sys::{cstring, cvt};
 
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
@@ -238,7 +241,7 @@ fn setup_network(cmd: &Cmdline) {
 
 /// Grows the root filesystem to the disk's size when the disk is clearly bigger (first
 /// boot of a fork of a small image on a 100 GiB disk). Online resize: no unmount needed.
-fn grow_root(dev: &str) {
+fn grow_root(dev: &str, reaper: &Reaper) {
     let Some(resize2fs) = ["/sbin/resize2fs", "/usr/sbin/resize2fs"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -262,12 +265,12 @@ fn grow_root(dev: &str) {
     let fs_size = st.f_blocks * st.f_frsize;
     if dev_size > fs_size + fs_size / 50 + (64 << 20) {
         log(&format!("growing {dev} from {fs_size} to {dev_size} bytes"));
-        match std::process::Command::new(resize2fs).arg(dev).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => log(&format!(
-                "resize2fs: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
+        // Through the reaper: it reaps every child, so std must not wait for this one.
+        let mut cmd = std::process::Command::new(resize2fs);
+        cmd.arg(dev);
+        match reaper.spawn(&mut cmd).map(|(_, rx)| rx.recv()) {
+            Ok(Ok(st)) if st.success() => {}
+            Ok(st) => log(&format!("resize2fs {dev} failed: {st:?}")),
             Err(e) => log(&format!("resize2fs: {e}")),
         }
     }
@@ -308,8 +311,9 @@ fn find_port(name: &str) -> Option<PathBuf> {
     None
 }
 
-/// Everything PID 1 does before serving; returns the open agent port.
-pub fn boot() -> File {
+/// Everything PID 1 does before serving: mounts, modules, the switch to the root disk,
+/// hostname; network and filesystem growth start in the background.
+pub fn boot(reaper: &Arc<Reaper>) {
     mount_logged("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
     ensure_console();
     mount_logged(
@@ -363,9 +367,15 @@ pub fn boot() -> File {
         .name("net".into())
         .spawn(move || setup_network(&net_cmd));
     let root = cmd.get("root", "/dev/vda").to_string();
+    let r = reaper.clone();
     let _ = std::thread::Builder::new()
         .name("growfs".into())
-        .spawn(move || grow_root(&root));
+        .spawn(move || grow_root(&root, &r));
+}
+
+/// Waits for the agent's virtio-serial port and opens it.
+pub fn open_port() -> File {
+    let cmd = Cmdline::read();
 
     let port_name = cmd.get("port", PORT_NAME).to_string();
     let mut warned = Instant::now();

@@ -133,14 +133,16 @@ fn serve_listen(path: &PathBuf, reaper: &Arc<Reaper>, services: &Arc<Services>) 
 }
 
 fn run_pid1() -> ! {
-    let port = init::boot();
     let reaper = Reaper::start();
+    init::boot(&reaper);
     let services = Services::new(
         "/etc/wisp/services".into(),
         "/var/log/wisp".into(),
         reaper.clone(),
     );
+    // Services start before the port opens: they do not depend on a host connecting.
     services.start_all();
+    let port = init::open_port();
     let out = match port.try_clone() {
         Ok(w) => Out::new(Box::new(w)),
         Err(e) => {
