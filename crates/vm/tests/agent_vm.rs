@@ -91,6 +91,10 @@ async fn agent_as_pid1_in_a_real_vm() {
     assert!(sh(&a, "cat /etc/hosts")
         .await
         .contains("127.0.1.1\tagent-vm\n"));
+    // First boot grows the 256 MiB image's filesystem to the 1 GiB disk (the tiny image
+    // carries resize2fs).
+    let grown = sh_until_root_grows(&a, 256 * 1024).await;
+    eprintln!("root filesystem grown to {grown} KiB");
 
     // Exec round trips of `true` (reported, not asserted: timing belongs in benchmarks).
     let mut times = vec![];
@@ -234,4 +238,29 @@ async fn agent_as_pid1_in_a_real_vm() {
     assert_eq!(list.len(), 1);
     assert!(list[0].pid.is_some());
     m.stop().await.unwrap();
+}
+
+/// Size of `/` in KiB as the guest's `df` sees it.
+async fn root_size_kib(a: &AgentClient) -> u64 {
+    let out = sh(a, "df -k / | tail -n 1").await;
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse df output {out:?}"))
+}
+
+async fn sh_until_root_grows(a: &AgentClient, before: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = root_size_kib(a).await;
+        // The disk is 1 GiB; the image 256 MiB.
+        if now > before * 3 {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "root filesystem stayed at {now} KiB"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
