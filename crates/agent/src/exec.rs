@@ -180,6 +180,11 @@ pub fn start(agent: &Arc<Agent>, session: u32, req: &ExecRequest) -> io::Result<
 
     let (handle, outputs, stdin_fd, exit_rx) = if let Some(tty) = req.tty {
         let (master, slave) = sys::openpty(tty.rows, tty.cols)?;
+        if let Some(spec) = &req.user {
+            // The terminal belongs to its user, as after a login (screen, mesg check it).
+            let u = users::lookup(spec)?;
+            std::os::unix::fs::fchown(&slave, Some(u.uid), None)?;
+        }
         cmd.stdin(Stdio::from(slave.try_clone()?))
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave));

@@ -148,6 +148,29 @@ async fn agent_as_pid1_in_a_real_vm() {
         "{text:?}"
     );
 
+    // As another user, in a PTY: uid, home and a terminal owned by that user.
+    let out = a
+        .exec(ExecRequest {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "id -u; echo $HOME; pwd; stat -c %u $(tty)".into(),
+            ],
+            user: Some("sprite".into()),
+            tty: Some(TtySize { rows: 24, cols: 80 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(
+        text.starts_with("1000\n/home/sprite\n/home/sprite\n1000\n"),
+        "{text:?}"
+    );
+
     // Files both ways, checked by the guest's own sha256sum.
     let data: Vec<u8> = (0..24u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
