@@ -830,6 +830,12 @@ impl ExecInput {
 }
 
 impl ExecSession {
+    /// The session number on the wire (for tests that send frames by hand).
+    #[doc(hidden)]
+    pub fn session_id(&self) -> u32 {
+        self.session.id
+    }
+
     pub fn input(&self) -> ExecInput {
         self.input.clone()
     }

@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use wisp_vm::agent::{
-    AgentClient, AgentError, Control, ExecEvent, ExecRequest, Kind, ServiceSpec, TtySize,
-};
+use wisp_vm::agent::{AgentClient, AgentError, ExecEvent, ExecRequest, Kind, ServiceSpec, TtySize};
 
 /// The agent binary: `$WISP_AGENT_BIN`, or the static build `make agent-debug` makes next
 /// to this test's target folder.
@@ -42,7 +39,8 @@ fn agent_bin() -> PathBuf {
 
 struct Agent {
     client: AgentClient,
-    child: tokio::process::Child,
+    /// Held so the agent is killed (`kill_on_drop`) when the test ends.
+    _child: tokio::process::Child,
 }
 
 async fn start_agent(state: &Path) -> Agent {
@@ -62,7 +60,10 @@ async fn start_agent(state: &Path) -> Agent {
         AgentClient::connect_timeout(tokio::io::join(stdout, stdin), Duration::from_secs(30))
             .await
             .expect("handshake with the agent");
-    Agent { client, child }
+    Agent {
+        client,
+        _child: child,
+    }
 }
 
 fn argv(v: &[&str]) -> Vec<String> {
@@ -179,6 +180,46 @@ async fn stdin_is_streamed_with_flow_control() {
         got.len(),
         data.len()
     );
+}
+
+#[tokio::test]
+async fn stdin_beyond_the_window_is_refused_not_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+    // A process that never reads stdin, and a host that ignores the window: the agent must
+    // refuse the excess (closing that session) instead of buffering it.
+    let mut e = a
+        .client
+        .exec(ExecRequest {
+            argv: argv(&["sleep", "1000"]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pid = e.pid;
+    let chunk = vec![b'x'; 256 * 1024];
+    for _ in 0..12 {
+        let f = wisp_proto::encode(Kind::Data, e.session_id(), &chunk).unwrap();
+        a.client.send_raw(&f).await.unwrap();
+    }
+    let err = loop {
+        match e.recv().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("session ended without an error"),
+            Err(err) => break err,
+        }
+    };
+    assert!(
+        matches!(err, AgentError::Remote(ref m) if m.contains("window")),
+        "{err}"
+    );
+    eventually("the refused session's process to die", || async {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        (st.is_empty() || st.contains(") Z")).then_some(())
+    })
+    .await;
+    let out = a.client.run(["echo", "still here"]).await.unwrap();
+    assert_eq!(out.stdout, b"still here\n");
 }
 
 #[tokio::test]
@@ -615,7 +656,4 @@ async fn dropping_a_session_kills_its_process() {
     })
     .await;
     a.client.ping().await.unwrap();
-    let _ = a.child;
-    let _ = tokio::io::sink().flush().await;
-    let _ = Control::Ping;
 }
