@@ -49,7 +49,8 @@ fn pid_alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 || *libc::__errno_location() == libc::EPERM }
 }
 
-fn format_time(secs: u64) -> String {
+/// RFC 3339 form of seconds since the Unix epoch.
+pub fn format_time(secs: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 

@@ -16,6 +16,7 @@ pub use config::{
     VolumeInfo,
 };
 pub use error::VolumeError;
+pub use lease::format_time;
 pub use retrying_store::open_url;
 pub use store::{Store, CHUNK_SIZE, FORMAT_VERSION};
 pub use volume::Volume;
