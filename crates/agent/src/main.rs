@@ -152,6 +152,11 @@ fn run_pid1() -> ! {
     };
     let agent = Agent::new(out, reaper, services, OnShutdown::PowerOff);
     init::log("ready");
+    // In its own thread: a write to the port blocks until a host is connected.
+    let a = agent.clone();
+    let _ = std::thread::Builder::new()
+        .name("announce".into())
+        .spawn(move || a.announce());
     let mut port = port;
     loop {
         // PID 1 must never exit (the kernel would panic): survive even a bug.

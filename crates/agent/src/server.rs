@@ -199,14 +199,7 @@ impl Agent {
             Control::Ping => return self.out.control(s, &Control::Pong),
             Control::Hello { version, .. } if s == 0 => {
                 if version == PROTOCOL_VERSION {
-                    self.out.control(
-                        0,
-                        &Control::Hello {
-                            version: PROTOCOL_VERSION,
-                            agent: format!("wisp-agent {}", env!("CARGO_PKG_VERSION")),
-                            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-                        },
-                    );
+                    self.announce();
                 } else {
                     self.out.error(
                         0,
@@ -324,6 +317,20 @@ impl Agent {
                 self.out.error(s, e);
             }
         }
+    }
+
+    /// Sends this agent's `hello` on session 0: the answer to the host's, and (PID 1) an
+    /// unsolicited one when the port opens, so a host whose first `hello` was lost before
+    /// the guest opened its port learns at once that the agent is up.
+    pub fn announce(&self) {
+        self.out.control(
+            0,
+            &Control::Hello {
+                version: PROTOCOL_VERSION,
+                agent: format!("wisp-agent {}", env!("CARGO_PKG_VERSION")),
+                capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            },
+        );
     }
 
     fn shutdown(&self, s: u32) {

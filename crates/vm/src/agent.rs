@@ -214,11 +214,16 @@ impl Inner {
             } => {
                 let mut h = self.hello.lock().unwrap_or_else(|e| e.into_inner());
                 if h.is_none() {
-                    *h = Some(Ok(AgentInfo {
-                        version,
-                        agent,
-                        capabilities,
-                    }));
+                    // The agent may announce itself unasked; only a version we speak counts.
+                    *h = Some(if version == PROTOCOL_VERSION {
+                        Ok(AgentInfo {
+                            version,
+                            agent,
+                            capabilities,
+                        })
+                    } else {
+                        Err(format!("the agent speaks protocol version {version}"))
+                    });
                 }
                 self.hello_notify.notify_waiters();
             }
@@ -1044,6 +1049,23 @@ mod tests {
         drop(peer);
         client.closed().await;
         assert!(matches!(client.ping().await, Err(AgentError::Disconnected)));
+    }
+
+    #[tokio::test]
+    async fn an_agent_of_another_version_fails_the_handshake() {
+        let (host, mut peer) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let hello = Control::Hello {
+                version: PROTOCOL_VERSION + 1,
+                agent: "future".into(),
+                capabilities: vec![],
+            };
+            // Announced unasked, as the agent does when its port opens.
+            send(&mut peer, &Frame::control(0, &hello)).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let r = AgentClient::connect_timeout(host, Duration::from_secs(10)).await;
+        assert!(matches!(r, Err(AgentError::Version(_))), "{:?}", r.err());
     }
 
     #[tokio::test]
