@@ -94,6 +94,7 @@ impl Wisp {
         cmd.args(args)
             .env("WISP_HOME", &self.home)
             .env_remove("WISP_STORE")
+            .env_remove("WISP_CACHE_DIR")
             .env("RUST_LOG", "warn");
         if let Some(store) = &self.store {
             cmd.env("WISP_STORE", store);
