@@ -51,6 +51,12 @@ pub fn log(msg: &str) {
     eprintln!("wisp-agent: {msg}");
 }
 
+/// Guest uptime in seconds, as text (for boot-time diagnostics on the console).
+pub fn uptime() -> String {
+    let u = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    u.split_whitespace().next().unwrap_or("?").to_string()
+}
+
 fn mount(
     src: &str,
     target: &str,
@@ -331,8 +337,10 @@ pub fn boot(reaper: &Arc<Reaper>) {
         "",
     );
     let cmd = Cmdline::read();
+    log(&format!("init (uptime {} s)", uptime()));
     if root_is_initramfs() {
         load_modules();
+        log(&format!("modules loaded (uptime {} s)", uptime()));
         if cmd.get("root", "/dev/vda") != "none" {
             if let Err(e) = switch_root(&cmd) {
                 // Keep going on the initramfs: the host can still exec and see what is wrong.

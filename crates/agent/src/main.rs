@@ -151,7 +151,8 @@ fn run_pid1() -> ! {
         }
     };
     let agent = Agent::new(out, reaper, services, OnShutdown::PowerOff);
-    init::log("ready");
+    // Guest uptime at this point: compare with the kernel's timestamps on the console.
+    init::log(&format!("ready (uptime {} s)", init::uptime()));
     // In its own thread: a write to the port blocks until a host is connected.
     let a = agent.clone();
     let _ = std::thread::Builder::new()

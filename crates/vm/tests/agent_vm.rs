@@ -239,6 +239,9 @@ async fn agent_as_pid1_in_a_real_vm() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("console-"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect::<String>();
+    for line in console.lines().filter(|l| l.contains("wisp-agent")) {
+        eprintln!("console: {line}");
+    }
     assert!(console.contains("reboot: Power down"), "console: {console}");
     assert!(
         !console.contains("remount / read-only"),
