@@ -36,7 +36,7 @@ pub enum VolumeError {
         key: String,
         after: Duration,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// The object store refused a request in a way retrying cannot fix.
     #[error("object store error while {action} `{key}`: {source}")]
@@ -44,7 +44,7 @@ pub enum VolumeError {
         action: &'static str,
         key: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("corrupt extent in object `{key}` at offset {offset}: {reason}")]
     Corrupt {

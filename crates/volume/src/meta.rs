@@ -95,7 +95,7 @@ pub enum Op {
     /// Rows as `[chunk, segment, offset, stored_len, raw_len, crc, flags]`.
     Extents {
         layer: i64,
-        rows: Vec<(u64, i64, u64, u32, u32, u32, u8)>,
+        rows: Vec<RowTuple>,
     },
     DropLayer {
         layer: i64,
@@ -104,6 +104,11 @@ pub enum Op {
         id: i64,
     },
 }
+
+/// A row as shipped in logs: `[chunk, segment, offset, stored_len, raw_len, crc, flags]`.
+pub type RowTuple = (u64, i64, u64, u32, u32, u32, u8);
+/// `(num, layer, created, comment)` of one checkpoint.
+pub type CheckpointRow = (i64, i64, u64, Option<String>);
 
 /// A layer's parent: in this volume (`volume == None`) or in another one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,7 +271,7 @@ impl Meta {
     }
 
     /// `(num, layer, created, comment)` of every checkpoint, oldest first.
-    pub fn checkpoints(&self) -> Result<Vec<(i64, i64, u64, Option<String>)>, VolumeError> {
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointRow>, VolumeError> {
         let mut st = self
             .conn
             .prepare("SELECT num, layer, created, comment FROM checkpoints ORDER BY num")

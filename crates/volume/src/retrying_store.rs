@@ -110,7 +110,7 @@ impl Blobs {
                     return Err(VolumeError::Store {
                         action,
                         key: key.to_string(),
-                        source: e,
+                        source: Box::new(e),
                     })
                 }
                 Err(e) => {
@@ -120,7 +120,7 @@ impl Blobs {
                             action,
                             key: key.to_string(),
                             after: elapsed,
-                            source: e,
+                            source: Box::new(e),
                         });
                     }
                     tracing::warn!(action, key, error = %e, "object store call failed; retrying");
@@ -145,10 +145,11 @@ impl Blobs {
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, VolumeError> {
         match self.get(key).await {
             Ok(b) => Ok(Some(b)),
-            Err(VolumeError::Store {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(None),
+            Err(VolumeError::Store { source, .. })
+                if matches!(*source, object_store::Error::NotFound { .. }) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -181,10 +182,11 @@ impl Blobs {
             })
             .await;
         match res {
-            Err(VolumeError::Store {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(()),
+            Err(VolumeError::Store { source, .. })
+                if matches!(*source, object_store::Error::NotFound { .. }) =>
+            {
+                Ok(())
+            }
             other => other,
         }
     }

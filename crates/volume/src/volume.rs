@@ -1037,7 +1037,7 @@ impl Inner {
             uuid::Uuid::new_v4().simple()
         );
         let mut body = Vec::new();
-        let mut by_layer: BTreeMap<i64, Vec<(u64, i64, u64, u32, u32, u32, u8)>> = BTreeMap::new();
+        let mut by_layer: BTreeMap<i64, Vec<meta::RowTuple>> = BTreeMap::new();
         for (layer, row) in &rows {
             let ext = Extent::from_row(row, &keys[&row.segment]);
             let stored = self
