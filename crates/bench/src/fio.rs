@@ -41,6 +41,20 @@ pub struct FioResult {
     pub clat_p99_us: Option<f64>,
 }
 
+impl FioResult {
+    /// The average of two runs of the same job.
+    pub fn mean(&self, other: &FioResult) -> FioResult {
+        let avg = |a: f64, b: f64| (a + b) / 2.0;
+        let avg_opt = |a: Option<f64>, b: Option<f64>| Some(avg(a?, b?));
+        FioResult {
+            bw_bytes_per_s: avg(self.bw_bytes_per_s, other.bw_bytes_per_s),
+            iops: avg(self.iops, other.iops),
+            clat_p50_us: avg_opt(self.clat_p50_us, other.clat_p50_us),
+            clat_p99_us: avg_opt(self.clat_p99_us, other.clat_p99_us),
+        }
+    }
+}
+
 /// The four warm-cache jobs of the benchmark over a region of `size` bytes.
 pub fn standard_jobs(size: u64, runtime: Duration) -> Vec<Job> {
     let job = |name, rw, bs, iodepth| Job {

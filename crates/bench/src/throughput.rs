@@ -33,8 +33,8 @@ pub fn start_nbdkit(nbdkit: &Path, dir: &Path, name: &str, size: u64) -> Result<
     Ok(server)
 }
 
-/// Runs the fill job and the standard jobs against both URIs (reference first, per job)
-/// and returns one row per job, candidate/reference.
+/// Runs the fill job and the standard jobs against both URIs and returns one row per job,
+/// candidate/reference (each the mean of two runs).
 pub fn compare(ctx: &Ctx, reference_uri: &str, candidate_uri: &str) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let fill = fio::fill_job(ctx.region);
@@ -52,9 +52,13 @@ pub fn compare(ctx: &Ctx, reference_uri: &str, candidate_uri: &str) -> Result<Ve
         .with_note(format!("{} once", crate::human_size(ctx.region))),
     );
     for job in fio::standard_jobs(ctx.region, ctx.runtime) {
-        let r = fio::run(&ctx.fio, &job, reference_uri, &ctx.reports, "reference")?;
-        let c = fio::run(&ctx.fio, &job, candidate_uri, &ctx.reports, "wisp")?;
-        rows.push(row(&job, &c, &r));
+        // Reference, wisp, wisp, reference: load from other processes on this small
+        // machine drifts over a minute, and the symmetric order cancels a linear drift.
+        let r1 = fio::run(&ctx.fio, &job, reference_uri, &ctx.reports, "reference-1")?;
+        let c1 = fio::run(&ctx.fio, &job, candidate_uri, &ctx.reports, "wisp-1")?;
+        let c2 = fio::run(&ctx.fio, &job, candidate_uri, &ctx.reports, "wisp-2")?;
+        let r2 = fio::run(&ctx.fio, &job, reference_uri, &ctx.reports, "reference-2")?;
+        rows.push(row(&job, &c1.mean(&c2), &r1.mean(&r2)));
     }
     Ok(rows)
 }
