@@ -51,7 +51,10 @@ fn nbdkit_against_itself_gives_every_row() {
         assert!(r.pass.is_some());
     }
     // fio's reports are kept for inspection.
-    assert!(ctx.reports.join("fio-wisp-2-randread-4k-qd16.json").exists());
+    assert!(ctx
+        .reports
+        .join("fio-wisp-2-randread-4k-qd16.json")
+        .exists());
 }
 
 #[test]
