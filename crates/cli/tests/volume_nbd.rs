@@ -278,6 +278,10 @@ fn acknowledged_flushes_survive_kill_9_during_a_write_storm() {
     assert!(written.len() > 10, "too few writes before the kill: {text}");
     // Every block before the last printed one had its flush acknowledged.
     let acked = written.len() as u64 - 1;
+    eprintln!(
+        "{} of {blocks} writes completed before kill -9",
+        written.len()
+    );
     let serve = env.serve("storm");
     let img = env.dir.path().join("storm.raw");
     run(Command::new("qemu-img")
