@@ -28,7 +28,9 @@ const CHUNKS_PER_SEGMENT: usize = 64;
 /// Segments uploaded in parallel.
 const UPLOAD_PARALLELISM: usize = 4;
 /// Chunks fetched ahead of a sequential reader.
-const PREFETCH: u64 = 8;
+const PREFETCH: u64 = 32;
+/// Chunks fetched with one ranged GET at most by the prefetcher (4 MiB).
+const PREFETCH_RUN: usize = 16;
 /// Metadata logs between two full snapshots.
 const LOGS_PER_SNAPSHOT: u32 = 32;
 
@@ -526,6 +528,12 @@ impl Inner {
     /// Fetches chunk `c` from the store into the cache file.
     async fn fill(self: &Arc<Self>, c: u64, ext: Extent) -> Result<(), VolumeError> {
         let result = self.store.fetch_extent(&ext).await;
+        self.install(c, result)
+    }
+
+    /// Puts a fetched chunk into the cache (unless a write got there first)
+    /// and wakes the readers waiting for it.
+    fn install(&self, c: u64, result: Result<Bytes, VolumeError>) -> Result<(), VolumeError> {
         let mut st = lock(&self.state)?;
         let waiters = st.inflight.remove(&c).unwrap_or_default();
         let result = result.and_then(|data| {
@@ -597,6 +605,10 @@ impl Inner {
         }
     }
 
+    /// On a sequential read, fetches the chunks ahead: extents stored back
+    /// to back in one segment are fetched with one ranged GET (up to
+    /// `PREFETCH_RUN` chunks), several GETs in parallel. A new batch starts
+    /// only when the reader has consumed half the window, so runs stay long.
     fn prefetch(self: &Arc<Self>, c: u64) {
         let Ok(mut st) = self.state.lock() else {
             return;
@@ -607,6 +619,11 @@ impl Inner {
             return;
         }
         let nchunks = self.info.size.div_ceil(self.chunk);
+        let half = c + PREFETCH / 2;
+        if half < nchunks && (st.chunks.contains_key(&half) || st.inflight.contains_key(&half)) {
+            return;
+        }
+        let mut runs: Vec<Vec<(u64, Extent)>> = Vec::new();
         for n in c + 1..(c + 1 + PREFETCH).min(nchunks) {
             if st.chunks.contains_key(&n) || st.inflight.contains_key(&n) {
                 continue;
@@ -615,10 +632,40 @@ impl Inner {
                 continue;
             };
             st.inflight.insert(n, Vec::new());
+            let extends = runs.last().and_then(|r| r.last()).is_some_and(|(pn, pe)| {
+                *pn + 1 == n && pe.key == ext.key && pe.offset + pe.stored_len as u64 == ext.offset
+            }) && runs.last().is_some_and(|r| r.len() < PREFETCH_RUN);
+            match runs.last_mut() {
+                Some(run) if extends => run.push((n, ext)),
+                _ => runs.push(vec![(n, ext)]),
+            }
+        }
+        drop(st);
+        for run in runs {
             let me = Arc::clone(self);
             tokio::spawn(async move {
-                if let Err(e) = me.fill(n, ext).await {
-                    tracing::debug!(chunk = n, error = %e, "prefetch failed");
+                let exts: Vec<Extent> = run.iter().map(|(_, e)| e.clone()).collect();
+                match me.store.fetch_run(&exts).await {
+                    Ok(parts) => {
+                        for ((n, ext), data) in run.into_iter().zip(parts) {
+                            let decoded = crate::store::decode_extent(&ext, data);
+                            if let Err(e) = me.install(n, decoded) {
+                                tracing::debug!(chunk = n, error = %e, "prefetch failed");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        for (n, _) in run {
+                            let _ = me.install(
+                                n,
+                                Err(VolumeError::io(
+                                    format!("chunk {n}"),
+                                    io::Error::other(msg.clone()),
+                                )),
+                            );
+                        }
+                    }
                 }
             });
         }
