@@ -18,7 +18,7 @@ as_root() {
 # Debian packages, each with the reason wisp needs it.
 run_packages=(
   qemu-system-x86   # runs each sprite as a QEMU microvm (TCG or KVM)
-  qemu-utils        # qemu-img: image conversion for import/export
+  qemu-utils        # qemu-img, qemu-io: image conversion and NBD checks in tests
   busybox-static    # the `tiny` image and the initramfs shell tools
   cpio              # packs the guest initramfs
   e2fsprogs         # mke2fs -d builds ext4 images without mounting; e2fsck checks them
@@ -63,7 +63,7 @@ fi
 # Pinned; built once per machine (about 9 minutes on 2 cores) and reused after.
 GARAGE_VERSION=2.5.0
 if (( want_test )); then
-  if command -v garage >/dev/null 2>&1 && garage --version 2>/dev/null | grep -q "v${GARAGE_VERSION}\b"; then
+  if command -v garage >/dev/null 2>&1 && garage --version 2>/dev/null | grep -Eq "(v|cargo:)${GARAGE_VERSION}\b"; then
     log "garage ${GARAGE_VERSION}: present"
   else
     log "building garage ${GARAGE_VERSION} with cargo install (takes several minutes, once per machine)"
