@@ -315,22 +315,39 @@ async fn services_restart_after_a_crash_and_after_a_reboot() {
         .await
         .unwrap();
     let pid = wait_for_service(&s, None).await;
+    // Each start of the service prints one "started"; counting them proves the
+    // restart happened and that the log survives a reboot.
+    wait_for_log_lines(&s, 1).await;
     s.sh(&format!("kill -9 {pid}")).await;
     let pid2 = wait_for_service(&s, Some(pid)).await;
     assert_ne!(pid, pid2);
+    wait_for_log_lines(&s, 2).await;
     s.stop().await;
 
     let s = env.boot(&name, None).await;
     wait_for_service(&s, None).await;
-    let logs = s
-        .machine
-        .agent()
-        .service_logs("ticker", None)
-        .await
-        .unwrap();
-    assert!(String::from_utf8_lossy(&logs).contains("started"));
+    wait_for_log_lines(&s, 3).await;
     s.stop().await;
     env.store.delete_volume(&name).await.unwrap();
+}
+
+/// Waits until the log of service `ticker` holds `count` lines "started".
+async fn wait_for_log_lines(s: &common::Sprite, count: usize) {
+    let mut logs = String::new();
+    for _ in 0..100 {
+        let raw = s
+            .machine
+            .agent()
+            .service_logs("ticker", None)
+            .await
+            .unwrap();
+        logs = String::from_utf8_lossy(&raw).into_owned();
+        if logs.lines().filter(|l| *l == "started").count() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("service log never held {count} \"started\" lines; it holds:\n{logs}");
 }
 
 /// Waits until service `ticker` runs with a pid other than `not`.
