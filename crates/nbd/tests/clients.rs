@@ -7,6 +7,21 @@ use common::{run_ok, TestServer, Transport, XorShift};
 
 const MIB: u64 = 1024 * 1024;
 
+/// One test per transport for a scenario `async fn(Transport)`.
+macro_rules! on_both_transports {
+    ($scenario:ident: $unix:ident, $tcp:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $unix() {
+            $scenario(Transport::Unix).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $tcp() {
+            $scenario(Transport::Tcp).await;
+        }
+    };
+}
+
 async fn nbdinfo_reports_size_and_name(t: Transport) {
     let srv = TestServer::start(t, 64 * MIB).await;
     let out = run_ok("nbdinfo", "libnbd-bin", &["--json", &srv.uri("disk")]).await;
@@ -24,15 +39,7 @@ async fn nbdinfo_reports_size_and_name(t: Transport) {
     srv.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nbdinfo_unix() {
-    nbdinfo_reports_size_and_name(Transport::Unix).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nbdinfo_tcp() {
-    nbdinfo_reports_size_and_name(Transport::Tcp).await;
-}
+on_both_transports!(nbdinfo_reports_size_and_name: nbdinfo_unix, nbdinfo_tcp);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nbdinfo_list_shows_every_export() {
@@ -109,15 +116,7 @@ async fn qemu_io_patterns(t: Transport) {
     srv.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_io_unix() {
-    qemu_io_patterns(Transport::Unix).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_io_tcp() {
-    qemu_io_patterns(Transport::Tcp).await;
-}
+on_both_transports!(qemu_io_patterns: qemu_io_unix, qemu_io_tcp);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_io_write_on_read_only_export_fails() {
@@ -198,15 +197,7 @@ async fn qemu_img_round_trip(t: Transport) {
     srv.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_img_convert_unix() {
-    qemu_img_round_trip(Transport::Unix).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_img_convert_tcp() {
-    qemu_img_round_trip(Transport::Tcp).await;
-}
+on_both_transports!(qemu_img_round_trip: qemu_img_convert_unix, qemu_img_convert_tcp);
 
 async fn fio_verify(t: Transport, rw: &str, bs: &str, size: &str) {
     let srv = TestServer::start(t, 64 * MIB).await;
@@ -236,15 +227,11 @@ async fn fio_verify(t: Transport, rw: &str, bs: &str, size: &str) {
     srv.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fio_randwrite_4k_qd16_verifies_unix() {
-    fio_verify(Transport::Unix, "randwrite", "4k", "32M").await;
+async fn fio_randwrite_4k_qd16_verifies(t: Transport) {
+    fio_verify(t, "randwrite", "4k", "32M").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fio_randwrite_4k_qd16_verifies_tcp() {
-    fio_verify(Transport::Tcp, "randwrite", "4k", "32M").await;
-}
+on_both_transports!(fio_randwrite_4k_qd16_verifies: fio_randwrite_4k_qd16_verifies_unix, fio_randwrite_4k_qd16_verifies_tcp);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fio_seq_1m_verifies() {

@@ -206,29 +206,33 @@ async fn serve_stream_works_on_an_in_memory_pipe() {
     task.await.unwrap().unwrap();
 }
 
-/// A FileDevice that reports each read it starts.
-struct ReportingDevice(FileDevice, mpsc::UnboundedSender<u64>);
+/// A FileDevice that calls a hook before each read: to observe reads, or to
+/// play a buggy device.
+struct ReadHookDevice<F> {
+    inner: FileDevice,
+    on_read: F,
+}
 
 #[async_trait]
-impl BlockDevice for ReportingDevice {
+impl<F: Fn(u64) + Send + Sync + 'static> BlockDevice for ReadHookDevice<F> {
     fn size(&self) -> u64 {
-        self.0.size()
+        self.inner.size()
     }
     async fn read(&self, offset: u64, len: u32) -> io::Result<Bytes> {
-        let _ = self.1.send(offset);
-        self.0.read(offset, len).await
+        (self.on_read)(offset);
+        self.inner.read(offset, len).await
     }
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> io::Result<()> {
-        self.0.write(offset, data, fua).await
+        self.inner.write(offset, data, fua).await
     }
     async fn flush(&self) -> io::Result<()> {
-        self.0.flush().await
+        self.inner.flush().await
     }
     async fn trim(&self, offset: u64, len: u32) -> io::Result<()> {
-        self.0.trim(offset, len).await
+        self.inner.trim(offset, len).await
     }
     async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> io::Result<()> {
-        self.0.write_zeroes(offset, len, fua).await
+        self.inner.write_zeroes(offset, len, fua).await
     }
 }
 
@@ -236,10 +240,12 @@ impl BlockDevice for ReportingDevice {
 async fn shutdown_does_not_wait_forever_for_a_client_that_stops_reading() {
     let dir = tempfile::tempdir().unwrap();
     let (reads_tx, mut reads) = mpsc::unbounded_channel();
-    let dev = ReportingDevice(
-        FileDevice::create(&dir.path().join("d.img"), 64 * MIB).unwrap(),
-        reads_tx,
-    );
+    let dev = ReadHookDevice {
+        inner: FileDevice::create(&dir.path().join("d.img"), 64 * MIB).unwrap(),
+        on_read: move |offset| {
+            let _ = reads_tx.send(offset);
+        },
+    };
     let mut server = wisp_nbd::Server::new();
     server.add_export("d", Arc::new(dev));
     server.set_drain_timeout(std::time::Duration::from_millis(200));
@@ -272,37 +278,15 @@ async fn shutdown_does_not_wait_forever_for_a_client_that_stops_reading() {
     assert!(sink.len() < 64 * MIB as usize);
 }
 
-/// A FileDevice that panics when asked to read offset 0: a buggy device.
-struct PanickyDevice(FileDevice);
-
-#[async_trait]
-impl BlockDevice for PanickyDevice {
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-    async fn read(&self, offset: u64, len: u32) -> io::Result<Bytes> {
-        assert_ne!(offset, 0, "deliberate device bug");
-        self.0.read(offset, len).await
-    }
-    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> io::Result<()> {
-        self.0.write(offset, data, fua).await
-    }
-    async fn flush(&self) -> io::Result<()> {
-        self.0.flush().await
-    }
-    async fn trim(&self, offset: u64, len: u32) -> io::Result<()> {
-        self.0.trim(offset, len).await
-    }
-    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> io::Result<()> {
-        self.0.write_zeroes(offset, len, fua).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_device_answers_eio_and_the_connection_survives() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.img");
-    let dev = PanickyDevice(FileDevice::create(&image, MIB).unwrap());
+    // A buggy device: it panics when asked to read offset 0.
+    let dev = ReadHookDevice {
+        inner: FileDevice::create(&image, MIB).unwrap(),
+        on_read: |offset| assert_ne!(offset, 0, "deliberate device bug"),
+    };
     let srv =
         TestServer::start_with(dir, image, Transport::Unix, vec![("disk", Arc::new(dev))]).await;
     let (mut c, _, _) = RawClient::open(&srv.listen, "disk").await;
