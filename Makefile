@@ -10,7 +10,10 @@ AGENT_FLAGS := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-featur
 .PHONY: run test deps test-deps build agent agent-debug fmt lint bench
 
 ## make run: install, build (release), prepare images, start the daemon on the embedded defaults.
+## `wisp image build` is a no-op when the image is already built, so the debian image is
+## built once per $(WISP_HOME).
 run: deps build
+	./target/release/wisp image build debian
 	./target/release/wisp server
 
 ## make test: install test tools, then fmt, clippy and the whole test suite.
