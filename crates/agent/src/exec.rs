@@ -14,6 +14,7 @@ use wisp_proto::{Control, ExecRequest, ExitStatus, Kind, CHUNK, INITIAL_WINDOW};
 
 use crate::channel::Credit;
 use crate::server::Agent;
+use crate::spawn;
 use crate::sys;
 use crate::users;
 
@@ -81,17 +82,36 @@ impl ExecHandle {
     }
 }
 
-/// Builds the command for `argv` as `user`, with the agent's default environment.
-pub fn command(
+/// A process to start, resolved: program, environment, working directory, user.
+pub struct Plan {
+    argv: Vec<String>,
+    /// The whole environment of the new process.
+    env: Vec<(String, String)>,
+    cwd: String,
+    user: users::User,
+    /// Whether the process runs as another user than the agent.
+    switch_user: bool,
+}
+
+/// Resolves `argv` as `user` with the agent's default environment plus `env`.
+pub fn plan(
     argv: &[String],
     env: &[(String, String)],
     cwd: Option<&str>,
     user: Option<&str>,
     tty: bool,
-) -> io::Result<Command> {
-    let Some(prog) = argv.first() else {
+) -> io::Result<Plan> {
+    if argv.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty argv"));
-    };
+    }
+    for a in argv {
+        if a.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "nul byte in an argument",
+            ));
+        }
+    }
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     let u = match user {
@@ -107,15 +127,15 @@ pub fn command(
             groups: vec![],
         },
     };
-    let mut cmd = Command::new(prog);
-    cmd.args(&argv[1..]).env_clear();
-    cmd.env("PATH", DEFAULT_PATH)
-        .env("HOME", &u.home)
-        .env("USER", &u.name)
-        .env("LOGNAME", &u.name)
-        .env("SHELL", &u.shell);
+    let mut vars: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), u.home.clone()),
+        ("USER".into(), u.name.clone()),
+        ("LOGNAME".into(), u.name.clone()),
+        ("SHELL".into(), u.shell.clone()),
+    ];
     if tty {
-        cmd.env("TERM", "xterm-256color");
+        vars.push(("TERM".into(), "xterm-256color".into()));
     }
     for (k, v) in env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
@@ -124,50 +144,103 @@ pub fn command(
                 format!("bad environment variable `{k}`"),
             ));
         }
-        cmd.env(k, v);
+        // A later value replaces an earlier one, as `Command::env` does.
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.clone(), v.clone()));
     }
     let dir = match cwd {
         Some(d) => d.to_string(),
         None if std::path::Path::new(&u.home).is_dir() => u.home.clone(),
         None => "/".into(),
     };
-    cmd.current_dir(dir);
+    if dir.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "nul byte in the working directory",
+        ));
+    }
     let switch_user = user.is_some() && u.uid != euid;
-    let groups: Vec<libc::gid_t> = u.groups.clone();
-    let (uid, gid) = (u.uid, u.gid);
-    let pdeathsig = sys::KILL_CHILDREN_WITH_AGENT.load(std::sync::atomic::Ordering::Relaxed);
-    if !tty && !switch_user && !pdeathsig {
-        // Own process group (signals reach everything it starts) without a pre-exec hook,
-        // so std can use posix_spawn (vfork-style): much cheaper than fork under emulation.
-        cmd.process_group(0);
-        return Ok(cmd);
+    Ok(Plan {
+        argv: argv.to_vec(),
+        env: vars,
+        cwd: dir,
+        user: u,
+        switch_user,
+    })
+}
+
+impl Plan {
+    /// Whether [`spawn::spawn_piped`] can start it: no terminal to attach, no user to
+    /// switch to, no death signal to arm (channel mode), so no code has to run in the
+    /// child between fork and exec.
+    pub fn fast(&self, tty: bool) -> bool {
+        !tty && !self.switch_user && !sys::KILL_CHILDREN_WITH_AGENT.load(Ordering::Relaxed)
     }
-    // SAFETY: the closure only makes async-signal-safe system calls and does not allocate.
-    unsafe {
-        cmd.pre_exec(move || {
-            // A new session: the process leads its own group (signals reach the whole
-            // group) and can take a controlling terminal.
-            sys::cvt(libc::setsid())?;
-            if pdeathsig {
-                sys::cvt(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
-            }
-            if tty {
-                sys::cvt(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
-            }
-            if switch_user {
-                sys::cvt(libc::setgroups(groups.len(), groups.as_ptr()))?;
-                sys::cvt(libc::setgid(gid))?;
-                sys::cvt(libc::setuid(uid))?;
-            }
-            Ok(())
-        });
+
+    /// The `posix_spawn` form of this plan.
+    fn spec(&self) -> io::Result<spawn::Spec> {
+        let path = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(DEFAULT_PATH);
+        Ok(spawn::Spec {
+            path: spawn::resolve(&self.argv[0], path)?,
+            argv: self
+                .argv
+                .iter()
+                .map(|a| sys::cstring(a))
+                .collect::<io::Result<_>>()?,
+            envp: self
+                .env
+                .iter()
+                .map(|(k, v)| spawn::env_entry(k, v))
+                .collect::<io::Result<_>>()?,
+            cwd: sys::cstring(&self.cwd)?,
+        })
     }
-    Ok(cmd)
+
+    /// The fork path: a command whose pre-exec hook starts a new session, takes the
+    /// terminal, arms the death signal and switches user as needed.
+    pub fn command(&self, tty: bool) -> Command {
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..]).env_clear();
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.current_dir(&self.cwd);
+        let switch_user = self.switch_user;
+        let groups: Vec<libc::gid_t> = self.user.groups.clone();
+        let (uid, gid) = (self.user.uid, self.user.gid);
+        let pdeathsig = sys::KILL_CHILDREN_WITH_AGENT.load(Ordering::Relaxed);
+        // SAFETY: the closure only makes async-signal-safe system calls and does not
+        // allocate.
+        unsafe {
+            cmd.pre_exec(move || {
+                // A new session: the process leads its own group (signals reach the whole
+                // group) and can take a controlling terminal.
+                sys::cvt(libc::setsid())?;
+                if pdeathsig {
+                    sys::cvt(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+                }
+                if tty {
+                    sys::cvt(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+                }
+                if switch_user {
+                    sys::cvt(libc::setgroups(groups.len(), groups.as_ptr()))?;
+                    sys::cvt(libc::setgid(gid))?;
+                    sys::cvt(libc::setuid(uid))?;
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
 }
 
 /// Spawns the process of session `session` and its pump threads.
 pub fn start(agent: &Arc<Agent>, session: u32, req: &ExecRequest) -> io::Result<Arc<ExecHandle>> {
-    let mut cmd = command(
+    let plan = plan(
         &req.argv,
         &req.env,
         req.cwd.as_deref(),
@@ -179,6 +252,7 @@ pub fn start(agent: &Arc<Agent>, session: u32, req: &ExecRequest) -> io::Result<
     let (stdin_tx, stdin_rx) = channel::<Option<Vec<u8>>>();
 
     let (handle, outputs, stdin_fd, exit_rx) = if let Some(tty) = req.tty {
+        let mut cmd = plan.command(true);
         let (master, slave) = sys::openpty(tty.rows, tty.cols)?;
         if let Some(spec) = &req.user {
             // The terminal belongs to its user, as after a login (screen, mesg check it).
@@ -189,6 +263,9 @@ pub fn start(agent: &Arc<Agent>, session: u32, req: &ExecRequest) -> io::Result<
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave));
         let (child, exit_rx) = agent.reaper.spawn(&mut cmd)?;
+        // The parent's copies of the PTY slave must close now, or the output never
+        // reaches EOF.
+        drop(cmd);
         let stdin_fd = master.try_clone()?;
         let reader = master.try_clone()?;
         let h = ExecHandle {
@@ -199,7 +276,26 @@ pub fn start(agent: &Arc<Agent>, session: u32, req: &ExecRequest) -> io::Result<
             credit: credit.clone(),
         };
         (h, vec![(reader, Kind::Data)], stdin_fd, exit_rx)
+    } else if plan.fast(false) {
+        let spec = plan.spec()?;
+        let (p, exit_rx) = agent
+            .reaper
+            .spawn_with(|| spawn::spawn_piped(&spec), |p| p.pid)?;
+        let h = ExecHandle {
+            pid: p.pid,
+            pty: None,
+            stdin: Mutex::new(Some(stdin_tx)),
+            stdin_inflight: inflight.clone(),
+            credit: credit.clone(),
+        };
+        (
+            h,
+            vec![(p.stdout, Kind::Data), (p.stderr, Kind::Stderr)],
+            p.stdin,
+            exit_rx,
+        )
     } else {
+        let mut cmd = plan.command(false);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -222,9 +318,6 @@ pub fn start(agent: &Arc<Agent>, session: u32, req: &ExecRequest) -> io::Result<
             exit_rx,
         )
     };
-    // The parent's copies of the child's ends (PTY slave) must close now, or the output
-    // never reaches EOF.
-    drop(cmd);
     let handle = Arc::new(handle);
     agent.out.control(
         session,

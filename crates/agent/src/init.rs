@@ -406,12 +406,46 @@ pub fn open_port() -> File {
 
 /// The last step of `shutdown` as PID 1: end every process, make the root consistent
 /// on disk, answer `ok`, power off.
+/// Waits until no user process but this one is alive (kernel threads and zombies do not
+/// count), or `limit` passed.
+fn wait_for_no_processes(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while others_alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether `/proc` lists a live user process other than PID 1: one that is not a zombie
+/// and not a kernel thread (kthreadd, PID 2, and its children).
+fn others_alive() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid > 2)
+        .any(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) S ppid ...`: the name may hold spaces and parentheses.
+            let mut rest = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .split_whitespace();
+            let state = rest.next().unwrap_or("Z");
+            let ppid = rest.next().unwrap_or("2");
+            state != "Z" && state != "X" && ppid != "2"
+        })
+}
+
 pub fn power_off(out: &Out, session: u32) -> ! {
     // SAFETY: signals every process but ourselves.
     unsafe { libc::kill(-1, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_millis(300));
+    // Up to 300 ms for them to end, but no longer than they take: with nothing left
+    // running (the usual case) the machine powers off at once.
+    wait_for_no_processes(Duration::from_millis(300));
     // SAFETY: as above.
     unsafe { libc::kill(-1, libc::SIGKILL) };
+    wait_for_no_processes(Duration::from_millis(100));
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     if let Err(e) = mount("", "/", "", libc::MS_REMOUNT | libc::MS_RDONLY, "") {

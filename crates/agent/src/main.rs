@@ -14,6 +14,7 @@ mod net;
 mod reaper;
 mod server;
 mod services;
+mod spawn;
 mod sys;
 mod users;
 

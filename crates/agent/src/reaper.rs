@@ -41,10 +41,20 @@ impl Reaper {
     /// Spawns `cmd` and returns the child with a receiver of its exit status. Never call
     /// `Child::wait` on it: the reaper owns reaping.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<(Child, Receiver<ExitStatus>)> {
+        self.spawn_with(|| cmd.spawn(), |c| c.id() as i32)
+    }
+
+    /// Starts a process with `start` (which returns something holding its pid, `pid_of`)
+    /// and returns it with a receiver of its exit status.
+    pub fn spawn_with<T>(
+        &self,
+        start: impl FnOnce() -> io::Result<T>,
+        pid_of: impl Fn(&T) -> i32,
+    ) -> io::Result<(T, Receiver<ExitStatus>)> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let child = cmd.spawn()?;
+        let child = start()?;
         let (tx, rx) = channel();
-        st.waiters.insert(child.id() as i32, tx);
+        st.waiters.insert(pid_of(&child), tx);
         st.generation += 1;
         self.spawned.notify_all();
         Ok((child, rx))

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
-use wisp_proto::{decode, Control, Decoded, Frame, Kind, CAPABILITIES, PROTOCOL_VERSION};
+use wisp_proto::{Control, Frame, FrameReader, Kind, CAPABILITIES, PROTOCOL_VERSION};
 
 use crate::channel::{Credit, Out};
 use crate::exec::{self, ExecHandle};
@@ -63,10 +63,8 @@ impl Agent {
     /// Serves frames from `r` until EOF, then abandons every open session (the host that
     /// owned them is gone).
     pub fn serve(self: &Arc<Self>, r: &mut dyn Read) -> io::Result<()> {
-        let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+        let mut frames = FrameReader::new();
         let mut tmp = vec![0u8; 256 * 1024];
-        // Report one error per run of garbage, not one per skipped byte.
-        let mut in_garbage = false;
         let result = loop {
             let n = match r.read(&mut tmp) {
                 Ok(0) => break Ok(()),
@@ -74,27 +72,12 @@ impl Agent {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => break Err(e),
             };
-            buf.extend_from_slice(&tmp[..n]);
-            let mut pos = 0;
-            loop {
-                match decode(&buf[pos..]) {
-                    Decoded::Frame(f, used) => {
-                        pos += used;
-                        in_garbage = false;
-                        self.handle(f);
-                    }
-                    Decoded::Incomplete => break,
-                    Decoded::Garbage { skip, error } => {
-                        pos += skip;
-                        if !in_garbage {
-                            self.out
-                                .error(0, format!("bad frame, resynchronising: {error}"));
-                            in_garbage = true;
-                        }
-                    }
-                }
-            }
-            buf.drain(..pos);
+            frames.feed(&tmp[..n], |item| match item {
+                Ok(f) => self.handle(f),
+                Err(error) => self
+                    .out
+                    .error(0, format!("bad frame, resynchronising: {error}")),
+            });
         };
         self.abandon_all();
         result

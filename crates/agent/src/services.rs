@@ -263,8 +263,10 @@ impl Services {
     fn spawn_once(&self, svc: &Svc) -> io::Result<ExitStatus> {
         let s = &svc.spec;
         let log = self.open_log(&s.name)?;
+        // The fork path: services start rarely.
         let mut cmd =
-            crate::exec::command(&s.argv, &s.env, s.cwd.as_deref(), s.user.as_deref(), false)?;
+            crate::exec::plan(&s.argv, &s.env, s.cwd.as_deref(), s.user.as_deref(), false)?
+                .command(false);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));

@@ -154,7 +154,7 @@ pub fn timed(cmd: &mut Command) -> Result<(Duration, String)> {
 
 /// Children get SIGKILL if the benchmark dies, so no server outlives an aborted run.
 /// (Children are spawned from the main thread only, which lives as long as the process.)
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {

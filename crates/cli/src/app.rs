@@ -69,12 +69,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info` for wisp crates).
+/// Logs go to stderr, filtered by `RUST_LOG`. Default: `info` for the CLI's own messages
+/// (the binary's modules, `wisp::cmd::*`; a target matches by prefix, so a bare `wisp`
+/// would take in every `wisp_*` crate), `warn` for the libraries, whose routine events
+/// would mix into the stderr of a command run with `wisp vm run`.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("warn,wisp=info,wisp_cli=info,wisp_control=info,wisp_volume=info,wisp_vm=info,wisp_nbd=info")
-    });
+    // An empty RUST_LOG counts as unset (tracing would read it as "everything").
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new("warn,wisp::cmd=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

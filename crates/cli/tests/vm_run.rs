@@ -21,7 +21,8 @@ fn wisp(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
         .args(args)
         .env("WISP_HOME", home)
         .env_remove("WISP_STORE")
-        .env("RUST_LOG", "warn")
+        // The default log filter is under test: library logs must not reach CMD's stderr.
+        .env_remove("RUST_LOG")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -85,7 +86,8 @@ fn image_build_vm_run_and_doctor() {
     );
     assert_eq!(out.status.code(), Some(5), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "out\n");
-    assert!(text(&out.stderr).contains("err\n"), "{}", text(&out.stderr));
+    // Only CMD's stderr: no log lines of wisp's libraries mixed in.
+    assert_eq!(text(&out.stderr), "err\n");
 
     // -i passes stdin through.
     let out = wisp(
@@ -138,6 +140,21 @@ fn image_build_vm_run_and_doctor() {
     ));
     assert!(!again.trim().is_empty());
 
+    // Ctrl-C (SIGINT) while CMD runs stops the VM, deletes the fork and removes the
+    // machine's sockets and run folder.
+    let (code, stderr, fork) = interrupt(&home, "INT");
+    assert_eq!(code, Some(130), "stderr: {stderr}");
+    let volumes = ok(&wisp(&home, &["volume", "list", "--json"], None));
+    assert!(
+        !volumes.contains(&fork),
+        "fork `{fork}` left behind: {volumes}"
+    );
+    let run = home.join("run").join(&fork);
+    assert!(!run.exists(), "run folder left behind: {:?}", ls(&run));
+    // No socket of it is bound any more (the kernel's list of unix sockets).
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
+    assert!(!unix.contains(&fork), "a socket of `{fork}` is still bound");
+
     // Bad input is an error that names it, not a crash.
     let out = wisp(&home, &["vm", "run", "--image", "nope", "--", "true"], None);
     assert_eq!(out.status.code(), Some(1));
@@ -166,4 +183,61 @@ fn image_build_vm_run_and_doctor() {
     if find("image debian")["ok"] == false {
         assert_eq!(find("image debian")["fix"], "wisp image build debian");
     }
+}
+
+/// Starts `wisp vm run -- sh -c 'echo started; sleep 100'`, sends it `SIG` once the
+/// command runs, and returns its exit code, its stderr and the name of its fork.
+fn interrupt(home: &Path, sig: &str) -> (Option<i32>, String, String) {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .args(["vm", "run", "--image", "tiny", "--"])
+        .args(["sh", "-c", "echo started; sleep 100"])
+        .env("WISP_HOME", home)
+        .env_remove("WISP_STORE")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wisp");
+    let pid = child.id();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    // The fork is named after wisp's pid; it exists while the VM runs.
+    let volumes = ok(&wisp(home, &["volume", "list", "--json"], None));
+    let prefix = format!("vm-{pid}-");
+    let list: serde_json::Value = serde_json::from_str(&volumes).unwrap();
+    let fork = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .find(|n| n.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no volume `{prefix}*` while the VM runs: {volumes}"))
+        .to_string();
+    assert!(home.join("run").join(&fork).join("agent.sock").exists());
+    let killed = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    (status.code(), stderr, fork)
+}
+
+fn ls(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
 }

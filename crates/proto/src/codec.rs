@@ -207,6 +207,46 @@ pub fn decode(buf: &[u8]) -> Decoded {
     )
 }
 
+/// Splits a byte stream into frames, for both ends of the channel: feed it each read's
+/// bytes and it hands out every complete frame, and one error per run of garbage (not one
+/// per skipped byte) before resynchronising on the next magic.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    in_garbage: bool,
+}
+
+impl FrameReader {
+    pub fn new() -> FrameReader {
+        FrameReader::default()
+    }
+
+    /// Adds `bytes` (the next bytes of the stream) and calls `on` with every frame they
+    /// complete, in order, or with the error of a run of garbage.
+    pub fn feed(&mut self, bytes: &[u8], mut on: impl FnMut(Result<Frame, FrameError>)) {
+        self.buf.extend_from_slice(bytes);
+        let mut pos = 0;
+        loop {
+            match decode(&self.buf[pos..]) {
+                Decoded::Frame(f, used) => {
+                    pos += used;
+                    self.in_garbage = false;
+                    on(Ok(f));
+                }
+                Decoded::Incomplete => break,
+                Decoded::Garbage { skip, error } => {
+                    pos += skip;
+                    if !self.in_garbage {
+                        self.in_garbage = true;
+                        on(Err(error));
+                    }
+                }
+            }
+        }
+        self.buf.drain(..pos);
+    }
+}
+
 /// How many bytes to drop so the buffer starts at the next possible magic (a full magic,
 /// or a prefix of one at the very end). Always at least 1.
 fn resync_skip(buf: &[u8]) -> usize {
@@ -302,6 +342,27 @@ mod tests {
             }
         }
         assert!(errors >= 1);
+    }
+
+    #[test]
+    fn the_reader_splits_a_stream_read_in_any_pieces() {
+        let mut stream = b"noise".to_vec();
+        stream.extend_from_slice(&Frame::control(1, &Control::Ping).encode().unwrap());
+        stream.extend_from_slice(b"more noise!");
+        stream.extend_from_slice(&Frame::eof(2).encode().unwrap());
+        stream.extend_from_slice(&Frame::window(3, 77).encode().unwrap());
+        for piece in [1, 3, 7, 16, 1000] {
+            let mut r = FrameReader::new();
+            let (mut frames, mut errors) = (vec![], 0);
+            for chunk in stream.chunks(piece) {
+                r.feed(chunk, |item| match item {
+                    Ok(f) => frames.push(f.session),
+                    Err(_) => errors += 1,
+                });
+            }
+            assert_eq!(frames, vec![1, 2, 3], "pieces of {piece}");
+            assert_eq!(errors, 2, "one error per run of garbage, pieces of {piece}");
+        }
     }
 
     #[test]

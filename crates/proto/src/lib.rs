@@ -9,7 +9,9 @@
 mod codec;
 mod message;
 
-pub use codec::{decode, encode, encode_header, Decoded, Frame, FrameError, Kind, HEADER_LEN};
+pub use codec::{
+    decode, encode, encode_header, Decoded, Frame, FrameError, FrameReader, Kind, HEADER_LEN,
+};
 pub use message::{
     Control, ExecRequest, ExitStatus, ServiceSpec, ServiceStatus, TtySize, CAPABILITIES,
 };

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
-use wisp_proto::{decode, encode_header, Decoded, Frame, CHUNK, INITIAL_WINDOW, PROTOCOL_VERSION};
+use wisp_proto::{encode, Frame, FrameReader, CHUNK, INITIAL_WINDOW, PROTOCOL_VERSION};
 
 pub use wisp_proto::{Control, ExecRequest, ExitStatus, Kind, ServiceSpec, ServiceStatus, TtySize};
 
@@ -114,12 +114,13 @@ impl Inner {
         if self.closed.load(Ordering::SeqCst) {
             return Err(AgentError::Disconnected);
         }
-        let h = encode_header(kind, session, payload.len())
-            .map_err(|e| AgentError::Protocol(e.to_string()))?;
+        // One buffer, one write: the frame reaches QEMU (and the guest) in one piece
+        // rather than as a header and a payload that may travel separately.
+        let bytes =
+            encode(kind, session, payload).map_err(|e| AgentError::Protocol(e.to_string()))?;
         let mut w = self.writer.lock().await;
         let r = async {
-            w.write_all(&h).await?;
-            w.write_all(payload).await?;
+            w.write_all(&bytes).await?;
             w.flush().await
         }
         .await;
@@ -264,37 +265,22 @@ impl Inner {
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(inner: Arc<Inner>, mut r: R) {
-    let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+    let mut frames = FrameReader::new();
     let mut tmp = vec![0u8; 256 * 1024];
-    let mut in_garbage = false;
     let why = loop {
         let n = match r.read(&mut tmp).await {
             Ok(0) => break "eof".to_string(),
             Ok(n) => n,
             Err(e) => break e.to_string(),
         };
-        buf.extend_from_slice(&tmp[..n]);
-        let mut pos = 0;
-        loop {
-            match decode(&buf[pos..]) {
-                Decoded::Frame(f, used) => {
-                    pos += used;
-                    in_garbage = false;
-                    inner.dispatch(f);
-                }
-                Decoded::Incomplete => break,
-                Decoded::Garbage { skip, error } => {
-                    pos += skip;
-                    if !in_garbage {
-                        // The guest's console may leak onto the port before the agent runs;
-                        // resynchronise rather than give up.
-                        tracing::warn!(%error, "garbage from the agent channel; resynchronising");
-                        in_garbage = true;
-                    }
-                }
+        frames.feed(&tmp[..n], |item| match item {
+            Ok(f) => inner.dispatch(f),
+            // The guest's console may leak onto the port before the agent runs;
+            // resynchronise rather than give up.
+            Err(error) => {
+                tracing::warn!(%error, "garbage from the agent channel; resynchronising")
             }
-        }
-        buf.drain(..pos);
+        });
     };
     inner.close_all(&why);
 }
@@ -915,6 +901,7 @@ mod tests {
 
     use super::*;
     use tokio::io::DuplexStream;
+    use wisp_proto::{decode, Decoded};
 
     async fn read_frame(peer: &mut DuplexStream, buf: &mut Vec<u8>) -> Frame {
         loop {

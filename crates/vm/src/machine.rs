@@ -86,6 +86,19 @@ impl MachineConfig {
     }
 }
 
+/// The unix sockets of one machine (NBD, agent, QMP): removed when the machine is gone,
+/// on every path (clean stop, kill, failed or abandoned start), so `run/<name>/` holds
+/// no stale sockets.
+struct Sockets(Vec<PathBuf>);
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// A booted VM with a ready agent.
 pub struct Machine {
     qemu: Qemu,
@@ -97,6 +110,8 @@ pub struct Machine {
     serial_log: PathBuf,
     boot_time: Duration,
     accel: Accel,
+    /// Dropped last (fields drop in order): QEMU is killed before its sockets go.
+    _sockets: Sockets,
 }
 
 fn tail(path: &Path, max: usize) -> String {
@@ -142,6 +157,13 @@ impl Machine {
         let mut server = wisp_nbd::Server::new();
         server.add_export("root", config.disk.clone());
         let bound = server.bind(&Listen::Unix(nbd_socket.clone())).await?;
+        // From here the sockets are ours (the bind succeeded, so no live machine of this
+        // name holds them).
+        let sockets = Sockets(vec![
+            nbd_socket.clone(),
+            agent_socket.clone(),
+            qmp_socket.clone(),
+        ]);
         let (nbd_stop, stop_rx) = oneshot::channel::<()>();
         let nbd_task = tokio::spawn(bound.serve(async {
             let _ = stop_rx.await;
@@ -206,6 +228,7 @@ impl Machine {
             serial_log,
             boot_time,
             accel: config.accel,
+            _sockets: sockets,
         })
     }
 

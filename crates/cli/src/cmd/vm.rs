@@ -10,10 +10,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use wisp_vm::agent::{ExecEvent, ExecRequest, TtySize};
 use wisp_vm::image::{self, ImageKind};
 use wisp_vm::{Machine, Runtime};
-use wisp_volume::Store;
+use wisp_volume::{Store, Volume};
 
 use crate::config::{open_store, GlobalArgs};
 
@@ -104,6 +105,9 @@ async fn run_vm(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> 
             true,
         ),
     };
+    // From here on an interrupt (Ctrl-C, SIGTERM, SIGHUP) must not kill wisp outright:
+    // the VM is stopped and the fork deleted first.
+    let mut interrupts = Interrupts::new().context("cannot install signal handlers")?;
     if fresh {
         let img = image::get(&global.home, kind)?;
         store
@@ -111,13 +115,67 @@ async fn run_vm(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> 
             .await
             .with_context(|| format!("cannot fork image `{kind}`"))?;
     }
-    let result = boot_and_run(&store, &runtime, &name, memory_mib, &args).await;
+    let run_dir = runtime.home.join("run").join(&name);
+    let result = match interrupts.pending() {
+        Some(sig) => Ok(signal_exit(sig)),
+        None => boot_and_run(&store, &runtime, &name, memory_mib, &args, &mut interrupts).await,
+    };
     if args.keep.is_none() {
         if let Err(e) = store.delete_volume(&name).await {
             tracing::warn!(volume = %name, error = %e, "cannot delete the VM's volume");
         }
+        // Sockets are gone with the machine; the logs of a deleted VM go too.
+        if let Err(e) = std::fs::remove_dir_all(&run_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %run_dir.display(), error = %e, "cannot remove the VM's run folder");
+            }
+        }
     }
     result
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught so that each ends the run the clean way.
+struct Interrupts {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Interrupts {
+    fn new() -> std::io::Result<Interrupts> {
+        Ok(Interrupts {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for the next one and returns its number.
+    async fn recv(&mut self) -> i32 {
+        let kind = tokio::select! {
+            _ = self.int.recv() => SignalKind::interrupt(),
+            _ = self.term.recv() => SignalKind::terminate(),
+            _ = self.hup.recv() => SignalKind::hangup(),
+        };
+        kind.as_raw_value()
+    }
+
+    /// One that already arrived, without waiting.
+    fn pending(&mut self) -> Option<i32> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        [
+            (&mut self.int, SignalKind::interrupt()),
+            (&mut self.term, SignalKind::terminate()),
+            (&mut self.hup, SignalKind::hangup()),
+        ]
+        .into_iter()
+        .find_map(|(s, k)| s.poll_recv(&mut cx).is_ready().then(|| k.as_raw_value()))
+    }
+}
+
+/// The shell's exit code for a process ended by signal `sig`.
+fn signal_exit(sig: i32) -> ExitCode {
+    ExitCode::from((128 + sig).clamp(0, 255) as u8)
 }
 
 async fn boot_and_run(
@@ -126,25 +184,50 @@ async fn boot_and_run(
     name: &str,
     memory_mib: u64,
     args: &RunArgs,
+    interrupts: &mut Interrupts,
 ) -> anyhow::Result<ExitCode> {
     let volume = Arc::new(store.open_volume(name).await?);
     let mut config = runtime.machine_config(volume.clone(), name);
     config.cpus = args.cpus;
     config.memory_mib = memory_mib;
-    let outcome = match Machine::start(config).await {
-        Ok(machine) => {
-            let code = exec(&machine, args).await;
+    let started = tokio::select! {
+        r = Machine::start(config) => Ok(r),
+        sig = interrupts.recv() => Err(sig),
+    };
+    let outcome = match started {
+        Ok(Ok(machine)) => {
+            let code = tokio::select! {
+                code = exec(&machine, args) => code,
+                sig = interrupts.recv() => Ok(signal_exit(sig)),
+            };
             let stopped = machine.stop().await;
             code.and_then(|c| stopped.map(|()| c).map_err(Into::into))
         }
-        Err(e) => Err(e.into()),
+        Ok(Err(e)) => Err(e.into()),
+        // Interrupted during boot: dropping the half-started machine killed QEMU and
+        // stopped its disk server; nothing in the guest is worth a clean stop yet.
+        Err(sig) => Ok(signal_exit(sig)),
     };
-    // The machine and its NBD server are gone: this is the last reference.
-    match Arc::try_unwrap(volume) {
-        Ok(v) => v.close().await.context("cannot close the VM's volume")?,
-        Err(_) => tracing::warn!(volume = %name, "volume still referenced; not closed"),
+    // The machine and its NBD server are gone (the server lets go of the volume once
+    // its last connection closed): this is the last reference.
+    match unshared(volume).await {
+        Some(v) => v.close().await.context("cannot close the VM's volume")?,
+        None => tracing::warn!(volume = %name, "volume still referenced; not closed"),
     }
     outcome
+}
+
+/// The volume once nothing else holds it (waits a little for a disk server that is
+/// still winding down).
+async fn unshared(mut volume: Arc<Volume>) -> Option<Volume> {
+    for _ in 0..1000 {
+        match Arc::try_unwrap(volume) {
+            Ok(v) => return Some(v),
+            Err(v) => volume = v,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    None
 }
 
 /// Runs the command through the agent, copying stdio, and maps its end to
