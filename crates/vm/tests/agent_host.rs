@@ -3,39 +3,15 @@
 //! processes, no mocks; the VM boot tests exercise the same code over virtio-serial.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use wisp_vm::agent::{AgentClient, AgentError, ExecEvent, ExecRequest, Kind, ServiceSpec, TtySize};
+mod common;
 
-/// The agent binary: `$WISP_AGENT_BIN`, or the static build `make agent-debug` makes next
-/// to this test's target folder.
-fn agent_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("WISP_AGENT_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    // <target>/debug/deps/agent_host-HASH
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .expect("target folder");
-    for c in [
-        target.join("x86_64-unknown-linux-gnu/debug/wisp-agent"),
-        target.join("debug/wisp-agent"),
-    ] {
-        if c.exists() {
-            return c;
-        }
-    }
-    panic!(
-        "wisp-agent binary not found under {}: build it with `make agent-debug` \
-         (or set WISP_AGENT_BIN)",
-        target.display()
-    );
-}
+use wisp_vm::agent::{
+    AgentClient, AgentError, ExecEvent, ExecRequest, ExecSession, Kind, ServiceSpec, TtySize,
+};
 
 struct Agent {
     client: AgentClient,
@@ -44,7 +20,7 @@ struct Agent {
 }
 
 async fn start_agent(state: &Path) -> Agent {
-    let mut child = tokio::process::Command::new(agent_bin())
+    let mut child = tokio::process::Command::new(common::agent_bin())
         .arg("--stdio")
         .arg("--state-dir")
         .arg(state)
@@ -111,19 +87,16 @@ async fn hello_and_exec_with_stdout_stderr_and_exit_codes() {
     assert!(out.status.success());
 
     // Environment and working directory.
-    let out = a
-        .client
-        .exec(ExecRequest {
+    let out = common::output(
+        &a.client,
+        ExecRequest {
             argv: argv(&["sh", "-c", "echo $FOO; pwd"]),
             env: vec![("FOO".into(), "bar baz".into())],
             cwd: Some(dir.path().to_string_lossy().into()),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .output()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let expect = format!(
         "bar baz\n{}\n",
         dir.path().canonicalize().unwrap().display()
@@ -267,18 +240,15 @@ async fn many_concurrent_sessions() {
 async fn pty_session_with_resize() {
     let dir = tempfile::tempdir().unwrap();
     let a = start_agent(dir.path()).await;
-    let out = a
-        .client
-        .exec(ExecRequest {
+    let out = common::output(
+        &a.client,
+        ExecRequest {
             argv: argv(&["sh", "-c", "tty; stty size; test -t 0 && echo interactive"]),
             tty: Some(TtySize { rows: 24, cols: 80 }),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .output()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/dev/pts/"), "{text:?}");
     assert!(text.contains("24 80"), "{text:?}");
@@ -310,31 +280,22 @@ async fn pty_session_with_resize() {
 
     // A signal reaches the terminal's foreground job. `cat` (no shell: a shell that catches
     // SIGINT while it forks would make this racy) echoes a line once it is running.
-    let mut e = a
-        .client
-        .exec(ExecRequest {
-            argv: argv(&["cat"]),
-            tty: Some(TtySize { rows: 24, cols: 80 }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    e.input().write(b"ping\n").await.unwrap();
-    let mut text = String::new();
-    // The terminal echoes the line, then cat prints it.
-    while text.matches("ping").count() < 2 {
-        match e.recv().await.unwrap().unwrap() {
-            ExecEvent::Stdout(d) => text.push_str(&String::from_utf8_lossy(&d)),
-            other => panic!("{other:?}"),
-        }
-    }
+    let e = cat_on_a_terminal(&a.client, "ping").await;
     e.input().signal(libc::SIGINT).await.unwrap();
     let st = e.wait().await.unwrap();
     assert_eq!(st.signal, Some(libc::SIGINT), "{st:?}");
 
     // Ctrl-C typed into the terminal does the same through the line discipline.
+    let e = cat_on_a_terminal(&a.client, "x").await;
+    e.input().write(b"\x03").await.unwrap();
+    let st = e.wait().await.unwrap();
+    assert_eq!(st.signal, Some(libc::SIGINT), "{st:?}");
+}
+
+/// `cat` on a terminal, once it runs: `word` was typed, and both the terminal's echo and
+/// cat's copy of it came back.
+async fn cat_on_a_terminal(a: &AgentClient, word: &str) -> ExecSession {
     let mut e = a
-        .client
         .exec(ExecRequest {
             argv: argv(&["cat"]),
             tty: Some(TtySize { rows: 24, cols: 80 }),
@@ -342,31 +303,18 @@ async fn pty_session_with_resize() {
         })
         .await
         .unwrap();
-    e.input().write(b"x\n").await.unwrap();
+    e.input()
+        .write(format!("{word}\n").as_bytes())
+        .await
+        .unwrap();
     let mut text = String::new();
-    while text.matches('x').count() < 2 {
+    while text.matches(word).count() < 2 {
         match e.recv().await.unwrap().unwrap() {
             ExecEvent::Stdout(d) => text.push_str(&String::from_utf8_lossy(&d)),
             other => panic!("{other:?}"),
         }
     }
-    e.input().write(b"\x03").await.unwrap();
-    let st = e.wait().await.unwrap();
-    assert_eq!(st.signal, Some(libc::SIGINT), "{st:?}");
-}
-
-/// A deterministic pseudo-random byte source of `len` bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        v.extend_from_slice(&s.to_le_bytes());
-    }
-    v.truncate(len);
-    v
+    e
 }
 
 #[tokio::test]
@@ -374,7 +322,7 @@ async fn file_write_and_read_over_100_mib() {
     let dir = tempfile::tempdir().unwrap();
     let a = start_agent(dir.path()).await;
     let len = 101 * 1024 * 1024 + 12345;
-    let data = pattern(len, 42);
+    let data = common::pattern(len, 42);
     let path = dir.path().join("sub/dir/big.bin");
     let p = path.to_string_lossy().to_string();
     let n = a
@@ -485,7 +433,10 @@ async fn bad_frames_are_rejected_and_the_agent_keeps_serving() {
     weird[4] = 200;
     a.client.send_raw(&weird).await.unwrap();
     // Seeded random junk.
-    a.client.send_raw(&pattern(100_000, 7)).await.unwrap();
+    a.client
+        .send_raw(&common::pattern(100_000, 7))
+        .await
+        .unwrap();
     a.client.ping().await.unwrap();
     assert!(a.client.connection_errors().len() > before);
 
@@ -604,19 +555,16 @@ async fn exec_as_another_user() {
     }
     let dir = tempfile::tempdir().unwrap();
     let a = start_agent(dir.path()).await;
-    let out = a
-        .client
-        .exec(ExecRequest {
+    let out = common::output(
+        &a.client,
+        ExecRequest {
             argv: argv(&["sh", "-c", "id -u; id -g; echo $HOME"]),
             user: Some("4321".into()),
             cwd: Some("/".into()),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .output()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "4321\n4321\n/\n");
     let err = a
         .client

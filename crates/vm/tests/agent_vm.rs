@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wisp_vm::agent::{AgentClient, ExecRequest, Kind, ServiceSpec, TtySize};
+use wisp_vm::agent::{AgentClient, AgentError, ExecRequest, Kind, ServiceSpec, TtySize};
 use wisp_vm::{Machine, MachineConfig};
 
 fn config(dev: Arc<wisp_nbd::FileDevice>, run: std::path::PathBuf) -> MachineConfig {
@@ -18,45 +18,13 @@ fn config(dev: Arc<wisp_nbd::FileDevice>, run: std::path::PathBuf) -> MachineCon
     cfg
 }
 
-async fn sh(a: &AgentClient, script: &str) -> String {
-    let out = a.run(["sh", "-c", script]).await.unwrap();
-    assert!(
-        out.status.success(),
-        "`{script}` failed: {:?} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Retries `script` until its output satisfies `ok` (background set-up such as the
-/// network finishes after the agent is ready). The deadline only turns a hang into a failure.
-async fn sh_until(a: &AgentClient, script: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = a.run(["sh", "-c", script]).await.unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if ok(&text) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{script}` never satisfied: {text:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use common::{sh, sh_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_as_pid1_in_a_real_vm() {
     let _slot = common::vm_slot();
     let dir = tempfile::tempdir().unwrap();
-    let tree = dir.path().join("tree");
-    wisp_vm::rootfs::populate_tiny(&tree).unwrap();
-    let image = dir.path().join("root.ext4");
-    wisp_vm::rootfs::make_ext4(&tree, &image, 256 << 20, "root").unwrap();
-    let dev = Arc::new(wisp_nbd::FileDevice::create(&dir.path().join("disk"), 1 << 30).unwrap());
-    wisp_vm::rootfs::import_image(&image, &*dev).await.unwrap();
+    let dev = Arc::new(common::tiny_disk(dir.path()).await);
 
     let m = Machine::start(config(dev.clone(), dir.path().join("run1")))
         .await
@@ -128,20 +96,18 @@ async fn agent_as_pid1_in_a_real_vm() {
     eprintln!("ping round trip: median {:?}", pings[10]);
 
     // PTY.
-    let out = a
-        .exec(ExecRequest {
+    let out = common::output(
+        &a,
+        ExecRequest {
             argv: vec!["sh".into(), "-c".into(), "tty; stty size".into()],
             tty: Some(TtySize {
                 rows: 33,
                 cols: 101,
             }),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .output()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("/dev/pts/") && text.contains("33 101"),
@@ -149,8 +115,9 @@ async fn agent_as_pid1_in_a_real_vm() {
     );
 
     // As another user, in a PTY: uid, home and a terminal owned by that user.
-    let out = a
-        .exec(ExecRequest {
+    let out = common::output(
+        &a,
+        ExecRequest {
             argv: vec![
                 "sh".into(),
                 "-c".into(),
@@ -159,12 +126,9 @@ async fn agent_as_pid1_in_a_real_vm() {
             user: Some("sprite".into()),
             tty: Some(TtySize { rows: 24, cols: 80 }),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .output()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     assert!(
         text.starts_with("1000\n/home/sprite\n/home/sprite\n1000\n"),
@@ -204,13 +168,7 @@ async fn agent_as_pid1_in_a_real_vm() {
     );
     assert!(sum.ends_with("600\n"), "{sum}");
 
-    // Garbage on the real port: rejected, the agent keeps serving.
-    a.send_raw(b"\x00\x01garbage garbage wsp\x01\xff")
-        .await
-        .unwrap();
-    assert!(a.raw_request(Kind::Control, b"{oops").await.is_err());
-    a.ping().await.unwrap();
-    assert!(!a.connection_errors().is_empty());
+    bad_frames_are_rejected(&a).await;
 
     // A service, crashed once, then across a reboot.
     a.define_service(ServiceSpec {
@@ -264,6 +222,74 @@ async fn agent_as_pid1_in_a_real_vm() {
     assert_eq!(list.len(), 1);
     assert!(list[0].pid.is_some());
     m.stop().await.unwrap();
+}
+
+/// Malformed frames over the real virtio-serial port: each ends its session (or, when it
+/// cannot even be decoded, is reported on session 0) with an error, and the agent keeps
+/// serving fresh sessions on the same channel.
+async fn bad_frames_are_rejected(a: &AgentClient) {
+    let remote = |r: Result<wisp_vm::agent::Control, AgentError>| match r {
+        Err(AgentError::Remote(m)) => m,
+        other => panic!("expected an error answer, got {other:?}"),
+    };
+    // Not JSON; JSON of an unknown field; a frame kind only the guest sends; data for a
+    // session that is not open.
+    let m = remote(a.raw_request(Kind::Control, b"{oops").await);
+    assert!(m.contains("bad control message"), "{m}");
+    let bogus = br#"{"type":"exec","argv":["true"],"bogus":1}"#;
+    let m = remote(a.raw_request(Kind::Control, bogus).await);
+    assert!(m.contains("bad control message"), "{m}");
+    let m = remote(a.raw_request(Kind::Stderr, b"x").await);
+    assert!(m.contains("only go from agent to host"), "{m}");
+    let m = remote(a.raw_request(Kind::Data, b"x").await);
+    assert!(m.contains("not open"), "{m}");
+
+    // A request that makes no sense on a running exec session ends that session (its
+    // process is killed) with an error.
+    let mut e = a
+        .exec(ExecRequest {
+            argv: vec!["sleep".into(), "1000".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started =
+        wisp_proto::Frame::control(e.session_id(), &wisp_vm::agent::Control::Started { pid: 1 });
+    a.send_raw(&started.encode().unwrap()).await.unwrap();
+    let err = loop {
+        match e.recv().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the exec session ended without an error"),
+            Err(err) => break err,
+        }
+    };
+    assert!(
+        matches!(&err, AgentError::Remote(m) if m.contains("unexpected")),
+        "{err}"
+    );
+    sh_until(a, "pidof sleep || echo none", |t| t.trim() == "none").await;
+
+    // Bytes that are no frame at all, then a header announcing 4 GiB: reported on
+    // session 0, skipped without allocating, the stream resynchronised.
+    let errors_before = a.connection_errors().len();
+    a.send_raw(b"\x00\x01garbage garbage wsp\x01\xff")
+        .await
+        .unwrap();
+    // A good frame in between, so the next bad one starts a new run of garbage.
+    a.ping().await.unwrap();
+    let mut huge = wisp_proto::encode_header(Kind::Data, 77, 0).unwrap();
+    huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    a.send_raw(&huge).await.unwrap();
+    a.ping().await.unwrap();
+    let errors = a.connection_errors();
+    assert!(errors.len() > errors_before, "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("exceeds the limit")),
+        "{errors:?}"
+    );
+
+    // And a fresh session works.
+    assert_eq!(sh(a, "echo alive").await, "alive\n");
 }
 
 /// Size of `/` in KiB as the guest's `df` sees it.

@@ -12,12 +12,7 @@ async fn boots_runs_a_command_and_stops_cleanly() {
     let boot = common::boot_files();
     let _slot = common::vm_slot();
     let dir = tempfile::tempdir().unwrap();
-    let tree = dir.path().join("tree");
-    wisp_vm::rootfs::populate_tiny(&tree).unwrap();
-    let image = dir.path().join("root.ext4");
-    wisp_vm::rootfs::make_ext4(&tree, &image, 256 << 20, "root").unwrap();
-    let dev = wisp_nbd::FileDevice::create(&dir.path().join("disk"), 1 << 30).unwrap();
-    wisp_vm::rootfs::import_image(&image, &dev).await.unwrap();
+    let dev = common::tiny_disk(dir.path()).await;
     let mut cfg = MachineConfig::new(
         Arc::new(dev),
         boot.kernel.vmlinuz(),

@@ -111,20 +111,6 @@ async fn pty_session_runs_a_shell_and_follows_the_window_size() {
     s.stop().await;
 }
 
-/// Deterministic, incompressible-looking content.
-fn pattern(len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
@@ -138,7 +124,7 @@ async fn files_copy_both_ways_including_one_over_100_mib() {
     let _slot = vm_slot();
     let s = env.boot(&unique("files"), None).await;
     let agent = s.machine.agent();
-    let big = pattern(120 << 20);
+    let big = common::pattern(120 << 20, 0x9e37_79b9_7f4a_7c15);
     let n = agent
         .write_file("/root/big.bin", 0o640, Some(1000), Some(1000), &big[..])
         .await

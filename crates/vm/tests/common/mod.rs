@@ -28,6 +28,13 @@ pub fn shared_home() -> PathBuf {
     home
 }
 
+/// The static agent binary, found as wisp itself finds it (`$WISP_AGENT`, else the newest
+/// build under the target folder: `make agent-debug` makes one).
+pub fn agent_bin() -> PathBuf {
+    wisp_vm::initramfs::find_agent()
+        .expect("wisp-agent: run `make agent-debug` before the VM tests")
+}
+
 pub struct Boot {
     pub kernel: Kernel,
     pub initramfs: PathBuf,
@@ -40,9 +47,7 @@ pub fn boot_files() -> &'static Boot {
         let home = shared_home();
         let _guard = lock_file(&home.join("kernel.lock"));
         let kernel = Kernel::ensure(&home).expect("guest kernel (apt-get download)");
-        let agent = wisp_vm::initramfs::find_agent()
-            .expect("wisp-agent: run `make agent-debug` before the VM tests");
-        let initramfs = wisp_vm::initramfs::ensure(&kernel, &agent).expect("initramfs");
+        let initramfs = wisp_vm::initramfs::ensure(&kernel, &agent_bin()).expect("initramfs");
         Boot { kernel, initramfs }
     })
 }
@@ -163,20 +168,7 @@ impl Env {
 impl Sprite {
     /// Runs a shell command, asserting success; returns stdout.
     pub async fn sh(&self, script: &str) -> String {
-        let out = self
-            .machine
-            .agent()
-            .run(["/bin/sh", "-c", script])
-            .await
-            .expect("exec");
-        assert!(
-            out.status.success(),
-            "`{script}` failed: {:?}\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        sh(self.machine.agent(), script).await
     }
 
     /// Clean stop, then the volume is closed.
@@ -217,4 +209,74 @@ pub fn require_tool(tool: &str, package: &str) {
         .map(|o| o.status.success())
         .unwrap_or(false);
     assert!(found, "`{tool}` is missing: apt-get install {package}");
+}
+
+/// A deterministic, incompressible-looking byte pattern of `len` bytes (xorshift64).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A 1 GiB file-backed disk in `dir` holding the `tiny` root filesystem (256 MiB ext4),
+/// for tests that boot without the volume engine.
+pub async fn tiny_disk(dir: &Path) -> wisp_nbd::FileDevice {
+    let tree = dir.join("tree");
+    wisp_vm::rootfs::populate_tiny(&tree).unwrap();
+    let image = dir.join("root.ext4");
+    wisp_vm::rootfs::make_ext4(&tree, &image, 256 << 20, "root").unwrap();
+    let dev = wisp_nbd::FileDevice::create(&dir.join("disk"), 1 << 30).unwrap();
+    wisp_vm::rootfs::import_image(&image, &dev).await.unwrap();
+    dev
+}
+
+/// Runs `req` to completion and collects its output.
+pub async fn output(
+    a: &wisp_vm::agent::AgentClient,
+    req: wisp_vm::agent::ExecRequest,
+) -> wisp_vm::agent::Output {
+    a.exec(req).await.unwrap().output().await.unwrap()
+}
+
+/// Runs a shell command, asserting success; returns stdout.
+pub async fn sh(a: &wisp_vm::agent::AgentClient, script: &str) -> String {
+    let out = a.run(["/bin/sh", "-c", script]).await.expect("exec");
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Retries `script` until its output satisfies `ok` (background set-up such as the
+/// network finishes after the agent is ready). The deadline only turns a hang into a
+/// failure.
+pub async fn sh_until(
+    a: &wisp_vm::agent::AgentClient,
+    script: &str,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = a.run(["sh", "-c", script]).await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if ok(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{script}` never satisfied: {text:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
