@@ -133,12 +133,29 @@ fn image_build_vm_run_and_doctor() {
         ],
         None,
     ));
+    // The second boot finds the file; the root filesystem fills the 100 GiB disk (grown on
+    // first boot, in the background: the guest waits for it).
+    let grown = "cat /root/mark; for i in $(seq 300); do \
+        s=$(df -k / | awk 'NR==2 {print $2}'); [ $s -gt 94371840 ] && break; sleep 0.2; done; \
+        echo $s; cat /sys/block/vda/size";
     let again = ok(&wisp(
         &home,
-        &["vm", "run", "--keep", &keep, "--", "cat", "/root/mark"],
+        &["vm", "run", "--keep", &keep, "--", "sh", "-c", grown],
         None,
     ));
-    assert!(!again.trim().is_empty());
+    let lines: Vec<&str> = again.lines().collect();
+    assert_eq!(lines.len(), 3, "{again}");
+    assert!(!lines[0].trim().is_empty());
+    let fs_kib: u64 = lines[1].parse().unwrap();
+    assert!(
+        fs_kib > 90 << 20,
+        "root filesystem of {fs_kib} KiB: {again}"
+    );
+    assert_eq!(
+        lines[2],
+        (100u64 << 30 >> 9).to_string(),
+        "disk sectors: {again}"
+    );
 
     // Ctrl-C (SIGINT) while CMD runs stops the VM, deletes the fork and removes the
     // machine's sockets and run folder.
