@@ -39,6 +39,9 @@ pub struct StoreConfig {
     pub cache_dir: PathBuf,
     /// Bound on the bytes of clean cached data per volume (dirty data is never evicted).
     pub cache_size: u64,
+    /// Bound on the bytes of dirty (not yet uploaded) data per volume: a write
+    /// that would dirty one more chunk waits for the uploader beyond it.
+    pub dirty_limit: u64,
     pub durability: Durability,
     /// Delay between background upload cycles.
     pub upload_delay: Duration,
@@ -49,13 +52,14 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// A configuration with the defaults: 10 GiB cache, local durability,
-    /// 1 s upload delay, zstd, 60 s store timeout.
+    /// A configuration with the defaults: 10 GiB cache, 5 GiB dirty limit
+    /// (half the cache), local durability, 1 s upload delay, zstd, 60 s store timeout.
     pub fn new(url: impl Into<String>, cache_dir: impl Into<PathBuf>) -> Self {
         StoreConfig {
             url: url.into(),
             cache_dir: cache_dir.into(),
             cache_size: 10 << 30,
+            dirty_limit: 5 << 30,
             durability: Durability::Local,
             upload_delay: Duration::from_secs(1),
             compression: Compression::Zstd,
@@ -128,4 +132,7 @@ pub struct GcReport {
     pub volumes_purged: u64,
     /// Volumes skipped because a writer holds them (their segments are kept).
     pub volumes_skipped: Vec<String>,
+    /// Unreferenced segments kept because a running fork of their volume may
+    /// still read them (it opened before they were compacted away).
+    pub segments_held: u64,
 }

@@ -70,6 +70,13 @@ pub enum VolumeError {
     },
     #[error("volume `{0}` is closed")]
     Closed(String),
+    #[error("write buffer of volume `{volume}` is full ({dirty} bytes not yet uploaded, limit {limit}) and no upload finished for {waited:?}")]
+    WriteBufferFull {
+        volume: String,
+        dirty: u64,
+        limit: u64,
+        waited: std::time::Duration,
+    },
 }
 
 impl VolumeError {

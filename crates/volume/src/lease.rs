@@ -67,6 +67,12 @@ impl Lease {
         !(self.host == me && self.pid == std::process::id())
     }
 
+    /// Whether a writer (any process, this one included) still holds it.
+    pub fn is_live(&self, me: &str) -> bool {
+        // A crashed process on this host holds nothing (its flock is gone too).
+        self.expires > now() && (self.host != me || pid_alive(self.pid))
+    }
+
     pub fn in_use_error(&self, name: &str) -> VolumeError {
         VolumeError::InUse {
             name: name.to_string(),

@@ -65,6 +65,35 @@ pub struct Row {
     pub flags: u8,
 }
 
+impl Row {
+    /// Reads the columns `chunk, segment, offset, stored_len, raw_len, crc,
+    /// flags` starting at column `at` of a query row.
+    fn from_sql(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Row> {
+        Ok(Row {
+            chunk: r.get::<_, i64>(at)? as u64,
+            segment: r.get(at + 1)?,
+            offset: r.get::<_, i64>(at + 2)? as u64,
+            stored_len: r.get(at + 3)?,
+            raw_len: r.get(at + 4)?,
+            crc: r.get::<_, i64>(at + 5)? as u32,
+            flags: r.get(at + 6)?,
+        })
+    }
+
+    /// The row as shipped in logs.
+    pub fn tuple(&self) -> RowTuple {
+        (
+            self.chunk,
+            self.segment,
+            self.offset,
+            self.stored_len,
+            self.raw_len,
+            self.crc,
+            self.flags,
+        )
+    }
+}
+
 /// A logical change to the metadata. Logs are JSON lines of these; applying
 /// one twice is harmless (every op is an upsert or a delete).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -311,19 +340,25 @@ impl Meta {
             .map_err(self.err())?;
         let rows = st
             .query_map([layer], |r| {
-                Ok((
-                    Row {
-                        chunk: r.get::<_, i64>(0)? as u64,
-                        segment: r.get(1)?,
-                        offset: r.get::<_, i64>(2)? as u64,
-                        stored_len: r.get(3)?,
-                        raw_len: r.get(4)?,
-                        crc: r.get::<_, i64>(5)? as u32,
-                        flags: r.get(6)?,
-                    },
-                    r.get::<_, String>(7)?,
-                ))
+                Ok((Row::from_sql(r, 0)?, r.get::<_, String>(7)?))
             })
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())?;
+        Ok(rows)
+    }
+
+    /// `(layer, row)` of every extent that has data (zero rows excluded).
+    pub fn data_rows(&self) -> Result<Vec<(i64, Row)>, VolumeError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT chunk, segment, offset, stored_len, raw_len, crc, flags, layer
+                 FROM extents WHERE flags & 1 = 0",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, i64>(7)?, Row::from_sql(r, 0)?)))
             .map_err(self.err())?
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.err())?;

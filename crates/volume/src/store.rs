@@ -400,10 +400,13 @@ impl Store {
 
     /// The chunk -> extent map of `layer` of volume `id` (whose database is
     /// `own`), walking parent layers, into other volumes for forks.
+    ///
+    /// `own` is behind a mutex, locked only between awaits, so that the
+    /// future stays `Send` (a SQLite connection is not `Sync`).
     pub(crate) async fn materialise(
         &self,
         id: &str,
-        own: &Meta,
+        own: &std::sync::Mutex<Meta>,
         layer: i64,
         scratch: &Path,
     ) -> Result<HashMap<u64, Extent>, VolumeError> {
@@ -419,7 +422,7 @@ impl Store {
             }
             chain.push(cur.clone());
             let parent = match &cur.0 {
-                None => own.parent(cur.1)?,
+                None => own.lock().map_err(|_| meta::poisoned())?.parent(cur.1)?,
                 Some(v) => {
                     if !foreign.contains_key(v) {
                         let m = self.load_readonly(v, scratch).await?;
@@ -438,9 +441,10 @@ impl Store {
         }
         let mut map = HashMap::new();
         let mut keys: HashMap<String, Arc<str>> = HashMap::new();
+        let own = own.lock().map_err(|_| meta::poisoned())?;
         for (vol, layer) in chain.iter().rev() {
             let m = match vol {
-                None => own,
+                None => &*own,
                 Some(v) => &foreign[v],
             };
             for (row, key) in m.layer_rows(*layer)? {
@@ -576,8 +580,11 @@ impl Store {
     ) -> Result<(VolumeInfo, HashMap<u64, Extent>), VolumeError> {
         let scratch = self.scratch()?;
         let (info, meta, layer) = self.checkpoint_of(name, checkpoint, &scratch).await?;
+        let meta = std::sync::Mutex::new(meta);
         let map = self.materialise(&info.id, &meta, layer, &scratch).await;
-        remove_db(meta);
+        if let Ok(meta) = meta.into_inner() {
+            remove_db(meta);
+        }
         Ok((info, map?))
     }
 
@@ -586,6 +593,32 @@ impl Store {
     /// compacts sparse segments of volumes nobody has open.
     pub async fn gc(&self, options: GcOptions) -> Result<GcReport, VolumeError> {
         self.gc_with_progress(options, &|_, _| {}).await
+    }
+
+    /// Runs [`Store::gc`] every `every` (the first run one period after the
+    /// start) until the future is dropped, logging what each run freed; a
+    /// failed run is logged and the next one tries again.
+    pub async fn run_maintenance(&self, every: std::time::Duration, options: GcOptions) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.gc(options.clone()).await {
+                Ok(r) => tracing::info!(
+                    objects_deleted = r.objects_deleted,
+                    bytes_freed = r.bytes_freed,
+                    segments_compacted = r.segments_compacted,
+                    volumes_purged = r.volumes_purged,
+                    segments_held = r.segments_held,
+                    volumes_skipped = ?r.volumes_skipped,
+                    "background gc and compaction done"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "background gc failed; the next run tries again")
+                }
+            }
+        }
     }
 
     /// [`Store::gc`] reporting `(step, steps)` as it goes.
@@ -617,10 +650,14 @@ impl Store {
             }
         }
         // Compaction first, so the segments it retires are collected below.
+        // Volumes others fork from are compacted too: a fork reads their
+        // frozen layers from the bucket, so one opened later sees the new
+        // segment; forks running now keep the old ones (see the sweep).
         if options.compact_below > 0.0 {
-            let forked_from = self.fork_parents(&live, &scratch).await?;
             for (id, name) in &live {
-                if forked_from.contains(id) {
+                // Never under a writer, this process's own volumes included.
+                if self.is_running(id).await? {
+                    report.volumes_skipped.push(name.clone());
                     continue;
                 }
                 match self.open_volume(name).await {
@@ -637,6 +674,7 @@ impl Store {
         }
         // Needed volumes: live ones and every volume their layer chains reach.
         let mut needed: HashSet<String> = HashSet::new();
+        let mut parents_of: HashMap<String, Vec<String>> = HashMap::new();
         let mut referenced: HashSet<String> = HashSet::new();
         let mut queue: Vec<String> = live.keys().cloned().collect();
         let total = all_ids.len() as u64 + 1;
@@ -681,8 +719,25 @@ impl Store {
                     })?;
                 rows
             };
-            queue.extend(parents);
+            queue.extend(parents.iter().cloned());
+            parents_of.insert(id, parents);
             remove_db(meta);
+        }
+        // A running fork materialised its map when it opened: compaction of
+        // an ancestor since then left it naming the old segments. So the
+        // unreferenced segments of every ancestor of a running volume stay
+        // until nothing that could still read them runs.
+        let mut held_volumes: HashSet<String> = HashSet::new();
+        for id in &needed {
+            if !self.is_running(id).await? {
+                continue;
+            }
+            let mut stack: Vec<String> = parents_of.get(id).cloned().unwrap_or_default();
+            while let Some(p) = stack.pop() {
+                if held_volumes.insert(p.clone()) {
+                    stack.extend(parents_of.get(&p).cloned().unwrap_or_default());
+                }
+            }
         }
         let cutoff = SystemTime::now() - options.grace;
         for obj in &all_objects {
@@ -695,12 +750,17 @@ impl Store {
                 continue;
             };
             let old = SystemTime::from(obj.last_modified) <= cutoff;
+            let unreferenced_segment =
+                kind == "segments" && old && !referenced.contains(obj.location.as_ref());
             let delete = if !needed.contains(id) {
                 // Purge a volume nothing needs; an unnamed, undeleted one may
                 // be being created right now, so it waits for the grace period.
                 old
+            } else if unreferenced_segment && held_volumes.contains(id) {
+                report.segments_held += 1;
+                false
             } else {
-                kind == "segments" && old && !referenced.contains(obj.location.as_ref())
+                unreferenced_segment
             };
             if delete {
                 blobs.delete(obj.location.as_ref()).await?;
@@ -713,29 +773,11 @@ impl Store {
         Ok(report)
     }
 
-    /// Volume ids some live volume's layer chain leads into.
-    async fn fork_parents(
-        &self,
-        live: &HashMap<String, String>,
-        scratch: &Path,
-    ) -> Result<HashSet<String>, VolumeError> {
-        let mut out = HashSet::new();
-        for id in live.keys() {
-            let meta = match self.load_readonly(id, scratch).await {
-                Ok(m) => m,
-                Err(VolumeError::BadMetadata { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            if let Ok(mut st) = meta.conn.prepare(
-                "SELECT DISTINCT parent_volume FROM layers WHERE parent_volume IS NOT NULL",
-            ) {
-                if let Ok(rows) = st.query_map([], |r| r.get::<_, String>(0)) {
-                    out.extend(rows.flatten());
-                }
-            }
-            remove_db(meta);
-        }
-        Ok(out)
+    /// Whether a writer holds volume `id`'s lease (this process included).
+    async fn is_running(&self, id: &str) -> Result<bool, VolumeError> {
+        Ok(lease::read_lease(&self.inner.blobs, id)
+            .await?
+            .is_some_and(|l| l.is_live(&self.inner.host)))
     }
 }
 

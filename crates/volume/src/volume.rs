@@ -2,12 +2,13 @@
 //! in-memory block map, read-through fetches with prefetch, the background
 //! uploader, checkpoint/restore/diff, and the NBD `BlockDevice` face.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -27,10 +28,11 @@ use crate::store::{Extent, Store};
 const CHUNKS_PER_SEGMENT: usize = 64;
 /// Segments uploaded in parallel.
 const UPLOAD_PARALLELISM: usize = 4;
-/// Chunks fetched ahead of a sequential reader.
-const PREFETCH: u64 = 32;
-/// Chunks fetched with one ranged GET at most by the prefetcher (4 MiB).
-const PREFETCH_RUN: usize = 16;
+/// Chunks kept cached or in flight ahead of a sequential reader (32 MiB):
+/// enough ranged GETs in parallel to approach the store's parallel throughput.
+const READAHEAD: u64 = 128;
+/// Chunks fetched with one ranged GET at most by the readahead (4 MiB).
+const READAHEAD_RUN: usize = 16;
 /// Metadata logs between two full snapshots.
 const LOGS_PER_SNAPSHOT: u32 = 32;
 
@@ -54,11 +56,31 @@ struct State {
     tick: u64,
     /// Clean chunks by last use, oldest first.
     lru: BTreeMap<u64, u64>,
-    inflight: HashMap<u64, Vec<oneshot::Sender<Result<(), String>>>>,
+    /// Chunks being fetched (or verified), with the readers waiting for them.
+    /// Writers wait too: the fetch owns the chunk's range of the cache file.
+    inflight: HashMap<u64, Vec<oneshot::Sender<Fetched>>>,
     /// Dirty chunks not yet recorded in the local database.
     unpersisted: HashSet<u64>,
+    /// Chunks of the cache file kept from an earlier run, trusted only once
+    /// their CRC-32C matches the stored extent's (checked on first use).
+    unverified: HashSet<u64>,
+    /// Number of dirty chunks (bounded by `dirty_limit`).
+    ndirty: u64,
+    /// The bytes of the chunks fetched last (at most `READAHEAD`), so that a
+    /// sequential reader gets them from memory instead of reading back from
+    /// the cache file what was just written to it with `O_DIRECT`. Only clean
+    /// chunks; a write or an eviction drops the entry.
+    recent: BTreeMap<u64, Bytes>,
+    /// Chunk of the previous read, for sequential detection.
     last_read: Option<u64>,
+    /// End (exclusive) of the chunks the readahead has issued.
+    ra_end: u64,
 }
+
+/// What a fetch hands to the readers waiting for it: the chunk's bytes,
+/// `None` when they should look again (the chunk changed meanwhile), or the
+/// error message.
+type Fetched = Result<Option<Bytes>, String>;
 
 pub(crate) struct Inner {
     pub(crate) store: Store,
@@ -67,6 +89,12 @@ pub(crate) struct Inner {
     chunk: u64,
     meta: Mutex<Meta>,
     file: File,
+    /// The cache file opened with `O_DIRECT` (when the file system allows it)
+    /// for filling fetched chunks: data read once from the store does not go
+    /// through the page cache, whose fresh pages cost more than the copy.
+    direct: Option<File>,
+    /// Signalled when uploads clean chunks, for writers held by `dirty_limit`.
+    drained: tokio::sync::Notify,
     state: Mutex<State>,
     /// Writes and reads take it shared; checkpoint/restore exclusively.
     gate: tokio::sync::RwLock<()>,
@@ -87,6 +115,8 @@ pub struct Volume {
 enum Presence {
     /// Cached locally; a reader pin was taken.
     Cached,
+    /// Just fetched (or verified): the whole chunk's bytes.
+    Data(Bytes),
     /// Reads as zeros (unmapped, trimmed, or beyond the data).
     Zero,
 }
@@ -112,6 +142,99 @@ fn punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
+/// The byte ranges of `file` (below `size`) that hold data, not holes.
+fn data_ranges(file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: u64 = 0;
+    while pos < size {
+        // SAFETY: lseek on a descriptor we own; offsets are within i64.
+        let start = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
+        if start < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        if end < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        out.push(start as u64..(end as u64).min(size));
+        pos = end as u64;
+    }
+    Ok(out)
+}
+
+/// Chunks of a cache file left by an earlier run that may still hold a clean
+/// copy of their stored extent (at most `limit`). They are trusted only once
+/// their CRC-32C matches on first use (an unclean shutdown may have torn
+/// them). Every other range with data is punched out, except the dirty
+/// chunks, which the local database vouches for (FLUSH fsynced them).
+fn cache_candidates(
+    file: &File,
+    dirty: &HashSet<u64>,
+    map: &HashMap<u64, Extent>,
+    chunk: u64,
+    size: u64,
+    limit: usize,
+) -> io::Result<HashSet<u64>> {
+    let mut keep = HashSet::new();
+    for range in data_ranges(file, size)? {
+        let mut c = range.start / chunk;
+        while c * chunk < range.end {
+            if !dirty.contains(&c) && !keep.contains(&c) {
+                let stored = map.get(&c).is_some_and(|e| e.flags & FLAG_ZERO == 0);
+                if stored && keep.len() < limit {
+                    keep.insert(c);
+                } else {
+                    punch(file, c * chunk, chunk.min(size - c * chunk))?;
+                }
+            }
+            c += 1;
+        }
+    }
+    Ok(keep)
+}
+
+/// A page-aligned buffer for `O_DIRECT` writes.
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl AlignedBuf {
+    const ALIGN: usize = 4096;
+
+    fn new(len: usize) -> Option<AlignedBuf> {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), Self::ALIGN).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        std::ptr::NonNull::new(ptr).map(|ptr| AlignedBuf { ptr, len })
+    }
+
+    fn slice(&mut self, len: usize) -> &mut [u8] {
+        // SAFETY: the allocation holds `self.len` initialised bytes, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), len.min(self.len)) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if let Ok(layout) = std::alloc::Layout::from_size_align(self.len.max(1), Self::ALIGN) {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+thread_local! {
+    /// One bounce buffer per (blocking) thread: fresh memory is slow to touch.
+    static DIRECT_BUF: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
+}
+
 impl Volume {
     /// Called by `Store::open_volume` once the lease is held and the
     /// metadata database is current.
@@ -133,31 +256,27 @@ impl Volume {
             .map_err(|e| VolumeError::io(cache_path.display(), e))?;
         let dirty = meta.dirty_chunks()?;
         let head = meta.head()?;
+        let next_segment = meta.next_id("segments")?;
         let chunk = info.chunk_size;
-        // Clean cached chunks are not trusted across restarts (an unclean
-        // shutdown may have torn them): only chunks recorded dirty survive.
+        let meta = Mutex::new(meta);
+        let map = store.materialise(&info.id, &meta, head, &dir).await?;
         let ioerr = |e| VolumeError::io(cache_path.display(), e);
-        if dirty.is_empty() {
-            file.set_len(0).map_err(ioerr)?;
-        } else {
-            let set: HashSet<u64> = dirty.iter().copied().collect();
-            let nchunks = info.size.div_ceil(chunk);
-            let mut c = 0;
-            while c < nchunks {
-                if set.contains(&c) {
-                    c += 1;
-                    continue;
-                }
-                let start = c;
-                while c < nchunks && !set.contains(&c) {
-                    c += 1;
-                }
-                punch(&file, start * chunk, (c - start) * chunk).map_err(ioerr)?;
-            }
-        }
         file.set_len(info.size).map_err(ioerr)?;
+        let dirty_set: HashSet<u64> = dirty.iter().copied().collect();
+        let limit = (store.config().cache_size / chunk).max(16) as usize;
+        let unverified =
+            cache_candidates(&file, &dirty_set, &map, chunk, info.size, limit).map_err(ioerr)?;
+        let direct = File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&cache_path)
+            .ok();
         let mut state = State {
             head,
+            map,
+            unverified,
+            ndirty: dirty.len() as u64,
             ..State::default()
         };
         for c in dirty {
@@ -172,15 +291,15 @@ impl Volume {
                 },
             );
         }
-        state.map = store.materialise(&info.id, &meta, head, &dir).await?;
-        let next_segment = meta.next_id("segments")?;
         let inner = Arc::new(Inner {
             store,
             info,
             dir,
             chunk,
-            meta: Mutex::new(meta),
+            meta,
             file,
+            direct,
+            drained: tokio::sync::Notify::new(),
             state: Mutex::new(state),
             gate: tokio::sync::RwLock::new(()),
             upload: tokio::sync::Mutex::new(0),
@@ -300,6 +419,10 @@ impl Volume {
             st.chunks.clear();
             st.lru.clear();
             st.unpersisted.clear();
+            st.unverified.clear();
+            st.recent.clear();
+            st.ndirty = 0;
+            st.ra_end = 0;
             st.map = map;
             st.head = new_layer;
             let path = inner.dir.join("cache");
@@ -402,7 +525,7 @@ impl Volume {
         self.inner
             .state
             .lock()
-            .map(|st| st.chunks.values().filter(|c| c.dirty).count() as u64 * self.inner.chunk)
+            .map(|st| st.ndirty * self.inner.chunk)
             .unwrap_or(0)
     }
 
@@ -475,25 +598,36 @@ impl Inner {
     }
 
     async fn layer_map(&self, layer: i64) -> Result<HashMap<u64, Extent>, VolumeError> {
-        let meta = Meta::open(&self.dir.join("meta.db"))?;
+        let meta = Mutex::new(Meta::open(&self.dir.join("meta.db"))?);
         self.store
             .materialise(&self.info.id, &meta, layer, &self.dir)
             .await
     }
 
-    /// Makes chunk `c` readable locally, pinning it for a reader.
+    /// Makes chunk `c` readable: `Cached` (pinned for a reader), `Data` (just
+    /// fetched or verified) or `Zero`.
     async fn present(self: &Arc<Self>, c: u64) -> Result<Presence, VolumeError> {
+        enum Next {
+            Wait(oneshot::Receiver<Fetched>),
+            Fill(Extent, bool),
+        }
         loop {
-            let rx = {
+            let next = {
                 let mut st = lock(&self.state)?;
                 st.tick += 1;
                 let tick = st.tick;
                 if let Some(ch) = st.chunks.get_mut(&c) {
-                    ch.readers += 1;
-                    if !ch.dirty {
+                    let dirty = ch.dirty;
+                    if !dirty {
                         let old = std::mem::replace(&mut ch.tick, tick);
                         st.lru.remove(&old);
                         st.lru.insert(tick, c);
+                        if let Some(data) = st.recent.get(&c) {
+                            return Ok(Presence::Data(data.clone()));
+                        }
+                    }
+                    if let Some(ch) = st.chunks.get_mut(&c) {
+                        ch.readers += 1;
                     }
                     return Ok(Presence::Cached);
                 }
@@ -505,46 +639,122 @@ impl Inner {
                 if let Some(waiters) = st.inflight.get_mut(&c) {
                     let (tx, rx) = oneshot::channel();
                     waiters.push(tx);
-                    Ok(rx)
+                    Next::Wait(rx)
                 } else {
                     st.inflight.insert(c, Vec::new());
-                    Err(ext)
+                    let local = st.unverified.remove(&c);
+                    Next::Fill(ext, local)
                 }
             };
-            let rx = match rx {
-                Ok(rx) => Some(rx),
-                Err(ext) => {
-                    self.fill(c, ext).await?;
-                    None
+            match next {
+                Next::Fill(ext, local) => {
+                    if let Some(data) = self.fill(c, ext, local).await? {
+                        return Ok(Presence::Data(data));
+                    }
                 }
-            };
-            if let Some(rx) = rx {
-                match rx.await {
-                    Ok(Ok(())) | Err(_) => {}
+                Next::Wait(rx) => match rx.await {
+                    Ok(Ok(Some(data))) => return Ok(Presence::Data(data)),
+                    Ok(Ok(None)) | Err(_) => {}
                     Ok(Err(msg)) => {
                         return Err(VolumeError::io(format!("chunk {c}"), io::Error::other(msg)))
                     }
-                }
+                },
             }
         }
     }
 
-    /// Fetches chunk `c` from the store into the cache file.
-    async fn fill(self: &Arc<Self>, c: u64, ext: Extent) -> Result<(), VolumeError> {
+    /// Fills chunk `c` (marked in flight by the caller): from the copy an
+    /// earlier run left in the cache file when `local` and its checksum
+    /// matches, otherwise from the store.
+    async fn fill(
+        self: &Arc<Self>,
+        c: u64,
+        ext: Extent,
+        local: bool,
+    ) -> Result<Option<Bytes>, VolumeError> {
+        let me = Arc::clone(self);
+        let join =
+            |e: tokio::task::JoinError| VolumeError::io(format!("chunk {c}"), io::Error::other(e));
+        if local {
+            let (m, e) = (Arc::clone(self), ext.clone());
+            if let Some(data) = tokio::task::spawn_blocking(move || m.verify_cached(c, &e))
+                .await
+                .map_err(join)?
+            {
+                return tokio::task::spawn_blocking(move || me.install(c, &ext, Ok(data), false))
+                    .await
+                    .map_err(join)?;
+            }
+        }
         let result = self.store.fetch_extent(&ext).await;
-        self.install(c, result)
+        tokio::task::spawn_blocking(move || me.install(c, &ext, result, true))
+            .await
+            .map_err(join)?
     }
 
-    /// Puts a fetched chunk into the cache (unless a write got there first)
-    /// and wakes the readers waiting for it.
-    fn install(&self, c: u64, result: Result<Bytes, VolumeError>) -> Result<(), VolumeError> {
+    /// The chunk's bytes from the cache file if they match `ext`'s checksum.
+    fn verify_cached(&self, c: u64, ext: &Extent) -> Option<Bytes> {
+        let len = self.chunk_len(c) as usize;
+        if ext.raw_len as usize != len {
+            return None;
+        }
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, c * self.chunk).ok()?;
+        (crc32c::crc32c(&buf) == ext.crc).then(|| Bytes::from(buf))
+    }
+
+    /// Writes a fetched chunk into the cache file, through `O_DIRECT` when
+    /// possible (an aligned bounce buffer per thread, reused).
+    fn write_fill(&self, c: u64, data: &[u8]) -> io::Result<()> {
+        let offset = c * self.chunk;
+        if let Some(direct) = self.direct.as_ref().filter(|_| data.len() % 4096 == 0) {
+            let written = DIRECT_BUF.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                if cell.as_ref().is_none_or(|b| b.len < data.len()) {
+                    *cell = AlignedBuf::new(data.len());
+                }
+                cell.as_mut().map(|buf| {
+                    let s = buf.slice(data.len());
+                    s.copy_from_slice(data);
+                    direct.write_all_at(s, offset)
+                })
+            });
+            match written {
+                Some(Ok(())) => return Ok(()),
+                // Not supported for this file after all: buffered below.
+                Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
+        self.file.write_all_at(data, offset)
+    }
+
+    /// Puts a fetched (`write`) or verified chunk into the cache unless the
+    /// volume moved on (a restore changed its extent) and wakes the waiters.
+    /// Runs on a blocking thread: it writes the cache file.
+    fn install(
+        &self,
+        c: u64,
+        ext: &Extent,
+        result: Result<Bytes, VolumeError>,
+        write: bool,
+    ) -> Result<Option<Bytes>, VolumeError> {
+        let wanted = {
+            let st = lock(&self.state)?;
+            !st.chunks.contains_key(&c) && st.map.get(&c) == Some(ext)
+        };
+        let mut result = result.map(|d| wanted.then_some(d));
+        if let (Ok(Some(data)), true) = (&result, write) {
+            // The chunk is in flight: writers wait for it, the range is ours.
+            if let Err(e) = self.write_fill(c, data) {
+                result = Err(self.cache_err(e));
+            }
+        }
         let mut st = lock(&self.state)?;
         let waiters = st.inflight.remove(&c).unwrap_or_default();
-        let result = result.and_then(|data| {
-            if !st.chunks.contains_key(&c) {
-                self.file
-                    .write_all_at(&data, c * self.chunk)
-                    .map_err(|e| self.cache_err(e))?;
+        if let Ok(Some(_)) = &result {
+            if !st.chunks.contains_key(&c) && st.map.get(&c) == Some(ext) {
                 st.tick += 1;
                 let tick = st.tick;
                 st.chunks.insert(
@@ -558,19 +768,53 @@ impl Inner {
                     },
                 );
                 st.lru.insert(tick, c);
+                st.unverified.remove(&c);
+                if let Ok(Some(data)) = &result {
+                    if st.recent.len() >= READAHEAD as usize {
+                        st.recent.pop_first();
+                    }
+                    st.recent.insert(c, data.clone());
+                }
+            } else {
+                if write && !st.chunks.contains_key(&c) {
+                    // Restored meanwhile: what was just written is stale.
+                    if let Err(e) = punch(&self.file, c * self.chunk, self.chunk_len(c)) {
+                        tracing::warn!(error = %e, "punching a hole in the cache file failed");
+                    }
+                }
+                result = Ok(None);
             }
-            Ok(())
-        });
+        }
         self.evict(&mut st);
         drop(st);
-        let msg = result.as_ref().err().map(|e| e.to_string());
         for w in waiters {
-            let _ = w.send(match &msg {
-                None => Ok(()),
-                Some(m) => Err(m.clone()),
+            let _ = w.send(match &result {
+                Ok(d) => Ok(d.clone()),
+                Err(e) => Err(e.to_string()),
             });
         }
         result
+    }
+
+    /// Installs the chunks of one readahead GET.
+    fn install_run(&self, run: Vec<(u64, Extent)>, fetched: Result<Vec<Bytes>, VolumeError>) {
+        match fetched {
+            Ok(parts) => {
+                for ((n, ext), data) in run.into_iter().zip(parts) {
+                    let decoded = crate::store::decode_extent(&ext, data);
+                    if let Err(e) = self.install(n, &ext, decoded, true) {
+                        tracing::debug!(chunk = n, error = %e, "readahead failed");
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (n, ext) in run {
+                    let err = VolumeError::io(format!("chunk {n}"), io::Error::other(msg.clone()));
+                    let _ = self.install(n, &ext, Err(err), true);
+                }
+            }
+        }
     }
 
     /// Drops the least recently used clean chunks beyond the cache bound.
@@ -592,6 +836,7 @@ impl Inner {
                 continue;
             }
             st.chunks.remove(&c);
+            st.recent.remove(&c);
             if let Err(e) = punch(&self.file, c * self.chunk, self.chunk_len(c)) {
                 tracing::warn!(error = %e, "punching a hole in the cache file failed");
             }
@@ -609,27 +854,36 @@ impl Inner {
         }
     }
 
-    /// On a sequential read, fetches the chunks ahead: extents stored back
-    /// to back in one segment are fetched with one ranged GET (up to
-    /// `PREFETCH_RUN` chunks), several GETs in parallel. A new batch starts
-    /// only when the reader has consumed half the window, so runs stay long.
-    fn prefetch(self: &Arc<Self>, c: u64) {
+    /// On a sequential read, fetches the chunks ahead (from `c` itself on):
+    /// extents stored back to back in one segment are fetched with one ranged
+    /// GET (up to `READAHEAD_RUN` chunks), all GETs in parallel. A read counts
+    /// as sequential when it is near the previous one: many requests in flight
+    /// (fio or a guest with a deep queue) arrive slightly out of order. New
+    /// GETs are issued only when less than half the window is ahead of the
+    /// reader, so they stay large.
+    fn readahead(self: &Arc<Self>, c: u64) {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
-        let sequential = st.last_read.is_some_and(|l| l + 1 == c || l == c);
+        let near = st.last_read.is_some_and(|l| l.abs_diff(c) <= READAHEAD / 2);
         st.last_read = Some(c);
-        if !sequential {
+        if !near {
             return;
         }
+        let start = match st.ra_end.checked_sub(c) {
+            Some(ahead) if ahead > READAHEAD / 2 && ahead <= READAHEAD => return,
+            Some(ahead) if ahead > 0 && ahead <= READAHEAD => st.ra_end,
+            _ => c,
+        };
         let nchunks = self.info.size.div_ceil(self.chunk);
-        let half = c + PREFETCH / 2;
-        if half < nchunks && (st.chunks.contains_key(&half) || st.inflight.contains_key(&half)) {
-            return;
-        }
+        let end = (c + READAHEAD).min(nchunks);
+        st.ra_end = end;
         let mut runs: Vec<Vec<(u64, Extent)>> = Vec::new();
-        for n in c + 1..(c + 1 + PREFETCH).min(nchunks) {
-            if st.chunks.contains_key(&n) || st.inflight.contains_key(&n) {
+        for n in start..end {
+            if st.chunks.contains_key(&n)
+                || st.inflight.contains_key(&n)
+                || st.unverified.contains(&n)
+            {
                 continue;
             }
             let Some(ext) = st.map.get(&n).filter(|e| e.flags & FLAG_ZERO == 0).cloned() else {
@@ -638,7 +892,7 @@ impl Inner {
             st.inflight.insert(n, Vec::new());
             let extends = runs.last().and_then(|r| r.last()).is_some_and(|(pn, pe)| {
                 *pn + 1 == n && pe.key == ext.key && pe.offset + pe.stored_len as u64 == ext.offset
-            }) && runs.last().is_some_and(|r| r.len() < PREFETCH_RUN);
+            }) && runs.last().is_some_and(|r| r.len() < READAHEAD_RUN);
             match runs.last_mut() {
                 Some(run) if extends => run.push((n, ext)),
                 _ => runs.push(vec![(n, ext)]),
@@ -649,28 +903,8 @@ impl Inner {
             let me = Arc::clone(self);
             tokio::spawn(async move {
                 let exts: Vec<Extent> = run.iter().map(|(_, e)| e.clone()).collect();
-                match me.store.fetch_run(&exts).await {
-                    Ok(parts) => {
-                        for ((n, ext), data) in run.into_iter().zip(parts) {
-                            let decoded = crate::store::decode_extent(&ext, data);
-                            if let Err(e) = me.install(n, decoded) {
-                                tracing::debug!(chunk = n, error = %e, "prefetch failed");
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        for (n, _) in run {
-                            let _ = me.install(
-                                n,
-                                Err(VolumeError::io(
-                                    format!("chunk {n}"),
-                                    io::Error::other(msg.clone()),
-                                )),
-                            );
-                        }
-                    }
-                }
+                let fetched = me.store.fetch_run(&exts).await;
+                let _ = tokio::task::spawn_blocking(move || me.install_run(run, fetched)).await;
             });
         }
     }
@@ -684,13 +918,17 @@ impl Inner {
             let c = pos / self.chunk;
             let chunk_end = ((c + 1) * self.chunk).min(end);
             let piece = &mut buf[(pos - offset) as usize..(chunk_end - offset) as usize];
-            self.prefetch(c);
+            self.readahead(c);
             match self.present(c).await? {
                 Presence::Zero => {}
                 Presence::Cached => {
                     let r = self.file.read_exact_at(piece, pos);
                     self.unpin_reader(c);
                     r.map_err(|e| self.cache_err(e))?;
+                }
+                Presence::Data(data) => {
+                    let at = (pos - c * self.chunk) as usize;
+                    piece.copy_from_slice(&data[at..at + piece.len()]);
                 }
             }
             pos = chunk_end;
@@ -699,16 +937,40 @@ impl Inner {
     }
 
     /// Pins chunk `c` for a writer, fetching it first unless `full` (the
-    /// write covers the whole chunk) or it has no stored data.
+    /// write covers the whole chunk) or it has no stored data. A write that
+    /// would dirty one more chunk beyond `dirty_limit` first waits for the
+    /// uploader (and wakes it).
     async fn begin_write(self: &Arc<Self>, c: u64, full: bool) -> Result<(), VolumeError> {
+        enum Next {
+            Wait(oneshot::Receiver<Fetched>),
+            Throttled(u64),
+            Fetch,
+        }
+        let limit = (self.store.config().dirty_limit / self.chunk).max(1);
+        let mut throttled: Option<Instant> = None;
         loop {
-            {
+            let drained = self.drained.notified();
+            let next = {
                 let mut st = lock(&self.state)?;
                 let needs_fetch = !full
                     && !st.chunks.contains_key(&c)
                     && st.map.get(&c).is_some_and(|e| e.flags & FLAG_ZERO == 0);
-                if !needs_fetch {
+                let becomes_dirty = st.chunks.get(&c).is_none_or(|ch| !ch.dirty);
+                if let Some(waiters) = st.inflight.get_mut(&c) {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Next::Wait(rx)
+                } else if needs_fetch {
+                    Next::Fetch
+                } else if becomes_dirty && st.ndirty >= limit {
+                    Next::Throttled(st.ndirty * self.chunk)
+                } else {
                     st.unpersisted.insert(c);
+                    st.unverified.remove(&c);
+                    st.recent.remove(&c);
+                    if becomes_dirty {
+                        st.ndirty += 1;
+                    }
                     match st.chunks.get_mut(&c) {
                         Some(ch) => {
                             ch.writers += 1;
@@ -733,9 +995,35 @@ impl Inner {
                     }
                     return Ok(());
                 }
-            }
-            if let Presence::Cached = self.present(c).await? {
-                self.unpin_reader(c);
+            };
+            match next {
+                Next::Wait(rx) => {
+                    let _ = rx.await;
+                }
+                Next::Fetch => {
+                    if let Presence::Cached = self.present(c).await? {
+                        self.unpin_reader(c);
+                    }
+                }
+                Next::Throttled(dirty) => {
+                    // The write buffer is full: wake the uploader and wait
+                    // for it to clean chunks, failing only if none finishes
+                    // within the store timeout.
+                    self.wake.notify_one();
+                    let since = *throttled.get_or_insert_with(Instant::now);
+                    let timeout = self.store.config().store_timeout;
+                    let left = timeout.saturating_sub(since.elapsed());
+                    if tokio::time::timeout(left, drained).await.is_ok() {
+                        throttled = None;
+                    } else {
+                        return Err(VolumeError::WriteBufferFull {
+                            volume: self.info.name.clone(),
+                            dirty,
+                            limit: self.store.config().dirty_limit,
+                            waited: since.elapsed(),
+                        });
+                    }
+                }
             }
         }
     }
@@ -749,27 +1037,14 @@ impl Inner {
         }
     }
 
-    async fn write(self: &Arc<Self>, offset: u64, data: Bytes) -> Result<(), VolumeError> {
-        self.check_open()?;
-        let _gate = self.gate.read().await;
-        let end = offset + data.len() as u64;
-        let mut pos = offset;
-        while pos < end {
-            let c = pos / self.chunk;
-            let chunk_start = c * self.chunk;
-            let chunk_end = (chunk_start + self.chunk_len(c)).min(end);
-            let full = pos == chunk_start && chunk_end == chunk_start + self.chunk_len(c);
-            self.begin_write(c, full).await?;
-            let piece = &data[(pos - offset) as usize..(chunk_end - offset) as usize];
-            let r = self.file.write_all_at(piece, pos);
-            self.end_write(c);
-            r.map_err(|e| self.cache_err(e))?;
-            pos = chunk_end;
-        }
-        Ok(())
-    }
-
-    async fn write_zeroes(self: &Arc<Self>, offset: u64, len: u64) -> Result<(), VolumeError> {
+    /// Applies `op(start, end)` to each chunk's piece of `offset..offset+len`
+    /// with the chunk pinned for writing (fetched first when partly covered).
+    async fn write_pieces(
+        self: &Arc<Self>,
+        offset: u64,
+        len: u64,
+        op: impl Fn(u64, u64) -> io::Result<()> + Send,
+    ) -> Result<(), VolumeError> {
         self.check_open()?;
         let _gate = self.gate.read().await;
         let end = offset + len;
@@ -780,13 +1055,26 @@ impl Inner {
             let chunk_end = (chunk_start + self.chunk_len(c)).min(end);
             let full = pos == chunk_start && chunk_end == chunk_start + self.chunk_len(c);
             self.begin_write(c, full).await?;
-            // A punched hole reads as zeros and frees the cache space.
-            let r = punch(&self.file, pos, chunk_end - pos);
+            let r = op(pos, chunk_end);
             self.end_write(c);
             r.map_err(|e| self.cache_err(e))?;
             pos = chunk_end;
         }
         Ok(())
+    }
+
+    async fn write(self: &Arc<Self>, offset: u64, data: Bytes) -> Result<(), VolumeError> {
+        self.write_pieces(offset, data.len() as u64, |pos, end| {
+            let piece = &data[(pos - offset) as usize..(end - offset) as usize];
+            self.file.write_all_at(piece, pos)
+        })
+        .await
+    }
+
+    async fn write_zeroes(self: &Arc<Self>, offset: u64, len: u64) -> Result<(), VolumeError> {
+        // A punched hole reads as zeros and frees the cache space.
+        self.write_pieces(offset, len, |pos, end| punch(&self.file, pos, end - pos))
+            .await
     }
 
     /// fdatasync the cache file, then record the dirty set in the local
@@ -971,6 +1259,7 @@ impl Inner {
                         ch.dirty = false;
                         ch.tick = tick;
                         st.lru.insert(tick, *c);
+                        st.ndirty = st.ndirty.saturating_sub(1);
                         cleaned.push(*c);
                     }
                 }
@@ -978,6 +1267,9 @@ impl Inner {
             self.evict(&mut st);
             st.head
         };
+        if !cleaned.is_empty() {
+            self.drained.notify_waiters();
+        }
         let mut ops = Vec::new();
         if up.size > 0 {
             ops.push(Op::AddSegment {
@@ -989,21 +1281,7 @@ impl Inner {
         }
         ops.push(Op::Extents {
             layer: head,
-            rows: up
-                .rows
-                .iter()
-                .map(|(_, _, r)| {
-                    (
-                        r.chunk,
-                        r.segment,
-                        r.offset,
-                        r.stored_len,
-                        r.raw_len,
-                        r.crc,
-                        r.flags,
-                    )
-                })
-                .collect(),
+            rows: up.rows.iter().map(|(_, _, r)| r.tuple()).collect(),
         });
         let mut meta = lock(&self.meta)?;
         meta.commit(&ops)?;
@@ -1040,37 +1318,12 @@ impl Inner {
                     victims.push((id, key));
                 }
             }
-            let mut rows = Vec::new();
             let ids: HashSet<i64> = victims.iter().map(|v| v.0).collect();
-            let mut st = meta
-                .conn
-                .prepare("SELECT layer, chunk, segment, offset, stored_len, raw_len, crc, flags FROM extents WHERE flags & 1 = 0")
-                .map_err(|e| VolumeError::Db { path: "meta.db".into(), source: e })?;
-            let all = st
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        meta::Row {
-                            chunk: r.get::<_, i64>(1)? as u64,
-                            segment: r.get(2)?,
-                            offset: r.get::<_, i64>(3)? as u64,
-                            stored_len: r.get(4)?,
-                            raw_len: r.get(5)?,
-                            crc: r.get::<_, i64>(6)? as u32,
-                            flags: r.get(7)?,
-                        },
-                    ))
-                })
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| VolumeError::Db {
-                    path: "meta.db".into(),
-                    source: e,
-                })?;
-            for (layer, row) in all {
-                if ids.contains(&row.segment) {
-                    rows.push((layer, row));
-                }
-            }
+            let rows: Vec<(i64, meta::Row)> = meta
+                .data_rows()?
+                .into_iter()
+                .filter(|(_, row)| ids.contains(&row.segment))
+                .collect();
             (victims, rows)
         };
         if victims.is_empty() {
@@ -1098,15 +1351,14 @@ impl Inner {
                 .await?;
             let offset = body.len() as u64;
             body.extend_from_slice(&stored);
-            by_layer.entry(*layer).or_default().push((
-                row.chunk,
-                segment,
-                offset,
-                row.stored_len,
-                row.raw_len,
-                row.crc,
-                row.flags,
-            ));
+            by_layer.entry(*layer).or_default().push(
+                meta::Row {
+                    segment,
+                    offset,
+                    ..*row
+                }
+                .tuple(),
+            );
         }
         let size = body.len() as u64;
         if size > 0 {
@@ -1129,7 +1381,7 @@ impl Inner {
             meta.commit(&ops)?;
             meta.head()?
         };
-        let meta = Meta::open(&self.dir.join("meta.db"))?;
+        let meta = Mutex::new(Meta::open(&self.dir.join("meta.db"))?);
         let map = self
             .store
             .materialise(&self.info.id, &meta, head, &self.dir)

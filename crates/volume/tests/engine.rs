@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use wisp_nbd::BlockDevice;
-use wisp_volume::{GcOptions, VolumeError};
+use wisp_volume::{GcOptions, Store, VolumeError};
 
 #[tokio::test]
 async fn writes_read_back_and_unwritten_ranges_are_zeros() {
@@ -346,4 +346,138 @@ async fn import_skips_zero_chunks_and_export_round_trips() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(&out2).unwrap(), got);
+}
+
+#[tokio::test]
+async fn compacting_a_forked_volume_keeps_both_readable_and_waits_for_running_forks() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    store.create_volume("base", 32 * MIB).await.unwrap();
+    let vol = store.open_volume("base").await.unwrap();
+    // 64 chunks: one segment. Overwriting 3/4 of them before the checkpoint
+    // leaves that segment mostly dead, though checkpoint v0 (shared with the
+    // fork) still reads its first quarter.
+    let data = pattern(50, 16 * MIB as usize);
+    write(&vol, 0, &data).await;
+    vol.sync().await.unwrap();
+    let newer = pattern(51, 12 * MIB as usize);
+    write(&vol, 4 * MIB, &newer).await;
+    vol.checkpoint(None).await.unwrap();
+    vol.close().await.unwrap();
+    let mut expected = data.slice(..4 * MIB as usize).to_vec();
+    expected.extend_from_slice(&newer);
+    let before = env.segment_files();
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // The fork runs on another host across the compaction: its map was read
+    // before, so it still names the old segment.
+    store.fork("base", "v0", "child").await.unwrap();
+    let other = env.store("b").await;
+    let child = other.open_volume("child").await.unwrap();
+    let options = GcOptions {
+        grace: std::time::Duration::ZERO,
+        compact_below: 0.5,
+    };
+    let report = store.gc(options.clone()).await.unwrap();
+    assert_eq!(report.segments_compacted, 1, "{report:?}");
+    assert_eq!(report.segments_held, 1, "{report:?}");
+    assert_eq!(report.objects_deleted, 0, "{report:?}");
+    assert!(
+        before.iter().all(|p| p.exists()),
+        "gc deleted a segment a running fork still reads"
+    );
+    assert_eq!(read(&child, 0, expected.len()).await, expected);
+    let base = store.open_volume("base").await.unwrap();
+    assert_eq!(read(&base, 0, expected.len()).await, expected);
+    base.close().await.unwrap();
+
+    // Nothing runs any more: the compacted-away segment goes, nothing else.
+    child.close().await.unwrap();
+    let report = store.gc(options).await.unwrap();
+    assert_eq!(report.segments_held, 0, "{report:?}");
+    assert_eq!(report.objects_deleted, 1, "{report:?}");
+    let gone: Vec<_> = before.iter().filter(|p| !p.exists()).collect();
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    // Both, opened on a fresh host, read the same bytes from the new segment.
+    let third = env.store("c").await;
+    for name in ["base", "child"] {
+        let v = third.open_volume(name).await.unwrap();
+        assert_eq!(read(&v, 0, expected.len()).await, expected, "{name}");
+        v.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn background_maintenance_frees_garbage_on_its_own() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    store.create_volume("m", 8 * MIB).await.unwrap();
+    let vol = store.open_volume("m").await.unwrap();
+    write(&vol, 0, &pattern(60, MIB as usize)).await;
+    vol.sync().await.unwrap();
+    let last = pattern(61, MIB as usize);
+    write(&vol, 0, &last).await;
+    vol.close().await.unwrap();
+    assert_eq!(env.segment_files().len(), 2);
+    let runner = store.clone();
+    let task = tokio::spawn(async move {
+        runner
+            .run_maintenance(
+                std::time::Duration::from_millis(50),
+                GcOptions {
+                    grace: std::time::Duration::ZERO,
+                    compact_below: 0.5,
+                },
+            )
+            .await
+    });
+    // Not a timing assertion: wait (up to a generous bound) for it to happen.
+    for _ in 0..200 {
+        if env.segment_files().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    task.abort();
+    assert_eq!(env.segment_files().len(), 1, "{:?}", env.segment_files());
+    let vol = store.open_volume("m").await.unwrap();
+    assert_eq!(read(&vol, 0, last.len()).await, last);
+    vol.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reopened_volume_reads_its_cache_without_downloading() {
+    use std::sync::atomic::Ordering;
+    let env = Env::new();
+    let counting = FailingStore::over(&env.url());
+    let store = Store::open_with_object_store(env.config("a"), counting.clone())
+        .await
+        .unwrap();
+    let info = store.create_volume("w", 16 * MIB).await.unwrap();
+    let vol = store.open_volume("w").await.unwrap();
+    let data = pattern(70, 8 * MIB as usize);
+    write(&vol, 0, &data).await;
+    vol.close().await.unwrap();
+
+    // Reopened on the same host and cache dir: every chunk comes from the cache.
+    let vol = store.open_volume("w").await.unwrap();
+    counting.segment_gets.store(0, Ordering::SeqCst);
+    assert_eq!(read(&vol, 0, data.len()).await, data);
+    assert_eq!(counting.segment_gets.load(Ordering::SeqCst), 0);
+    vol.close().await.unwrap();
+
+    // A chunk torn in the cache file (as by a crash) fails its checksum and
+    // is fetched again: right bytes, one GET.
+    let cache = env.dir.path().join("a").join(&info.id).join("cache");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cache)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xAB; 512], 3 * 256 * 1024 + 100).unwrap();
+    drop(f);
+    let vol = store.open_volume("w").await.unwrap();
+    counting.segment_gets.store(0, Ordering::SeqCst);
+    assert_eq!(read(&vol, 0, data.len()).await, data);
+    assert_eq!(counting.segment_gets.load(Ordering::SeqCst), 1);
+    vol.close().await.unwrap();
 }

@@ -13,6 +13,9 @@ pub struct ServerArgs {
     /// Address for the REST API.
     #[arg(long, env = "WISP_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
+    /// Interval of background gc and compaction of the store, like 10m or 1h (0 disables).
+    #[arg(long, env = "WISP_GC_INTERVAL", default_value = "10m", value_parser = crate::cmd::volume::humantime_like)]
+    pub gc_interval: std::time::Duration,
 }
 
 pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -24,6 +27,7 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCo
         store: global.store_url()?,
     };
     let server = wisp_control::Server::bind(config).await?;
+    let _maintenance = crate::cmd::volume::spawn_maintenance(global, args.gc_interval)?;
     let addr = server.local_addr()?;
     // The line tests and scripts wait for; keep its shape stable.
     println!("wisp server listening on http://{addr}");

@@ -22,6 +22,10 @@ pub struct CacheArgs {
     /// Bound on clean cached data per volume, like 10G or 512M.
     #[arg(long, global = true, env = "WISP_CACHE_SIZE", default_value = "10G", value_parser = parse_size)]
     pub cache_size: u64,
+    /// Bound on dirty (not yet uploaded) data per volume; writes beyond it wait
+    /// for the uploader [default: half of --cache-size].
+    #[arg(long, global = true, env = "WISP_DIRTY_LIMIT", value_parser = parse_size)]
+    pub dirty_limit: Option<u64>,
     /// `local`: FLUSH waits for the local disk; `remote`: also for the upload.
     #[arg(long, global = true, env = "WISP_DURABILITY", default_value = "local", value_parser = parse_durability)]
     pub durability: Durability,
@@ -183,7 +187,7 @@ fn parse_durability(input: &str) -> Result<Durability, String> {
 }
 
 /// Parses `1h`, `30s`, `500ms`, `2m`, `0`.
-fn humantime_like(input: &str) -> Result<Duration, String> {
+pub fn humantime_like(input: &str) -> Result<Duration, String> {
     let s = input.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let n: u64 = s[..split]
@@ -207,6 +211,7 @@ async fn open_store(global: &GlobalArgs, cache: &CacheArgs) -> anyhow::Result<St
         .unwrap_or_else(|| global.home.join("cache"));
     let mut config = StoreConfig::new(url.clone(), cache_dir);
     config.cache_size = cache.cache_size;
+    config.dirty_limit = cache.dirty_limit.unwrap_or(cache.cache_size / 2);
     config.durability = cache.durability;
     config.upload_delay = cache.upload_delay;
     config.store_timeout = cache.store_timeout;
@@ -480,9 +485,37 @@ pub async fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<
             for v in report.volumes_skipped {
                 println!("gc: skipped volume {v} (in use)");
             }
+            if report.segments_held > 0 {
+                println!(
+                    "gc: kept {} unreferenced segments that running forks may still read",
+                    report.segments_held
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts background gc and compaction of the store every `every` (none when
+/// zero), for `wisp server`. The store is opened inside the task, so an
+/// unreachable store delays maintenance, not the daemon.
+pub fn spawn_maintenance(
+    global: &GlobalArgs,
+    every: Duration,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if every.is_zero() {
+        return Ok(None);
+    }
+    let url = global.store_url()?;
+    let config = StoreConfig::new(url.clone(), global.home.join("cache"));
+    Ok(Some(tokio::spawn(async move {
+        match Store::open(config).await {
+            Ok(store) => store.run_maintenance(every, GcOptions::default()).await,
+            Err(e) => {
+                tracing::warn!(store = %url, error = %e, "background gc disabled: cannot open the store")
+            }
+        }
+    })))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -2,10 +2,20 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
 use wisp_nbd::BlockDevice;
 use wisp_volume::{Store, StoreConfig, Volume};
 
@@ -52,7 +62,7 @@ impl Env {
     }
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -93,4 +103,124 @@ pub async fn read(vol: &Volume, offset: u64, len: usize) -> Bytes {
         pos += n;
     }
     Bytes::from(out)
+}
+
+/// A wrapper object store for tests: fails every `fail_every`-th call (0:
+/// never), every call while `down`, delays every call by `delay_ms`, and
+/// counts the GETs and PUTs of segment objects.
+#[derive(Debug)]
+pub struct FailingStore {
+    pub inner: Arc<dyn ObjectStore>,
+    pub calls: AtomicU64,
+    pub fail_every: AtomicU64,
+    pub failures: AtomicU64,
+    pub down: AtomicBool,
+    pub delay_ms: AtomicU64,
+    pub segment_gets: AtomicU64,
+    pub segment_puts: AtomicU64,
+}
+
+fn is_segment(location: &Path) -> bool {
+    location.as_ref().contains("/segments/")
+}
+
+impl fmt::Display for FailingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FailingStore({})", self.inner)
+    }
+}
+
+impl FailingStore {
+    /// A store that neither fails nor waits (yet) over the store at `url`.
+    pub fn over(url: &str) -> Arc<FailingStore> {
+        Arc::new(FailingStore {
+            inner: wisp_volume::open_url(url).expect("open store url"),
+            calls: AtomicU64::new(0),
+            fail_every: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
+            segment_gets: AtomicU64::new(0),
+            segment_puts: AtomicU64::new(0),
+        })
+    }
+
+    async fn gate(&self) -> object_store::Result<()> {
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let every = self.fail_every.load(Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) || (every > 0 && n % every == 0) {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err(object_store::Error::Generic {
+                store: "failing",
+                source: "injected fault".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FailingStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.gate().await?;
+        if is_segment(location) {
+            self.segment_puts.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.gate().await?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.gate().await?;
+        if is_segment(location) {
+            self.segment_gets.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.get_opts(location, options).await
+    }
+    async fn delete(&self, location: &Path) -> object_store::Result<()> {
+        self.gate().await?;
+        self.inner.delete(location).await
+    }
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        if self.down.load(Ordering::SeqCst) {
+            return Box::pin(futures::stream::once(async {
+                Err(object_store::Error::Generic {
+                    store: "failing",
+                    source: "injected fault".into(),
+                })
+            }));
+        }
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.gate().await?;
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+        self.gate().await?;
+        self.inner.copy(from, to).await
+    }
+    async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+        self.gate().await?;
+        self.inner.copy_if_not_exists(from, to).await
+    }
 }
