@@ -251,6 +251,21 @@ pub fn start(agent: &Arc<Agent>, session: u32, req: &ExecRequest) -> io::Result<
     let inflight = Arc::new(AtomicU64::new(0));
     let (stdin_tx, stdin_rx) = channel::<Option<Vec<u8>>>();
 
+    let fast = if req.tty.is_none() && plan.fast(false) {
+        let spec = plan.spec()?;
+        match agent
+            .reaper
+            .spawn_with(|| spawn::spawn_piped(&spec), |p| p.pid)
+        {
+            Ok(started) => Some(started),
+            // A script without `#!`: only `execvp`'s fallback to `/bin/sh` runs it, on
+            // the fork path below.
+            Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => None,
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
     let (handle, outputs, stdin_fd, exit_rx) = if let Some(tty) = req.tty {
         let mut cmd = plan.command(true);
         let (master, slave) = sys::openpty(tty.rows, tty.cols)?;
@@ -276,11 +291,7 @@ pub fn start(agent: &Arc<Agent>, session: u32, req: &ExecRequest) -> io::Result<
             credit: credit.clone(),
         };
         (h, vec![(reader, Kind::Data)], stdin_fd, exit_rx)
-    } else if plan.fast(false) {
-        let spec = plan.spec()?;
-        let (p, exit_rx) = agent
-            .reaper
-            .spawn_with(|| spawn::spawn_piped(&spec), |p| p.pid)?;
+    } else if let Some((p, exit_rx)) = fast {
         let h = ExecHandle {
             pid: p.pid,
             pty: None,

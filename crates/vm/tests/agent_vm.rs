@@ -64,6 +64,38 @@ async fn agent_as_pid1_in_a_real_vm() {
     let grown = sh_until_root_grows(&a, 256 * 1024).await;
     eprintln!("root filesystem grown to {grown} KiB");
 
+    // Plain execs as PID 1 take the posix_spawn path: environment, working directory,
+    // stderr and exit code, a missing program, a script without `#!` (run by `sh`).
+    let out = common::output(
+        &a,
+        ExecRequest {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo $FOO; pwd; echo e >&2; exit 7".into(),
+            ],
+            env: vec![("FOO".into(), "bar".into())],
+            cwd: Some("/tmp".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bar\n/tmp\n");
+    assert_eq!(out.stderr, b"e\n");
+    assert_eq!(out.status.code, Some(7));
+    let err = a.run(["no-such-program"]).await.unwrap_err();
+    assert!(
+        matches!(&err, AgentError::Remote(m) if m.contains("No such file")),
+        "{err}"
+    );
+    sh(
+        &a,
+        "printf 'echo from-script\\n' > /tmp/plain; chmod +x /tmp/plain",
+    )
+    .await;
+    let out = a.run(["/tmp/plain"]).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-script\n");
+
     // Exec round trips of `true` (reported, not asserted: timing belongs in benchmarks).
     let mut times = vec![];
     for _ in 0..21 {
