@@ -69,11 +69,7 @@ async fn agent_as_pid1_in_a_real_vm() {
     let out = common::output(
         &a,
         ExecRequest {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                "echo $FOO; pwd; echo e >&2; exit 7".into(),
-            ],
+            argv: common::sh_argv("echo $FOO; pwd; echo e >&2; exit 7"),
             env: vec![("FOO".into(), "bar".into())],
             cwd: Some("/tmp".into()),
             ..Default::default()
@@ -150,11 +146,7 @@ async fn agent_as_pid1_in_a_real_vm() {
     let out = common::output(
         &a,
         ExecRequest {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                "id -u; echo $HOME; pwd; stat -c %u $(tty)".into(),
-            ],
+            argv: common::sh_argv("id -u; echo $HOME; pwd; stat -c %u $(tty)"),
             user: Some("sprite".into()),
             tty: Some(TtySize { rows: 24, cols: 80 }),
             ..Default::default()
@@ -205,11 +197,7 @@ async fn agent_as_pid1_in_a_real_vm() {
     // A service, crashed once, then across a reboot.
     a.define_service(ServiceSpec {
         name: "ticker".into(),
-        argv: vec![
-            "sh".into(),
-            "-c".into(),
-            "echo tick; exec sleep 1000".into(),
-        ],
+        argv: common::sh_argv("echo tick; exec sleep 1000"),
         ..Default::default()
     })
     .await

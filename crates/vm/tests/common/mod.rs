@@ -237,6 +237,11 @@ pub async fn tiny_disk(dir: &Path) -> wisp_nbd::FileDevice {
     dev
 }
 
+/// `sh -c SCRIPT` as an argv.
+pub fn sh_argv(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
+}
+
 /// Runs `req` to completion and collects its output.
 pub async fn output(
     a: &wisp_vm::agent::AgentClient,
