@@ -1038,6 +1038,33 @@ mod tests {
         assert!(matches!(client.ping().await, Err(AgentError::Disconnected)));
     }
 
+    /// Readiness is event-driven: the agent's `hello` wakes the client at once, not at its
+    /// next re-send. Time is paused and only moves when every task waits, so the clock
+    /// shows whether the client sat out a retry interval.
+    #[tokio::test(start_paused = true)]
+    async fn the_agents_hello_makes_the_client_ready_at_once() {
+        let (host, mut peer) = tokio::io::duplex(1 << 16);
+        let start = tokio::time::Instant::now();
+        let server = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let f = read_frame(&mut peer, &mut buf).await;
+            assert!(matches!(f.to_control(), Ok(Control::Hello { .. })));
+            let hello = Control::Hello {
+                version: PROTOCOL_VERSION,
+                agent: "prompt".into(),
+                capabilities: vec![],
+            };
+            send(&mut peer, &Frame::control(0, &hello)).await;
+            peer
+        });
+        let client = AgentClient::connect_timeout(host, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(client.info().agent, "prompt");
+        assert!(start.elapsed() < HELLO_RETRY, "{:?}", start.elapsed());
+        drop(server.await.unwrap());
+    }
+
     #[tokio::test]
     async fn an_agent_of_another_version_fails_the_handshake() {
         let (host, mut peer) = tokio::io::duplex(1 << 16);
