@@ -74,14 +74,7 @@ async fn hello_and_exec_with_stdout_stderr_and_exit_codes() {
     assert!(a.client.info().capabilities.iter().any(|c| c == "exec"));
     a.client.ping().await.unwrap();
 
-    let out = a
-        .client
-        .run(["sh", "-c", "echo out; echo err >&2; exit 3"])
-        .await
-        .unwrap();
-    assert_eq!(out.stdout, b"out\n");
-    assert_eq!(out.stderr, b"err\n");
-    assert_eq!(out.status.code, Some(3));
+    common::check_stdout_stderr_exit(&a.client).await;
 
     let out = a.client.run(["true"]).await.unwrap();
     assert!(out.status.success());

@@ -18,13 +18,7 @@ async fn exec_passes_stdin_stdout_stderr_and_exit_codes() {
     let s = env.boot(&unique("exec"), None).await;
     let agent = s.machine.agent();
 
-    let out = agent
-        .run(["sh", "-c", "echo out; echo err >&2; exit 3"])
-        .await
-        .unwrap();
-    assert_eq!(out.stdout, b"out\n");
-    assert_eq!(out.stderr, b"err\n");
-    assert_eq!(out.status.code, Some(3));
+    common::check_stdout_stderr_exit(agent).await;
 
     let mut e = agent
         .exec(ExecRequest {

@@ -242,6 +242,18 @@ pub fn sh_argv(script: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), script.into()]
 }
 
+/// `sh -c 'echo out; echo err >&2; exit 3'`: stdout, stderr and the exit code come back
+/// apart.
+pub async fn check_stdout_stderr_exit(a: &wisp_vm::agent::AgentClient) {
+    let out = a
+        .run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(out.status.code, Some(3));
+}
+
 /// Runs `req` to completion and collects its output.
 pub async fn output(
     a: &wisp_vm::agent::AgentClient,
