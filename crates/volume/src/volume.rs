@@ -28,11 +28,11 @@ use crate::store::{Extent, Store};
 const CHUNKS_PER_SEGMENT: usize = 64;
 /// Segments uploaded in parallel.
 const UPLOAD_PARALLELISM: usize = 4;
-/// Chunks kept cached or in flight ahead of a sequential reader (32 MiB):
+/// Chunks kept cached or in flight ahead of a sequential reader (64 MiB):
 /// enough ranged GETs in parallel to approach the store's parallel throughput.
-const READAHEAD: u64 = 128;
-/// Chunks fetched with one ranged GET at most by the readahead (4 MiB).
-const READAHEAD_RUN: usize = 16;
+const READAHEAD: u64 = 256;
+/// Chunks fetched with one ranged GET at most by the readahead (8 MiB).
+const READAHEAD_RUN: usize = 32;
 /// Metadata logs between two full snapshots.
 const LOGS_PER_SNAPSHOT: u32 = 32;
 
@@ -929,6 +929,13 @@ impl Inner {
                 Presence::Data(data) => {
                     let at = (pos - c * self.chunk) as usize;
                     piece.copy_from_slice(&data[at..at + piece.len()]);
+                    if chunk_end == c * self.chunk + self.chunk_len(c) {
+                        // A sequential reader is done with this chunk: later
+                        // readers use the cache file, memory goes back.
+                        if let Ok(mut st) = self.state.lock() {
+                            st.recent.remove(&c);
+                        }
+                    }
                 }
             }
             pos = chunk_end;
