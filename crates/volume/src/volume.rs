@@ -1015,13 +1015,18 @@ impl Inner {
                 Next::Throttled(dirty) => {
                     // The write buffer is full: wake the uploader and wait
                     // for it to clean chunks, failing only if none finishes
-                    // within the store timeout.
+                    // within the store timeout. The uploader is woken again
+                    // every 200 ms: a round may clean nothing (chunks
+                    // rewritten while uploading) and sleep `upload_delay`.
                     self.wake.notify_one();
                     let since = *throttled.get_or_insert_with(Instant::now);
                     let timeout = self.store.config().store_timeout;
                     let left = timeout.saturating_sub(since.elapsed());
-                    if tokio::time::timeout(left, drained).await.is_ok() {
+                    let nap = left.min(std::time::Duration::from_millis(200));
+                    if tokio::time::timeout(nap, drained).await.is_ok() {
                         throttled = None;
+                    } else if since.elapsed() < timeout {
+                        continue;
                     } else {
                         return Err(VolumeError::WriteBufferFull {
                             volume: self.info.name.clone(),

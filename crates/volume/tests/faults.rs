@@ -72,6 +72,7 @@ async fn writes_wait_for_the_uploader_beyond_the_dirty_limit() {
     // No timed uploads: only the throttle makes the uploader run before sync.
     config.upload_delay = Duration::from_secs(3600);
     config.dirty_limit = MIB;
+    config.store_timeout = Duration::from_secs(2);
     let store = Store::open_with_object_store(config, slow.clone())
         .await
         .unwrap();
@@ -92,8 +93,29 @@ async fn writes_wait_for_the_uploader_beyond_the_dirty_limit() {
         "no upload before sync: writes did not wait for the uploader"
     );
     assert_eq!(read(&vol, 0, data.len()).await, data);
+
+    // With the store down the buffer fills, and the next write that needs
+    // room fails with a clear error after the store timeout instead of hanging.
+    vol.sync().await.unwrap();
+    slow.down.store(true, Ordering::SeqCst);
+    let more = pattern(81, 5 * 256 * 1024);
+    for i in 0..4u64 {
+        let piece = more.slice(i as usize * 256 * 1024..(i as usize + 1) * 256 * 1024);
+        write(&vol, 8 * MIB + i * 256 * 1024, &piece).await;
+    }
+    let err = vol
+        .write(9 * MIB, more.slice(4 * 256 * 1024..), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("write buffer of volume `t` is full"), "{err}");
+    slow.down.store(false, Ordering::SeqCst);
     vol.close().await.unwrap();
     let vol = env.store("b").await.open_volume("t").await.unwrap();
     assert_eq!(read(&vol, 0, data.len()).await, data);
+    assert_eq!(
+        read(&vol, 8 * MIB, MIB as usize).await,
+        more.slice(..MIB as usize)
+    );
     vol.close().await.unwrap();
 }
