@@ -33,8 +33,21 @@ const UPLOAD_PARALLELISM: usize = 4;
 const READAHEAD: u64 = 256;
 /// Chunks fetched with one ranged GET at most by the readahead (8 MiB).
 const READAHEAD_RUN: usize = 32;
+/// How long readahead bytes nobody read stay in memory.
+const RECENT_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 /// Metadata logs between two full snapshots.
 const LOGS_PER_SNAPSHOT: u32 = 32;
+
+/// Where the bytes [`Inner::install`] puts into the cache come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Fetched for a reader or writer waiting for them.
+    Fetched,
+    /// Fetched ahead of a sequential reader: also kept in memory for it.
+    Readahead,
+    /// Already in the cache file from an earlier run, checksum verified.
+    Cached,
+}
 
 /// A locally cached chunk (absent chunks have no entry).
 #[derive(Debug)]
@@ -66,11 +79,13 @@ struct State {
     unverified: HashSet<u64>,
     /// Number of dirty chunks (bounded by `dirty_limit`).
     ndirty: u64,
-    /// The bytes of the chunks fetched last (at most `READAHEAD`), so that a
-    /// sequential reader gets them from memory instead of reading back from
-    /// the cache file what was just written to it with `O_DIRECT`. Only clean
-    /// chunks; a write or an eviction drops the entry.
-    recent: BTreeMap<u64, Bytes>,
+    /// The bytes of chunks the readahead fetched (at most `READAHEAD`, with
+    /// when), so that a sequential reader gets them from memory instead of
+    /// reading back from the cache file what was just written to it with
+    /// `O_DIRECT`. Only clean chunks; a write or an eviction drops the entry,
+    /// a reader reaching a chunk's end drops it, and the background loop
+    /// drops entries older than `RECENT_TTL` (readahead nobody read).
+    recent: BTreeMap<u64, (Bytes, Instant)>,
     /// Chunk of the previous read, for sequential detection.
     last_read: Option<u64>,
     /// End (exclusive) of the chunks the readahead has issued.
@@ -560,6 +575,9 @@ async fn background(weak: Weak<Inner>) {
         if inner.closed.load(Ordering::SeqCst) {
             return;
         }
+        if let Ok(mut st) = inner.state.lock() {
+            st.recent.retain(|_, (_, at)| at.elapsed() < RECENT_TTL);
+        }
         if let Err(e) = inner.upload_cycle().await {
             tracing::warn!(volume = %inner.info.name, error = %e, "background upload failed; data stays dirty locally");
         }
@@ -622,7 +640,7 @@ impl Inner {
                         let old = std::mem::replace(&mut ch.tick, tick);
                         st.lru.remove(&old);
                         st.lru.insert(tick, c);
-                        if let Some(data) = st.recent.get(&c) {
+                        if let Some((data, _)) = st.recent.get(&c) {
                             return Ok(Presence::Data(data.clone()));
                         }
                     }
@@ -681,13 +699,15 @@ impl Inner {
                 .await
                 .map_err(join)?
             {
-                return tokio::task::spawn_blocking(move || me.install(c, &ext, Ok(data), false))
-                    .await
-                    .map_err(join)?;
+                return tokio::task::spawn_blocking(move || {
+                    me.install(c, &ext, Ok(data), Source::Cached)
+                })
+                .await
+                .map_err(join)?;
             }
         }
         let result = self.store.fetch_extent(&ext).await;
-        tokio::task::spawn_blocking(move || me.install(c, &ext, result, true))
+        tokio::task::spawn_blocking(move || me.install(c, &ext, result, Source::Fetched))
             .await
             .map_err(join)?
     }
@@ -730,16 +750,17 @@ impl Inner {
         self.file.write_all_at(data, offset)
     }
 
-    /// Puts a fetched (`write`) or verified chunk into the cache unless the
-    /// volume moved on (a restore changed its extent) and wakes the waiters.
-    /// Runs on a blocking thread: it writes the cache file.
+    /// Puts a fetched or verified chunk into the cache unless the volume
+    /// moved on (a restore changed its extent) and wakes the waiters. Runs on
+    /// a blocking thread: it writes the cache file.
     fn install(
         &self,
         c: u64,
         ext: &Extent,
         result: Result<Bytes, VolumeError>,
-        write: bool,
+        source: Source,
     ) -> Result<Option<Bytes>, VolumeError> {
+        let write = source != Source::Cached;
         let wanted = {
             let st = lock(&self.state)?;
             !st.chunks.contains_key(&c) && st.map.get(&c) == Some(ext)
@@ -769,11 +790,11 @@ impl Inner {
                 );
                 st.lru.insert(tick, c);
                 st.unverified.remove(&c);
-                if let Ok(Some(data)) = &result {
+                if let (Ok(Some(data)), Source::Readahead) = (&result, source) {
                     if st.recent.len() >= READAHEAD as usize {
                         st.recent.pop_first();
                     }
-                    st.recent.insert(c, data.clone());
+                    st.recent.insert(c, (data.clone(), Instant::now()));
                 }
             } else {
                 if write && !st.chunks.contains_key(&c) {
@@ -802,7 +823,7 @@ impl Inner {
             Ok(parts) => {
                 for ((n, ext), data) in run.into_iter().zip(parts) {
                     let decoded = crate::store::decode_extent(&ext, data);
-                    if let Err(e) = self.install(n, &ext, decoded, true) {
+                    if let Err(e) = self.install(n, &ext, decoded, Source::Readahead) {
                         tracing::debug!(chunk = n, error = %e, "readahead failed");
                     }
                 }
@@ -811,7 +832,7 @@ impl Inner {
                 let msg = e.to_string();
                 for (n, ext) in run {
                     let err = VolumeError::io(format!("chunk {n}"), io::Error::other(msg.clone()));
-                    let _ = self.install(n, &ext, Err(err), true);
+                    let _ = self.install(n, &ext, Err(err), Source::Readahead);
                 }
             }
         }
