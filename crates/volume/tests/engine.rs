@@ -439,8 +439,21 @@ async fn background_maintenance_frees_garbage_on_its_own() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     task.abort();
+    let _ = task.await;
     assert_eq!(env.segment_files().len(), 1, "{:?}", env.segment_files());
-    let vol = store.open_volume("m").await.unwrap();
+    // A later pass may have held the volume open for compaction when it was
+    // aborted; the dropped volume lets go of its flock once its in-flight
+    // upload or lease renewal ends.
+    let mut attempts = 0;
+    let vol = loop {
+        match store.open_volume("m").await {
+            Err(VolumeError::InUse { .. }) if attempts < 100 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => break other.unwrap(),
+        }
+    };
     assert_eq!(read(&vol, 0, last.len()).await, last);
     vol.close().await.unwrap();
 }
