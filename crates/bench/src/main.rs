@@ -128,6 +128,11 @@ fn run(args: Args) -> Result<ExitCode> {
             "wisp-bench: section `{name}` took {:.0} s",
             t.elapsed().as_secs_f64()
         );
+        // The checkpoint section alone leaves tens of GiB of cache and store
+        // behind: free them before the next section needs the disk.
+        if !args.keep_work {
+            let _ = std::fs::remove_dir_all(&ctx.work);
+        }
     }
     report.finished = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
 

@@ -545,6 +545,25 @@ impl Store {
         Ok((info, meta, layer))
     }
 
+    /// The layer of `checkpoint` read from this host's copy of the volume's
+    /// metadata, when that copy holds exactly what the bucket holds (same
+    /// last operation): then forking costs a LIST and one indexed query
+    /// instead of downloading the metadata, whatever the volume holds. `None`
+    /// sends the caller to the bucket (no local copy, a copy that is behind or
+    /// ahead of the bucket, an unknown checkpoint, any error).
+    async fn local_checkpoint_layer(&self, id: &str, checkpoint: &str) -> Option<i64> {
+        let db = self.inner.config.cache_dir.join(id).join("meta.db");
+        if !db.exists() {
+            return None;
+        }
+        let remote = meta::remote_seq(&self.inner.blobs, id).await.ok()??;
+        let local = Meta::open(&db).ok()?;
+        if local.applied_seq().ok()? != remote {
+            return None;
+        }
+        local.checkpoint_layer(checkpoint).ok()?
+    }
+
     fn scratch(&self) -> Result<PathBuf, VolumeError> {
         let dir = self.inner.config.cache_dir.join("scratch");
         std::fs::create_dir_all(&dir).map_err(|e| VolumeError::io(dir.display(), e))?;
@@ -560,9 +579,16 @@ impl Store {
         new_name: &str,
     ) -> Result<VolumeInfo, VolumeError> {
         validate_name(new_name)?;
-        let scratch = self.scratch()?;
-        let (info, meta, layer) = self.checkpoint_of(source, checkpoint, &scratch).await?;
-        remove_db(meta);
+        let info = self.volume_info(source).await?;
+        let layer = match self.local_checkpoint_layer(&info.id, checkpoint).await {
+            Some(layer) => layer,
+            None => {
+                let scratch = self.scratch()?;
+                let (_, meta, layer) = self.checkpoint_of(source, checkpoint, &scratch).await?;
+                remove_db(meta);
+                layer
+            }
+        };
         self.make_volume(
             new_name,
             info.size,

@@ -281,6 +281,33 @@ async fn portable_across_cache_dirs_and_after_losing_the_local_database() {
 }
 
 #[tokio::test]
+async fn fork_sees_checkpoints_another_host_made_after_this_hosts_copy() {
+    let env = Env::new();
+    let a = env.store("a").await;
+    a.create_volume("src", 4 * MIB).await.unwrap();
+    let vol = a.open_volume("src").await.unwrap();
+    write(&vol, 0, &pattern(1, 4096)).await;
+    vol.checkpoint(None).await.unwrap();
+    vol.close().await.unwrap();
+    // Forking from this host's own up-to-date copy of the metadata.
+    a.fork("src", "v0", "f0").await.unwrap();
+    // Host B moves the volume on; host A's local copy is now behind.
+    let b = env.store("b").await;
+    let vol = b.open_volume("src").await.unwrap();
+    write(&vol, 0, &pattern(2, 4096)).await;
+    assert_eq!(vol.checkpoint(None).await.unwrap().id, "v1");
+    vol.close().await.unwrap();
+    a.fork("src", "v1", "f1").await.unwrap();
+    for (name, seed) in [("f0", 1), ("f1", 2)] {
+        let v = a.open_volume(name).await.unwrap();
+        assert_eq!(read(&v, 0, 4096).await, pattern(seed, 4096), "{name}");
+        v.close().await.unwrap();
+    }
+    let missing = a.fork("src", "v2", "f2").await.unwrap_err();
+    assert!(missing.to_string().contains("v2"), "{missing}");
+}
+
+#[tokio::test]
 async fn flushed_writes_survive_a_crash_and_are_uploaded_on_reopen() {
     let env = Env::new();
     let mut config = env.config("a");
