@@ -35,6 +35,21 @@ pub enum Command {
     Doctor(cmd::doctor::DoctorArgs),
 }
 
+/// Gives memory that glibc keeps after frees back to the system, once a
+/// second. The volume engine moves data in 256 KiB chunks and multi-MiB
+/// buffers; glibc keeps such frees in per-thread arenas (its mmap threshold
+/// rises after the first large free), so an idle sprite held 8-16 MiB of
+/// freed garbage. Trimming off the data path costs the hot path nothing,
+/// unlike a fixed mmap threshold, which cost seq-read throughput a third.
+async fn return_freed_memory() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        // SAFETY: malloc_trim only releases free memory of the allocator.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
 /// Parses arguments, runs one command and maps its outcome to an exit code.
 /// Errors print as `wisp: <message>: <cause>...` on stderr.
 pub fn run() -> ExitCode {
@@ -44,7 +59,10 @@ pub fn run() -> ExitCode {
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(dispatch(cli)));
+        .and_then(|rt| {
+            rt.spawn(return_freed_memory());
+            rt.block_on(dispatch(cli))
+        });
     match result {
         Ok(code) => code,
         Err(err) => {
