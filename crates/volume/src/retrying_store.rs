@@ -141,6 +141,17 @@ impl Blobs {
         .await
     }
 
+    /// Writes `key` as the concatenation of `parts`, without joining them.
+    pub async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<(), VolumeError> {
+        let path = Path::from(key);
+        self.retry("writing", key, || {
+            let payload: PutPayload = parts.iter().cloned().collect();
+            let path = &path;
+            async move { self.store.put(path, payload).await.map(|_| ()) }
+        })
+        .await
+    }
+
     /// Whole object; `Ok(None)` when it does not exist.
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, VolumeError> {
         match self.get(key).await {

@@ -2,7 +2,6 @@
 //! in-memory block map, read-through fetches with prefetch, the background
 //! uploader, checkpoint/restore/diff, and the NBD `BlockDevice` face.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io;
@@ -34,7 +33,9 @@ const READAHEAD: u64 = 256;
 /// Chunks fetched with one ranged GET at most by the readahead (8 MiB).
 const READAHEAD_RUN: usize = 32;
 /// How long readahead bytes nobody read stay in memory.
-const RECENT_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+/// A sequential reader reaches them within milliseconds; what waits longer
+/// was read ahead for nobody (a booting guest's scattered reads).
+const RECENT_TTL: std::time::Duration = std::time::Duration::from_millis(500);
 /// Metadata logs between two full snapshots.
 const LOGS_PER_SNAPSHOT: u32 = 32;
 
@@ -84,8 +85,11 @@ struct State {
     /// reading back from the cache file what was just written to it with
     /// `O_DIRECT`. Only clean chunks; a write or an eviction drops the entry,
     /// a reader reaching a chunk's end drops it, and the background loop
-    /// drops entries older than `RECENT_TTL` (readahead nobody read).
+    /// and the readahead drop entries older than `RECENT_TTL` (readahead
+    /// nobody read).
     recent: BTreeMap<u64, (Bytes, Instant)>,
+    /// When the readahead last dropped old `recent` entries.
+    recent_purged: Option<Instant>,
     /// Chunk of the previous read, for sequential detection.
     last_read: Option<u64>,
     /// End (exclusive) of the chunks the readahead has issued.
@@ -245,9 +249,30 @@ impl Drop for AlignedBuf {
     }
 }
 
-thread_local! {
-    /// One bounce buffer per (blocking) thread: fresh memory is slow to touch.
-    static DIRECT_BUF: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
+// SAFETY: an AlignedBuf owns its allocation; nothing else points into it.
+unsafe impl Send for AlignedBuf {}
+
+/// Bounce buffers reused across fills (fresh memory is slow to touch), a few
+/// for the whole process: one per blocking thread kept a chunk per thread of
+/// tokio's pool resident for as long as the thread lived.
+static DIRECT_BUFS: std::sync::Mutex<Vec<AlignedBuf>> = std::sync::Mutex::new(Vec::new());
+/// Bounce buffers kept for reuse at most.
+const DIRECT_BUFS_KEPT: usize = 4;
+
+fn take_direct_buf(len: usize) -> Option<AlignedBuf> {
+    let pooled = DIRECT_BUFS.lock().ok().and_then(|mut pool| pool.pop());
+    match pooled {
+        Some(buf) if buf.len >= len => Some(buf),
+        _ => AlignedBuf::new(len),
+    }
+}
+
+fn return_direct_buf(buf: AlignedBuf) {
+    if let Ok(mut pool) = DIRECT_BUFS.lock() {
+        if pool.len() < DIRECT_BUFS_KEPT {
+            pool.push(buf);
+        }
+    }
 }
 
 impl Volume {
@@ -724,20 +749,16 @@ impl Inner {
     }
 
     /// Writes a fetched chunk into the cache file, through `O_DIRECT` when
-    /// possible (an aligned bounce buffer per thread, reused).
+    /// possible (through a pooled aligned bounce buffer).
     fn write_fill(&self, c: u64, data: &[u8]) -> io::Result<()> {
         let offset = c * self.chunk;
         if let Some(direct) = self.direct.as_ref().filter(|_| data.len() % 4096 == 0) {
-            let written = DIRECT_BUF.with(|cell| {
-                let mut cell = cell.borrow_mut();
-                if cell.as_ref().is_none_or(|b| b.len < data.len()) {
-                    *cell = AlignedBuf::new(data.len());
-                }
-                cell.as_mut().map(|buf| {
-                    let s = buf.slice(data.len());
-                    s.copy_from_slice(data);
-                    direct.write_all_at(s, offset)
-                })
+            let written = take_direct_buf(data.len()).map(|mut buf| {
+                let s = buf.slice(data.len());
+                s.copy_from_slice(data);
+                let written = direct.write_all_at(s, offset);
+                return_direct_buf(buf);
+                written
             });
             match written {
                 Some(Ok(())) => return Ok(()),
@@ -886,6 +907,14 @@ impl Inner {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
+        if !st.recent.is_empty()
+            && st
+                .recent_purged
+                .is_none_or(|at| at.elapsed() >= RECENT_TTL / 2)
+        {
+            st.recent.retain(|_, (_, at)| at.elapsed() < RECENT_TTL);
+            st.recent_purged = Some(Instant::now());
+        }
         let near = st.last_read.is_some_and(|l| l.abs_diff(c) <= READAHEAD / 2);
         st.last_read = Some(c);
         if !near {
@@ -1228,7 +1257,10 @@ impl Inner {
             uuid::Uuid::new_v4().simple()
         );
         let compression = self.store.config().compression;
-        let mut body = Vec::new();
+        // The segment is uploaded as the list of its extents: no contiguous
+        // copy of up to 16 MiB per upload (and none of a growing Vec).
+        let mut body: Vec<Bytes> = Vec::with_capacity(group.len());
+        let mut size = 0u64;
         let mut rows = Vec::with_capacity(group.len());
         for (c, gen) in group {
             let len = self.chunk_len(c) as usize;
@@ -1239,7 +1271,7 @@ impl Inner {
             let mut row = meta::Row {
                 chunk: c,
                 segment,
-                offset: body.len() as u64,
+                offset: size,
                 stored_len: 0,
                 raw_len: len as u32,
                 crc: 0,
@@ -1263,12 +1295,12 @@ impl Inner {
                 Compression::None => raw,
             };
             row.stored_len = stored.len() as u32;
-            body.extend_from_slice(&stored);
+            size += stored.len() as u64;
+            body.push(Bytes::from(stored));
             rows.push((c, gen, row));
         }
-        let size = body.len() as u64;
         if size > 0 {
-            self.store.blobs().put(&key, body.into()).await?;
+            self.store.blobs().put_parts(&key, body).await?;
         }
         Ok(Uploaded {
             key,
