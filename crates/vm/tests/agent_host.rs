@@ -315,7 +315,7 @@ async fn file_write_and_read_over_100_mib() {
     let dir = tempfile::tempdir().unwrap();
     let a = start_agent(dir.path()).await;
     let len = 101 * 1024 * 1024 + 12345;
-    let data = common::pattern(len, 42);
+    let data = common::pattern(42, len);
     let path = dir.path().join("sub/dir/big.bin");
     let p = path.to_string_lossy().to_string();
     let n = a
@@ -427,7 +427,7 @@ async fn bad_frames_are_rejected_and_the_agent_keeps_serving() {
     a.client.send_raw(&weird).await.unwrap();
     // Seeded random junk.
     a.client
-        .send_raw(&common::pattern(100_000, 7))
+        .send_raw(&common::pattern(7, 100_000))
         .await
         .unwrap();
     a.client.ping().await.unwrap();

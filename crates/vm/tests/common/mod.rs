@@ -9,6 +9,10 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+// Not every test binary uses each of these.
+#[allow(unused_imports)]
+pub use wisp_testkit::{free_port, pattern, require_tool};
+
 use wisp_vm::Kernel;
 
 /// The cargo target folder the test binary runs from (`target/debug/deps/x` -> `target`).
@@ -189,40 +193,6 @@ pub async fn close(volume: std::sync::Arc<wisp_volume::Volume>) {
         Ok(v) => v.close().await.expect("close volume"),
         Err(_) => panic!("volume still referenced after the machine stopped"),
     }
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Fails with the tool's Debian package when `tool` is missing.
-pub fn require_tool(tool: &str, package: &str) {
-    let found = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(found, "`{tool}` is missing: apt-get install {package}");
-}
-
-/// A deterministic, incompressible-looking byte pattern of `len` bytes (xorshift64).
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// A 1 GiB file-backed disk in `dir` holding the `tiny` root filesystem (256 MiB ext4),

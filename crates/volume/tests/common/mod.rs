@@ -78,16 +78,7 @@ fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
 
 /// Deterministic, incompressible-ish bytes identified by `seed`.
 pub fn pattern(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    Bytes::from(v)
+    Bytes::from(wisp_testkit::pattern(seed, len))
 }
 
 pub async fn write(vol: &Volume, offset: u64, data: &Bytes) {
