@@ -432,8 +432,13 @@ impl AgentClient {
                 break Err(AgentError::HandshakeTimeout(timeout));
             }
             // Re-sent because bytes written before the guest opens its port may be lost.
-            if let Err(e) = inner.send_control(0, &hello).await {
-                break Err(e);
+            // Bounded by the deadline: while the guest has not opened its port QEMU
+            // reads nothing, so the socket fills after a few hundred hellos (a guest
+            // hung in boot) and a write would then wait forever.
+            match tokio::time::timeout(deadline - now, inner.send_control(0, &hello)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break Err(e),
+                Err(_) => break Err(AgentError::HandshakeTimeout(timeout)),
             }
             let wait = HELLO_RETRY.min(deadline - now);
             let _ = tokio::time::timeout(wait, notified).await;
@@ -1063,6 +1068,22 @@ mod tests {
         assert_eq!(client.info().agent, "prompt");
         assert!(start.elapsed() < HELLO_RETRY, "{:?}", start.elapsed());
         drop(server.await.unwrap());
+    }
+
+    /// A guest hung in boot never opens its port, so QEMU reads nothing and the
+    /// re-sent hellos fill the socket: the handshake must still end at its deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_guest_that_never_reads_ends_the_handshake_at_its_deadline() {
+        let (host, _peer) = tokio::io::duplex(64);
+        let handshake = AgentClient::connect_timeout(host, Duration::from_secs(10));
+        let outcome = tokio::time::timeout(Duration::from_secs(60), handshake)
+            .await
+            .expect("the handshake outlived its deadline");
+        assert!(
+            matches!(outcome, Err(AgentError::HandshakeTimeout(_))),
+            "{:?}",
+            outcome.err()
+        );
     }
 
     #[tokio::test]

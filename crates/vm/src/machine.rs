@@ -59,12 +59,18 @@ pub struct MachineConfig {
     pub http_port: Option<u16>,
     pub accel: Accel,
     pub hostname: String,
-    /// How long the boot may take until the agent answers.
+    /// How long one boot may take until the agent answers.
     pub boot_timeout: Duration,
+    /// Boots tried before giving up: a guest that does not answer within
+    /// `boot_timeout` is killed (a crash, which the disk is built to survive)
+    /// and booted again. Guest kernels under TCG on a loaded host were seen to
+    /// hang early in boot about once in a few hundred boots.
+    pub boot_attempts: u32,
 }
 
 impl MachineConfig {
-    /// Defaults: 2 vCPUs, 1 GiB, no forward, TCG, hostname `sprite`, 120 s.
+    /// Defaults: 2 vCPUs, 1 GiB, no forward, TCG, hostname `sprite`, 2 boots of
+    /// at most 60 s each.
     pub fn new(
         disk: Arc<dyn BlockDevice>,
         kernel: PathBuf,
@@ -81,7 +87,8 @@ impl MachineConfig {
             http_port: None,
             accel: Accel::Tcg,
             hostname: "sprite".into(),
-            boot_timeout: Duration::from_secs(120),
+            boot_timeout: Duration::from_secs(60),
+            boot_attempts: 2,
         }
     }
 }
@@ -141,17 +148,7 @@ impl Machine {
         let qmp_socket = run.join("qmp.sock");
         for p in [&nbd_socket, &agent_socket, &qmp_socket] {
             check_socket_path(p)?;
-            // Leftovers of a crashed run: QEMU's listeners would fail on them.
-            if p != &nbd_socket {
-                let _ = std::fs::remove_file(p);
-            }
         }
-        // One console log per boot, named by start time, so earlier boots stay readable.
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let serial_log = run.join(format!("console-{stamp}.log"));
         let qemu_log = run.join("qemu.log");
 
         let mut server = wisp_nbd::Server::new();
@@ -180,35 +177,35 @@ impl Machine {
             disk: Some(DiskSource::Nbd(nbd_socket)),
             agent_socket: Some(agent_socket.clone()),
             qmp_socket: Some(qmp_socket.clone()),
-            serial_log: serial_log.clone(),
+            serial_log: PathBuf::new(),
             network: true,
             forward: config.http_port.map(|p| (p, GUEST_HTTP_PORT)),
         };
-        let mut qemu = Qemu::spawn(&qemu_config, &qemu_log)?;
-        tracing::debug!(pid = qemu.pid(), "qemu started");
-
-        let connect = connect_agent(&agent_socket, config.boot_timeout);
-        let agent = tokio::select! {
-            r = connect => r,
-            st = qemu.wait() => {
-                let status = st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                let _ = nbd_stop.send(());
-                return Err(MachineError::EarlyExit {
-                    status,
-                    qemu_log: tail(&qemu_log, 2000),
-                    console: tail(&serial_log, 2000),
-                });
-            }
-        };
-        let agent = match agent {
-            Ok(a) => a,
-            Err(source) => {
-                qemu.kill().await;
-                let _ = nbd_stop.send(());
-                return Err(MachineError::Agent {
-                    source,
-                    console: tail(&serial_log, 2000),
-                });
+        let attempts = config.boot_attempts.max(1);
+        let mut attempt = 1;
+        let (qemu, agent, serial_log) = loop {
+            let boot = boot_once(
+                &qemu_config,
+                &agent_socket,
+                run,
+                &qemu_log,
+                config.boot_timeout,
+            );
+            match boot.await {
+                Ok(booted) => break booted,
+                Err(BootFailure::Hung { console, source }) if attempt < attempts => {
+                    tracing::warn!(
+                        attempt,
+                        console = %console.display(),
+                        error = %source,
+                        "the guest did not answer in time; killed it, booting again"
+                    );
+                    attempt += 1;
+                }
+                Err(failure) => {
+                    let _ = nbd_stop.send(());
+                    return Err(failure.into());
+                }
             }
         };
         let boot_time = t0.elapsed();
@@ -337,6 +334,89 @@ impl Drop for Machine {
         // QEMU is killed by `kill_on_drop`; stop serving its disk too.
         if let Some(tx) = self.nbd_stop.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// Why one boot did not produce a ready machine.
+enum BootFailure {
+    /// QEMU could not start, or exited during boot.
+    Fatal(MachineError),
+    /// The agent did not answer in time; QEMU was killed. `console` is that boot's log.
+    Hung {
+        source: AgentError,
+        console: PathBuf,
+    },
+}
+
+impl From<BootFailure> for MachineError {
+    fn from(f: BootFailure) -> MachineError {
+        match f {
+            BootFailure::Fatal(e) => e,
+            BootFailure::Hung { source, console } => MachineError::Agent {
+                source,
+                console: tail(&console, 2000),
+            },
+        }
+    }
+}
+
+/// Starts QEMU once and waits for the agent's `hello`, killing QEMU when it does not
+/// come. Each boot writes its own console log, named by start time, so earlier boots
+/// stay readable.
+async fn boot_once(
+    qemu_config: &QemuConfig,
+    agent_socket: &Path,
+    run: &Path,
+    qemu_log: &Path,
+    timeout: Duration,
+) -> Result<(Qemu, AgentClient, PathBuf), BootFailure> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let serial_log = run.join(format!("console-{stamp}.log"));
+    let config = QemuConfig {
+        serial_log: serial_log.clone(),
+        ..qemu_config.clone()
+    };
+    // Sockets left by a killed QEMU (an earlier attempt, a crashed run) would make this
+    // one's listeners fail.
+    for socket in [&config.agent_socket, &config.qmp_socket]
+        .into_iter()
+        .flatten()
+    {
+        let _ = std::fs::remove_file(socket);
+    }
+    let mut qemu =
+        Qemu::spawn(&config, qemu_log).map_err(|e| BootFailure::Fatal(MachineError::Qemu(e)))?;
+    tracing::debug!(pid = qemu.pid(), "qemu started");
+    let connect = connect_agent(agent_socket, timeout);
+    let agent = tokio::select! {
+        r = connect => r,
+        st = qemu.wait() => {
+            let status = st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            return Err(BootFailure::Fatal(MachineError::EarlyExit {
+                status,
+                qemu_log: tail(qemu_log, 2000),
+                console: tail(&serial_log, 2000),
+            }));
+        }
+    };
+    match agent {
+        Ok(agent) => Ok((qemu, agent, serial_log)),
+        Err(source) => {
+            qemu.kill().await;
+            match source {
+                AgentError::HandshakeTimeout(_) => Err(BootFailure::Hung {
+                    source,
+                    console: serial_log,
+                }),
+                source => Err(BootFailure::Fatal(MachineError::Agent {
+                    source,
+                    console: tail(&serial_log, 2000),
+                })),
+            }
         }
     }
 }

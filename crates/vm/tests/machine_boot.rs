@@ -19,7 +19,7 @@ async fn boots_runs_a_command_and_stops_cleanly() {
         boot.initramfs.clone(),
         dir.path().join("run"),
     );
-    cfg.boot_timeout = Duration::from_secs(180);
+    cfg.boot_timeout = Duration::from_secs(90);
     let m = Machine::start(cfg).await.unwrap();
     eprintln!("boot took {:?}", m.boot_time());
     let out = m
@@ -35,4 +35,44 @@ async fn boots_runs_a_command_and_stops_cleanly() {
     assert!(out.stdout.starts_with(b"hi\n"));
     assert_eq!(out.stderr, b"err\n");
     m.stop().await.unwrap();
+}
+
+/// A guest that does not answer in time is killed and booted again, up to
+/// `boot_attempts` boots, each with its own console log; then the error says why.
+/// (No TCG boot answers within 300 ms, so every attempt here times out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_that_does_not_answer_is_killed_and_tried_again() {
+    let boot = common::boot_files();
+    let _slot = common::vm_slot();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = common::tiny_disk(dir.path()).await;
+    let run = dir.path().join("run");
+    let mut cfg = MachineConfig::new(
+        Arc::new(dev),
+        boot.kernel.vmlinuz(),
+        boot.initramfs.clone(),
+        run.clone(),
+    );
+    cfg.boot_timeout = Duration::from_millis(300);
+    cfg.boot_attempts = 3;
+    let err = Machine::start(cfg)
+        .await
+        .err()
+        .expect("no boot answers in 300 ms");
+    let msg = err.to_string();
+    assert!(msg.contains("did not become ready"), "{msg}");
+    let consoles = std::fs::read_dir(&run)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("console-"))
+        .count();
+    assert_eq!(consoles, 3);
+    // Every attempt's QEMU is gone and so are the sockets.
+    let left: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

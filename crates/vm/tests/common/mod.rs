@@ -159,7 +159,7 @@ impl Env {
         let volume = std::sync::Arc::new(self.store.open_volume(name).await.expect("open"));
         let mut cfg = self.runtime.machine_config(volume.clone(), name);
         cfg.http_port = http_port;
-        cfg.boot_timeout = std::time::Duration::from_secs(240);
+        cfg.boot_timeout = std::time::Duration::from_secs(90);
         let machine = wisp_vm::Machine::start(cfg).await.expect("boot");
         Sprite {
             machine,
