@@ -177,6 +177,7 @@ impl Machine {
             disk: Some(DiskSource::Nbd(nbd_socket)),
             agent_socket: Some(agent_socket.clone()),
             qmp_socket: Some(qmp_socket.clone()),
+            // Each boot names its own console log (`boot_once`).
             serial_log: PathBuf::new(),
             network: true,
             forward: config.http_port.map(|p| (p, GUEST_HTTP_PORT)),

@@ -11,9 +11,7 @@ use wisp_vm::agent::{AgentClient, AgentError, ExecRequest, Kind, ServiceSpec, Tt
 use wisp_vm::{Machine, MachineConfig};
 
 fn config(dev: Arc<wisp_nbd::FileDevice>, run: std::path::PathBuf) -> MachineConfig {
-    let boot = common::boot_files();
-    let mut cfg = MachineConfig::new(dev, boot.kernel.vmlinuz(), boot.initramfs.clone(), run);
-    cfg.boot_timeout = Duration::from_secs(90);
+    let mut cfg = common::machine_config(dev, run);
     cfg.hostname = "agent-vm".into();
     cfg
 }

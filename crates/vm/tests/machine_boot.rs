@@ -5,21 +5,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wisp_vm::{Machine, MachineConfig};
+use wisp_vm::Machine;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boots_runs_a_command_and_stops_cleanly() {
-    let boot = common::boot_files();
     let _slot = common::vm_slot();
     let dir = tempfile::tempdir().unwrap();
     let dev = common::tiny_disk(dir.path()).await;
-    let mut cfg = MachineConfig::new(
-        Arc::new(dev),
-        boot.kernel.vmlinuz(),
-        boot.initramfs.clone(),
-        dir.path().join("run"),
-    );
-    cfg.boot_timeout = Duration::from_secs(90);
+    let cfg = common::machine_config(Arc::new(dev), dir.path().join("run"));
     let m = Machine::start(cfg).await.unwrap();
     eprintln!("boot took {:?}", m.boot_time());
     let out = m
@@ -42,17 +35,11 @@ async fn boots_runs_a_command_and_stops_cleanly() {
 /// (No TCG boot answers within 300 ms, so every attempt here times out.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_boot_that_does_not_answer_is_killed_and_tried_again() {
-    let boot = common::boot_files();
     let _slot = common::vm_slot();
     let dir = tempfile::tempdir().unwrap();
     let dev = common::tiny_disk(dir.path()).await;
     let run = dir.path().join("run");
-    let mut cfg = MachineConfig::new(
-        Arc::new(dev),
-        boot.kernel.vmlinuz(),
-        boot.initramfs.clone(),
-        run.clone(),
-    );
+    let mut cfg = common::machine_config(Arc::new(dev), run.clone());
     cfg.boot_timeout = Duration::from_millis(300);
     cfg.boot_attempts = 3;
     let err = Machine::start(cfg)

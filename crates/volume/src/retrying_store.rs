@@ -132,13 +132,7 @@ impl Blobs {
     }
 
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), VolumeError> {
-        let path = Path::from(key);
-        self.retry("writing", key, || {
-            let payload = PutPayload::from_bytes(data.clone());
-            let path = &path;
-            async move { self.store.put(path, payload).await.map(|_| ()) }
-        })
-        .await
+        self.put_parts(key, vec![data]).await
     }
 
     /// Writes `key` as the concatenation of `parts`, without joining them.

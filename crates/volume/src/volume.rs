@@ -96,6 +96,14 @@ struct State {
     ra_end: u64,
 }
 
+impl State {
+    /// Drops readahead bytes older than `RECENT_TTL` (read ahead for nobody).
+    fn drop_stale_readahead(&mut self) {
+        self.recent.retain(|_, (_, at)| at.elapsed() < RECENT_TTL);
+        self.recent_purged = Some(Instant::now());
+    }
+}
+
 /// What a fetch hands to the readers waiting for it: the chunk's bytes,
 /// `None` when they should look again (the chunk changed meanwhile), or the
 /// error message.
@@ -601,7 +609,7 @@ async fn background(weak: Weak<Inner>) {
             return;
         }
         if let Ok(mut st) = inner.state.lock() {
-            st.recent.retain(|_, (_, at)| at.elapsed() < RECENT_TTL);
+            st.drop_stale_readahead();
         }
         if let Err(e) = inner.upload_cycle().await {
             tracing::warn!(volume = %inner.info.name, error = %e, "background upload failed; data stays dirty locally");
@@ -912,8 +920,7 @@ impl Inner {
                 .recent_purged
                 .is_none_or(|at| at.elapsed() >= RECENT_TTL / 2)
         {
-            st.recent.retain(|_, (_, at)| at.elapsed() < RECENT_TTL);
-            st.recent_purged = Some(Instant::now());
+            st.drop_stale_readahead();
         }
         let near = st.last_read.is_some_and(|l| l.abs_diff(c) <= READAHEAD / 2);
         st.last_read = Some(c);

@@ -195,6 +195,19 @@ pub async fn close(volume: std::sync::Arc<wisp_volume::Volume>) {
     }
 }
 
+/// A machine on `disk` with the cached kernel and initramfs, its sockets and logs in
+/// `run`, and a boot deadline generous for TCG on a busy host.
+pub fn machine_config(
+    disk: std::sync::Arc<dyn wisp_nbd::BlockDevice>,
+    run: PathBuf,
+) -> wisp_vm::MachineConfig {
+    let boot = boot_files();
+    let mut cfg =
+        wisp_vm::MachineConfig::new(disk, boot.kernel.vmlinuz(), boot.initramfs.clone(), run);
+    cfg.boot_timeout = std::time::Duration::from_secs(90);
+    cfg
+}
+
 /// A 1 GiB file-backed disk in `dir` holding the `tiny` root filesystem (256 MiB ext4),
 /// for tests that boot without the volume engine.
 pub async fn tiny_disk(dir: &Path) -> wisp_nbd::FileDevice {
