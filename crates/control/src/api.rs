@@ -1,22 +1,61 @@
-//! HTTP routes. Each handler parses the request and calls the core.
+//! HTTP routes, in the shape of the public Sprites v1 REST API. Each handler
+//! parses the request, calls [`Sprites`], and turns the answer into JSON;
+//! every error goes out through `ControlError`'s `IntoResponse`.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 
-use crate::{HealthReport, ServerConfig};
+use crate::registry::{SpriteRecord, UrlAuth};
+use crate::sprites::Sprites;
+use crate::{ControlError, HealthReport, ServerConfig};
+
+/// Largest page of `GET /v1/sprites`, as in Sprites.
+const MAX_PAGE: usize = 50;
+/// wisp runs one organisation per daemon; this is its slug.
+const ORGANIZATION: &str = "personal";
 
 #[derive(Clone)]
 pub(crate) struct AppState {
     config: Arc<ServerConfig>,
+    sprites: Arc<Sprites>,
+    /// Port of the API, which the sprite URLs share.
+    port: u16,
 }
 
 impl AppState {
-    pub(crate) fn new(config: ServerConfig) -> Self {
+    pub(crate) fn new(config: ServerConfig, sprites: Arc<Sprites>, port: u16) -> Self {
         Self {
             config: Arc::new(config),
+            sprites,
+            port,
+        }
+    }
+
+    /// A sprite's URL: its name as a subdomain of `localhost` (which
+    /// resolves to loopback without DNS set-up), on the API's port.
+    fn sprite_url(&self, name: &str) -> String {
+        format!("http://{name}.localhost:{}", self.port)
+    }
+
+    fn view(&self, record: SpriteRecord) -> SpriteView {
+        SpriteView {
+            url: self.sprite_url(&record.name),
+            id: record.id,
+            name: record.name,
+            organization: ORGANIZATION,
+            url_settings: UrlSettingsView {
+                auth: record.url_auth,
+            },
+            // Sprites are not booted by the daemon yet, so every one is cold.
+            status: "cold",
+            created_at: record.created_at,
+            updated_at: record.updated_at,
         }
     }
 }
@@ -24,19 +63,163 @@ impl AppState {
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/sprites", get(list_sprites).post(create_sprite))
+        .route(
+            "/v1/sprites/{name}",
+            get(get_sprite).put(update_sprite).delete(delete_sprite),
+        )
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-async fn health(State(state): State<AppState>) -> Json<HealthReport> {
-    Json(HealthReport {
+/// A sprite as the API shows it.
+#[derive(Debug, Serialize)]
+struct SpriteView {
+    id: String,
+    name: String,
+    organization: &'static str,
+    url: String,
+    url_settings: UrlSettingsView,
+    status: &'static str,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Debug, Serialize)]
+struct UrlSettingsView {
+    auth: UrlAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UrlSettings {
+    auth: Option<UrlAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    url_settings: Option<UrlSettings>,
+    /// Accepted for compatibility: a wisp host creates a sprite without
+    /// waiting for capacity (creating is a fork; nothing boots).
+    #[serde(default)]
+    #[allow(dead_code)]
+    wait_for_capacity: Option<bool>,
+}
+
+/// `PUT /v1/sprites/{name}`: as in Sprites, only `url_settings` can change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    url_settings: UrlSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    max_results: Option<usize>,
+    #[serde(default)]
+    continuation_token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ListView {
+    sprites: Vec<SpriteView>,
+    has_more: bool,
+    next_continuation_token: Option<String>,
+}
+
+fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ControlError> {
+    parsed
+        .map(|Json(value)| value)
+        .map_err(|rejection| ControlError::BadRequest(rejection.body_text()))
+}
+
+async fn health(State(state): State<AppState>) -> Result<Json<HealthReport>, ControlError> {
+    let registry = state.sprites.registry();
+    Ok(Json(HealthReport {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
         home: state.config.home.display().to_string(),
         store: state.config.store.clone(),
-    })
+        registry: registry.path().display().to_string(),
+        sprites: registry.count()?,
+    }))
 }
 
-async fn not_found(uri: axum::http::Uri) -> crate::ControlError {
-    crate::ControlError::NotFound(format!("no route for path `{}`", uri.path()))
+async fn create_sprite(
+    State(state): State<AppState>,
+    request: Result<Json<CreateBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<SpriteView>), ControlError> {
+    let request = body(request)?;
+    let auth = request
+        .url_settings
+        .and_then(|s| s.auth)
+        .unwrap_or(UrlAuth::Sprite);
+    let record = state.sprites.create(&request.name, auth).await?;
+    Ok((StatusCode::CREATED, Json(state.view(record))))
+}
+
+async fn list_sprites(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<ListView>, ControlError> {
+    let Query(params) = params.map_err(|r| ControlError::BadRequest(r.body_text()))?;
+    let limit = params.max_results.unwrap_or(MAX_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ControlError::BadRequest(format!(
+            "max_results must be 1 to {MAX_PAGE}, got {limit}"
+        )));
+    }
+    let page = state.sprites.list(
+        params.prefix.as_deref().unwrap_or(""),
+        params.continuation_token.as_deref(),
+        limit,
+    )?;
+    Ok(Json(ListView {
+        has_more: page.next_after.is_some(),
+        next_continuation_token: page.next_after,
+        sprites: page.sprites.into_iter().map(|r| state.view(r)).collect(),
+    }))
+}
+
+async fn get_sprite(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<SpriteView>, ControlError> {
+    Ok(Json(state.view(state.sprites.get(&name)?)))
+}
+
+async fn update_sprite(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Result<Json<UpdateBody>, JsonRejection>,
+) -> Result<Json<SpriteView>, ControlError> {
+    let request = body(request)?;
+    let auth = request.url_settings.auth.ok_or_else(|| {
+        ControlError::BadRequest("url_settings.auth is required: `sprite` or `public`".into())
+    })?;
+    Ok(Json(state.view(state.sprites.set_url_auth(&name, auth)?)))
+}
+
+async fn delete_sprite(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ControlError> {
+    state.sprites.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ControlError {
+    ControlError::NotFound(format!("no route for path `{}`", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ControlError {
+    ControlError::MethodNotAllowed(format!("{method} {}", uri.path()))
 }

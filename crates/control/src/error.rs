@@ -1,9 +1,14 @@
-//! Errors of the control plane and their HTTP form.
+//! Errors of the control plane and their HTTP form: a status code and a
+//! JSON body `{"error": "..."}` (the Sprites API's shape) whose message
+//! names the thing that is wrong and carries the causes.
 
 use std::net::SocketAddr;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use wisp_volume::VolumeError;
+
+use crate::registry::RegistryError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -13,27 +18,83 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the volume store `{url}`")]
+    Store {
+        url: String,
+        #[source]
+        source: VolumeError,
+    },
+    #[error("cannot create WISP_HOME `{}`", path.display())]
+    Home {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("i/o error")]
     Io(#[source] std::io::Error),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
+    /// The request is fine but the host cannot serve it yet (for example
+    /// the standard image is not built).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{context}")]
+    Volume {
+        context: String,
+        #[source]
+        source: VolumeError,
+    },
+    #[error(transparent)]
+    Image(#[from] wisp_vm::ImageError),
 }
 
 impl ControlError {
     fn status(&self) -> StatusCode {
         match self {
-            ControlError::Bind { .. } | ControlError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ControlError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Registry(RegistryError::AlreadyExists(_)) => StatusCode::CONFLICT,
+            ControlError::Volume {
+                source: VolumeError::InUse { .. } | VolumeError::DeleteRefused { .. },
+                ..
+            } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// The message with every cause, `outer: inner: innermost`, skipping a
+    /// cause whose text the outer message already contains.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
     }
 }
 
 impl IntoResponse for ControlError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.to_string() });
-        (self.status(), axum::Json(body)).into_response()
+        let status = self.status();
+        let message = self.chain();
+        if status.is_server_error() {
+            tracing::warn!(%status, error = %message, "request failed");
+        }
+        let body = serde_json::json!({ "error": message });
+        (status, axum::Json(body)).into_response()
     }
 }

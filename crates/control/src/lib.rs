@@ -1,16 +1,25 @@
-//! The control plane: the `wisp server` daemon and its REST API.
+//! The control plane: the `wisp server` daemon, its registry and its REST
+//! API.
 //!
 //! The API follows the public Sprites v1 REST API so existing SDKs work
-//! against wisp. Handlers only translate HTTP into calls on the core; one
+//! against wisp. Handlers only translate HTTP into calls on [`Sprites`]; one
 //! `IntoResponse` impl turns errors into HTTP responses.
 
 mod api;
 mod error;
+pub mod registry;
+pub mod sprites;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub use error::ControlError;
+pub use registry::Registry;
+pub use sprites::Sprites;
+use wisp_vm::ImageKind;
+use wisp_volume::{GcOptions, Store, StoreConfig};
 
 /// How the daemon is configured. Built by the CLI from flags, `WISP_*`
 /// variables and defaults, in that order of precedence.
@@ -22,6 +31,17 @@ pub struct ServerConfig {
     pub home: PathBuf,
     /// Object store URL holding volume data and metadata.
     pub store: String,
+    /// The standard image new sprites fork.
+    pub image: ImageKind,
+    /// How often the store's gc and compaction run (zero: never).
+    pub gc_interval: Duration,
+}
+
+impl ServerConfig {
+    /// The registry file on the embedded defaults.
+    pub fn registry_path(&self) -> PathBuf {
+        self.home.join("registry.db")
+    }
 }
 
 /// Facts the daemon reports on `GET /v1/health`.
@@ -31,6 +51,10 @@ pub struct HealthReport {
     pub version: &'static str,
     pub home: String,
     pub store: String,
+    /// The registry file.
+    pub registry: String,
+    /// How many sprites the registry holds.
+    pub sprites: u64,
 }
 
 /// A bound, not yet serving, daemon. Binding first lets callers learn the
@@ -38,18 +62,43 @@ pub struct HealthReport {
 pub struct Server {
     listener: tokio::net::TcpListener,
     config: ServerConfig,
+    sprites: Arc<Sprites>,
 }
 
 impl Server {
-    /// Binds the API listener.
+    /// Opens the volume store and the registry, then binds the API listener.
     pub async fn bind(config: ServerConfig) -> Result<Self, ControlError> {
+        std::fs::create_dir_all(&config.home).map_err(|source| ControlError::Home {
+            path: config.home.clone(),
+            source,
+        })?;
+        let store = Store::open(StoreConfig::new(
+            config.store.clone(),
+            config.home.join("cache"),
+        ))
+        .await
+        .map_err(|source| ControlError::Store {
+            url: config.store.clone(),
+            source,
+        })?;
+        let registry = Registry::open(&config.registry_path())?;
+        let sprites = Arc::new(Sprites::new(
+            registry,
+            store,
+            config.home.clone(),
+            config.image,
+        ));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ControlError::Bind {
                 addr: config.listen,
                 source,
             })?;
-        Ok(Self { listener, config })
+        Ok(Self {
+            listener,
+            config,
+            sprites,
+        })
     }
 
     /// The address the API is listening on.
@@ -57,16 +106,26 @@ impl Server {
         self.listener.local_addr().map_err(ControlError::Io)
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes, running the store's gc and
+    /// compaction in the background every `gc_interval`.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ControlError> {
-        let state = api::AppState::new(self.config);
-        let app = api::router(state);
-        axum::serve(self.listener, app)
+        let maintenance = (!self.config.gc_interval.is_zero()).then(|| {
+            let store = self.sprites.store().clone();
+            let every = self.config.gc_interval;
+            tokio::spawn(async move { store.run_maintenance(every, GcOptions::default()).await })
+        });
+        let port = self.local_addr()?.port();
+        let state = api::AppState::new(self.config, self.sprites, port);
+        let result = axum::serve(self.listener, api::router(state))
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(ControlError::Io)
+            .map_err(ControlError::Io);
+        if let Some(task) = maintenance {
+            task.abort();
+        }
+        result
     }
 }

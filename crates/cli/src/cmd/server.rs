@@ -16,6 +16,9 @@ pub struct ServerArgs {
     /// Interval of background gc and compaction of the store, like 10m or 1h (0 disables).
     #[arg(long, env = "WISP_GC_INTERVAL", default_value = "10m", value_parser = crate::cmd::volume::humantime_like)]
     pub gc_interval: std::time::Duration,
+    /// The standard image new sprites fork: `debian` or `tiny`.
+    #[arg(long, env = "WISP_IMAGE", default_value = "debian")]
+    pub image: wisp_vm::ImageKind,
 }
 
 pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -25,9 +28,10 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCo
         listen: args.listen,
         home: global.home.clone(),
         store: global.store_url()?,
+        image: args.image,
+        gc_interval: args.gc_interval,
     };
     let server = wisp_control::Server::bind(config).await?;
-    let _maintenance = crate::cmd::volume::spawn_maintenance(global, args.gc_interval)?;
     let addr = server.local_addr()?;
     // The line tests and scripts wait for; keep its shape stable.
     println!("wisp server listening on http://{addr}");

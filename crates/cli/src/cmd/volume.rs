@@ -496,28 +496,6 @@ pub async fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts background gc and compaction of the store every `every` (none when
-/// zero), for `wisp server`. The store is opened inside the task, so an
-/// unreachable store delays maintenance, not the daemon.
-pub fn spawn_maintenance(
-    global: &GlobalArgs,
-    every: Duration,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    if every.is_zero() {
-        return Ok(None);
-    }
-    let url = global.store_url()?;
-    let config = StoreConfig::new(url.clone(), global.home.join("cache"));
-    Ok(Some(tokio::spawn(async move {
-        match Store::open(config).await {
-            Ok(store) => store.run_maintenance(every, GcOptions::default()).await,
-            Err(e) => {
-                tracing::warn!(store = %url, error = %e, "background gc disabled: cannot open the store")
-            }
-        }
-    })))
-}
-
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -1,0 +1,424 @@
+//! The registry: which sprites exist, what volume holds each one's disk, and
+//! their settings. One SQLite file, `$WISP_HOME/registry.db`, on the embedded
+//! defaults (a shared PostgreSQL registry for many hosts is a later stage;
+//! this module is the seam it will plug into).
+//!
+//! The registry holds names and settings only. A sprite's data and its
+//! checkpoints live in its volume in the object store, so losing the
+//! registry loses names, never disks (`wisp volume list` still shows them).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// What the registry reports when it cannot do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot open the registry `{path}`")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the registry `{path}` has schema version {found}, newer than this wisp knows ({known}); \
+         run a newer wisp"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("sprite `{0}` already exists")]
+    AlreadyExists(String),
+    #[error("registry query failed")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the registry row of sprite `{name}` is corrupt: {what}")]
+    Corrupt { name: String, what: String },
+}
+
+/// Who may reach a sprite's URL: its organisation's token holders
+/// (`sprite`, the default) or anyone (`public`). Names as in Sprites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UrlAuth {
+    Sprite,
+    Public,
+}
+
+impl UrlAuth {
+    fn as_str(self) -> &'static str {
+        match self {
+            UrlAuth::Sprite => "sprite",
+            UrlAuth::Public => "public",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sprite" => Some(UrlAuth::Sprite),
+            "public" => Some(UrlAuth::Public),
+            _ => None,
+        }
+    }
+}
+
+/// One registered sprite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpriteRecord {
+    /// Stable identifier (a UUID); never reused, unlike a name.
+    pub id: String,
+    /// Unique name, the sprite's handle in the API and its URL.
+    pub name: String,
+    /// The volume that holds the sprite's root disk.
+    pub volume: String,
+    pub url_auth: UrlAuth,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
+}
+
+/// One page of [`Registry::list`].
+#[derive(Debug)]
+pub struct Page {
+    pub sprites: Vec<SpriteRecord>,
+    /// The name to continue after, when more sprites match.
+    pub next_after: Option<String>,
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts how
+/// many ran. Append only: a released migration never changes.
+const MIGRATIONS: &[&str] = &[
+    // 1: sprites.
+    "CREATE TABLE sprites (
+         name       TEXT PRIMARY KEY,
+         id         TEXT NOT NULL UNIQUE,
+         volume     TEXT NOT NULL UNIQUE,
+         url_auth   TEXT NOT NULL CHECK (url_auth IN ('sprite', 'public')),
+         created_at TEXT NOT NULL,
+         updated_at TEXT NOT NULL
+     ) STRICT;",
+];
+
+/// The SQLite registry. Calls are short single statements; one connection
+/// behind a mutex serialises them, which SQLite would do anyway.
+pub struct Registry {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Registry {
+    /// Opens (creating if needed) the registry at `path` and brings its
+    /// schema up to date.
+    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
+        let open_err = |source| RegistryError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        // WAL: readers never wait for the writer. FULL: a sprite the API
+        // answered 201 for is still registered after a power cut.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(open_err)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(RegistryError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction().map_err(open_err)?;
+            tx.execute_batch(sql).map_err(open_err)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(open_err)?;
+            tx.commit().map_err(open_err)?;
+        }
+        Ok(Registry {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Where the registry file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version in force.
+    pub fn schema_version(&self) -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (statements are atomic), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new sprite; [`RegistryError::AlreadyExists`] if the name
+    /// is taken.
+    pub fn insert(&self, sprite: &SpriteRecord) -> Result<(), RegistryError> {
+        let result = self.conn().execute(
+            "INSERT INTO sprites (name, id, volume, url_auth, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                sprite.name,
+                sprite.id,
+                sprite.volume,
+                sprite.url_auth.as_str(),
+                sprite.created_at,
+                sprite.updated_at
+            ],
+        );
+        match result {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(RegistryError::AlreadyExists(sprite.name.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The sprite named `name`, if registered.
+    pub fn get(&self, name: &str) -> Result<Option<SpriteRecord>, RegistryError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT name, id, volume, url_auth, created_at, updated_at
+                 FROM sprites WHERE name = ?1",
+                params![name],
+                raw_row,
+            )
+            .optional()?;
+        row.map(RawRow::into_record).transpose()
+    }
+
+    /// Up to `limit` sprites whose names start with `prefix`, in name order,
+    /// after the name `after` (exclusive) when given.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, RegistryError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, id, volume, url_auth, created_at, updated_at
+             FROM sprites
+             WHERE substr(name, 1, length(?1)) = ?1 AND name > ?2
+             ORDER BY name LIMIT ?3",
+        )?;
+        // One more than asked tells whether another page exists.
+        let rows = stmt.query_map(
+            params![prefix, after.unwrap_or(""), limit as i64 + 1],
+            raw_row,
+        )?;
+        let mut sprites = Vec::new();
+        for row in rows {
+            sprites.push(row?.into_record()?);
+        }
+        let next_after = if sprites.len() > limit {
+            sprites.truncate(limit);
+            sprites.last().map(|s| s.name.clone())
+        } else {
+            None
+        };
+        Ok(Page {
+            sprites,
+            next_after,
+        })
+    }
+
+    /// Changes who may reach sprite `name`'s URL; the updated record, or
+    /// `None` if no such sprite.
+    pub fn set_url_auth(
+        &self,
+        name: &str,
+        url_auth: UrlAuth,
+        now: &str,
+    ) -> Result<Option<SpriteRecord>, RegistryError> {
+        let changed = self.conn().execute(
+            "UPDATE sprites SET url_auth = ?2, updated_at = ?3 WHERE name = ?1",
+            params![name, url_auth.as_str(), now],
+        )?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        self.get(name)
+    }
+
+    /// Removes sprite `name`; false if it was not registered.
+    pub fn remove(&self, name: &str) -> Result<bool, RegistryError> {
+        let changed = self
+            .conn()
+            .execute("DELETE FROM sprites WHERE name = ?1", params![name])?;
+        Ok(changed > 0)
+    }
+
+    /// How many sprites are registered.
+    pub fn count(&self) -> Result<u64, RegistryError> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT count(*) FROM sprites", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+}
+
+/// A row as stored; checked into a [`SpriteRecord`] outside the SQLite
+/// callback so a bad value gets an error naming the sprite.
+struct RawRow {
+    name: String,
+    id: String,
+    volume: String,
+    url_auth: String,
+    created_at: String,
+    updated_at: String,
+}
+
+fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        name: row.get(0)?,
+        id: row.get(1)?,
+        volume: row.get(2)?,
+        url_auth: row.get(3)?,
+        created_at: row.get(4)?,
+        updated_at: row.get(5)?,
+    })
+}
+
+impl RawRow {
+    fn into_record(self) -> Result<SpriteRecord, RegistryError> {
+        let url_auth = UrlAuth::parse(&self.url_auth).ok_or_else(|| RegistryError::Corrupt {
+            name: self.name.clone(),
+            what: format!("url_auth `{}`", self.url_auth),
+        })?;
+        Ok(SpriteRecord {
+            id: self.id,
+            name: self.name,
+            volume: self.volume,
+            url_auth,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> SpriteRecord {
+        SpriteRecord {
+            id: format!("id-{name}"),
+            name: name.to_string(),
+            volume: format!("sprite-{name}"),
+            url_auth: UrlAuth::Sprite,
+            created_at: "2026-11-29T00:00:00Z".into(),
+            updated_at: "2026-11-29T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen_and_names_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.db");
+        {
+            let registry = Registry::open(&path).unwrap();
+            registry.insert(&record("a")).unwrap();
+            let err = registry.insert(&record("a")).unwrap_err();
+            assert_eq!(err.to_string(), "sprite `a` already exists");
+        }
+        let registry = Registry::open(&path).unwrap();
+        assert_eq!(registry.get("a").unwrap(), Some(record("a")));
+        assert_eq!(registry.get("b").unwrap(), None);
+        assert_eq!(registry.count().unwrap(), 1);
+    }
+
+    #[test]
+    fn list_pages_by_name_and_filters_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("r.db")).unwrap();
+        for name in ["web-2", "db", "web-1", "web-3", "web_x"] {
+            registry.insert(&record(name)).unwrap();
+        }
+        let names = |p: &Page| p.sprites.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        let first = registry.list("web-", None, 2).unwrap();
+        assert_eq!(names(&first), ["web-1", "web-2"]);
+        assert_eq!(first.next_after.as_deref(), Some("web-2"));
+        let second = registry.list("web-", Some("web-2"), 2).unwrap();
+        assert_eq!(names(&second), ["web-3"]);
+        assert_eq!(second.next_after, None);
+        // `_` and `%` are not wildcards in a prefix.
+        assert_eq!(names(&registry.list("web_", None, 50).unwrap()), ["web_x"]);
+        assert_eq!(registry.list("", None, 50).unwrap().sprites.len(), 5);
+    }
+
+    #[test]
+    fn url_auth_updates_and_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("r.db")).unwrap();
+        registry.insert(&record("a")).unwrap();
+        let updated = registry
+            .set_url_auth("a", UrlAuth::Public, "2026-11-30T00:00:00Z")
+            .unwrap()
+            .unwrap();
+        assert_eq!(updated.url_auth, UrlAuth::Public);
+        assert_eq!(updated.updated_at, "2026-11-30T00:00:00Z");
+        assert_eq!(
+            registry.set_url_auth("nope", UrlAuth::Public, "x").unwrap(),
+            None
+        );
+        assert!(registry.remove("a").unwrap());
+        assert!(!registry.remove("a").unwrap());
+    }
+
+    #[test]
+    fn a_registry_from_a_newer_wisp_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = Registry::open(&path).err().unwrap();
+        assert!(
+            err.to_string().contains("schema version 99"),
+            "{err}: names the version"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_row_is_an_error_naming_the_sprite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let registry = Registry::open(&path).unwrap();
+        registry.insert(&record("a")).unwrap();
+        // The CHECK constraint guards writes through SQL; a file damaged
+        // outside it is still read without a panic.
+        registry
+            .conn()
+            .execute_batch(
+                "PRAGMA ignore_check_constraints = ON;
+                 UPDATE sprites SET url_auth = 'bogus' WHERE name = 'a';",
+            )
+            .unwrap();
+        let err = registry.get("a").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the registry row of sprite `a` is corrupt: url_auth `bogus`"
+        );
+    }
+}
