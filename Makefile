@@ -2,6 +2,8 @@
 # needs first (scripts/install-deps.sh is idempotent and fast when nothing is missing).
 
 export WISP_HOME ?= $(CURDIR)/.wisp
+# Where rustup installs cargo when scripts/install-deps.sh had to install it.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 AGENT_TARGET := x86_64-unknown-linux-gnu
 # The guest agent runs as PID 1 in a VM with no libc: link it statically.

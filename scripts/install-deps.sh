@@ -17,6 +17,9 @@ as_root() {
 
 # Debian packages, each with the reason wisp needs it.
 run_packages=(
+  gcc               # links Rust binaries; builds the bundled SQLite and zstd (C)
+  libc6-dev         # libc headers, and libc.a for the statically linked guest agent
+  curl              # fetches rustup when cargo is missing; HTTP checks in tests
   qemu-system-x86   # runs each sprite as a QEMU microvm (TCG or KVM)
   qemu-utils        # qemu-img, qemu-io: image conversion and NBD checks in tests
   busybox-static    # the `tiny` image and the initramfs shell tools
@@ -31,7 +34,6 @@ test_packages=(
   fio               # NBD benchmark and verify jobs (--ioengine=nbd, via libnbd)
   libnbd-bin        # nbdinfo, nbdcopy, nbdsh: independent NBD clients for tests
   nbdkit            # reference NBD server for benchmarks
-  curl              # HTTP checks in tests
   python3           # small HTTP servers on the host for egress tests
 )
 
@@ -51,6 +53,14 @@ if (( ${#missing[@]} )); then
 else
   log "Debian packages: all present"
 fi
+
+# Rust: a fresh Debian 12 has none. rustup puts cargo in ~/.cargo/bin, which
+# the Makefile adds to PATH.
+if ! command -v cargo >/dev/null 2>&1 && [[ ! -x "$HOME/.cargo/bin/cargo" ]]; then
+  log "installing the Rust toolchain with rustup (cargo is missing)"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
 
 # Rust toolchain components used by `make test`.
 if command -v rustup >/dev/null 2>&1; then
