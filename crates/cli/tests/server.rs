@@ -124,7 +124,8 @@ fn wisp_ok(home: &std::path::Path, args: &[&str]) -> String {
 }
 
 /// Sends `method url` with an optional JSON body; returns the status and
-/// the JSON answer (`null` for an empty body).
+/// the JSON answer (`null` for an empty body, an array of events for a
+/// progress stream).
 async fn call(method: reqwest::Method, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     let mut request = reqwest::Client::new().request(method, url);
     if let Some(body) = body {
@@ -134,8 +135,20 @@ async fn call(method: reqwest::Method, url: &str, body: Option<&str>) -> (u16, s
     }
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
+    let ndjson = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|t| t == "application/x-ndjson");
     let text = response.text().await.unwrap();
-    let value = if text.is_empty() {
+    let value = if ndjson {
+        // A progress stream: an array of its events.
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap_or_else(|e| panic!("bad event ({e}): {l}"))
+            })
+            .collect()
+    } else if text.is_empty() {
         serde_json::Value::Null
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -315,4 +328,198 @@ async fn sprites_are_created_listed_updated_and_deleted() {
     let (status, again) = call(Method::POST, &sprites, Some(r#"{"name":"web"}"#)).await;
     assert_eq!(status, 201, "{again}");
     assert_ne!(again["id"], id.as_str());
+}
+
+/// `wisp volume serve NAME` on a unix socket in `dir`, once it is ready; the
+/// way a test writes into a cold sprite's disk without booting it.
+fn serve_volume(home: &std::path::Path, name: &str, dir: &std::path::Path) -> (Child, String) {
+    let sock = dir.join("nbd.sock");
+    let listen = format!("unix:{}", sock.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .args(["volume", "serve", name, "--nbd", &listen])
+        .env("WISP_HOME", home)
+        .env_remove("WISP_STORE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("serving volume"), "{line}");
+    (
+        child,
+        format!("nbd+unix:///{name}?socket={}", sock.display()),
+    )
+}
+
+/// Stops a `wisp volume serve` the way a user does (SIGTERM: flush, upload, release).
+fn stop_serving(mut child: Child) {
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+/// qemu-io commands against `uri`; panics if one fails or a pattern differs.
+fn qemu_io(uri: &str, commands: &[&str]) {
+    let qemu_io = wisp_testkit::require_tool("qemu-io", "qemu-utils");
+    let mut cmd = Command::new(qemu_io);
+    cmd.args(["-f", "raw", uri]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    let out = cmd.output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !text.contains("failed"),
+        "qemu-io {commands:?}: {text}"
+    );
+}
+
+/// Checkpoint, list, get and restore through the API, on a cold sprite whose
+/// disk a test writes over NBD between the steps: restore brings back the
+/// bytes of the checkpoint, later checkpoints stay, errors are named.
+#[tokio::test]
+async fn checkpoints_freeze_and_restore_a_sprites_disk() {
+    use reqwest::Method;
+    let home = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    wisp_ok(home.path(), &["image", "build", "tiny"]);
+    let (_daemon, url) = start_server_with(home.path(), &["--image", "tiny"]);
+    let sprites = format!("{url}/v1/sprites");
+    let (status, sprite) = call(Method::POST, &sprites, Some(r#"{"name":"box"}"#)).await;
+    assert_eq!(status, 201, "{sprite}");
+    let volume = format!("sprite-{}", sprite["id"].as_str().unwrap());
+    let at = "61G"; // zeros in the image (60G holds ext4 bitmaps)
+
+    // v0: the disk as created. A body is optional.
+    let response = reqwest::Client::new()
+        .post(format!("{sprites}/box/checkpoint"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let events: Vec<serde_json::Value> = response
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.last().unwrap()["type"], "complete", "{events:?}");
+    assert_eq!(events.last().unwrap()["data"], "Checkpoint v0 created");
+
+    // v1: after writing 0xab.
+    let (serve, uri) = serve_volume(home.path(), &volume, scratch.path());
+    qemu_io(
+        &uri,
+        &[
+            &format!("read -P 0 {at} 64k"),
+            &format!("write -P 0xab {at} 64k"),
+            "flush",
+        ],
+    );
+    // While another process holds the disk, a checkpoint is refused by name.
+    let (status, body) = call(Method::POST, &format!("{sprites}/box/checkpoint"), None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(error_of(&body).contains("in use"), "{body}");
+    stop_serving(serve);
+    let (status, _) = call(
+        Method::POST,
+        &format!("{sprites}/box/checkpoint"),
+        Some(r#"{"comment":"wrote ab"}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Then 0xcd, not checkpointed.
+    let (serve, uri) = serve_volume(home.path(), &volume, scratch.path());
+    qemu_io(&uri, &[&format!("write -P 0xcd {at} 64k"), "flush"]);
+    stop_serving(serve);
+
+    let (status, list) = call(Method::GET, &format!("{sprites}/box/checkpoints"), None).await;
+    assert_eq!(status, 200, "{list}");
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["v1", "v0"], "newest first");
+    assert_eq!(list[0]["comment"], "wrote ab");
+    assert_eq!(list[1]["comment"], "");
+    let (status, v1) = call(Method::GET, &format!("{sprites}/box/checkpoints/v1"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(v1, list[0]);
+    assert!(v1["create_time"].as_str().unwrap().ends_with('Z'));
+
+    // Restore v1: 0xab again. Restore v0: zeros, and v1 is still there.
+    let (status, _) = call(
+        Method::POST,
+        &format!("{sprites}/box/checkpoints/v1/restore"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (serve, uri) = serve_volume(home.path(), &volume, scratch.path());
+    qemu_io(&uri, &[&format!("read -P 0xab {at} 64k")]);
+    stop_serving(serve);
+    let (status, _) = call(
+        Method::POST,
+        &format!("{sprites}/box/checkpoints/v0/restore"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (serve, uri) = serve_volume(home.path(), &volume, scratch.path());
+    qemu_io(&uri, &[&format!("read -P 0 {at} 64k")]);
+    stop_serving(serve);
+    let (_, list) = call(Method::GET, &format!("{sprites}/box/checkpoints"), None).await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    // Errors name what is missing or wrong.
+    for (method, path, body, status, names) in [
+        (
+            Method::POST,
+            "box/checkpoints/v7/restore",
+            None,
+            404,
+            "checkpoint `v7`",
+        ),
+        (
+            Method::GET,
+            "box/checkpoints/v7",
+            None,
+            404,
+            "checkpoint `v7` of sprite `box`",
+        ),
+        (
+            Method::POST,
+            "nope/checkpoint",
+            None,
+            404,
+            "sprite `nope` does not exist",
+        ),
+        (
+            Method::GET,
+            "nope/checkpoints",
+            None,
+            404,
+            "sprite `nope` does not exist",
+        ),
+        (
+            Method::POST,
+            "box/checkpoint",
+            Some(r#"{"coment":"x"}"#),
+            400,
+            "coment",
+        ),
+    ] {
+        let (got, answer) = call(method, &format!("{sprites}/{path}"), body).await;
+        assert_eq!(got, status, "{path}: {answer}");
+        assert!(error_of(&answer).contains(names), "{path}: {answer}");
+    }
 }

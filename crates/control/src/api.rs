@@ -7,12 +7,13 @@ use std::sync::Arc;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::{SpriteRecord, UrlAuth};
-use crate::sprites::Sprites;
+use crate::sprites::{rfc3339, rfc3339_from_unix, Sprites};
 use crate::{ControlError, HealthReport, ServerConfig};
 
 /// Largest page of `GET /v1/sprites`, as in Sprites.
@@ -67,6 +68,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/v1/sprites/{name}",
             get(get_sprite).put(update_sprite).delete(delete_sprite),
+        )
+        .route("/v1/sprites/{name}/checkpoint", post(create_checkpoint))
+        .route("/v1/sprites/{name}/checkpoints", get(list_checkpoints))
+        .route("/v1/sprites/{name}/checkpoints/{id}", get(get_checkpoint))
+        .route(
+            "/v1/sprites/{name}/checkpoints/{id}/restore",
+            post(restore_checkpoint),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -222,4 +230,104 @@ async fn not_found(uri: axum::http::Uri) -> ControlError {
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ControlError {
     ControlError::MethodNotAllowed(format!("{method} {}", uri.path()))
+}
+
+/// A checkpoint as the API shows it.
+#[derive(Debug, Serialize)]
+struct CheckpointView {
+    id: String,
+    create_time: String,
+    comment: String,
+}
+
+impl From<wisp_volume::CheckpointInfo> for CheckpointView {
+    fn from(c: wisp_volume::CheckpointInfo) -> Self {
+        CheckpointView {
+            id: c.id,
+            create_time: rfc3339_from_unix(c.created),
+            comment: c.comment.unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointBody {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// A progress stream as Sprites sends it for checkpoint and restore: one
+/// JSON event per line. wisp's operations finish before the answer starts
+/// (they take milliseconds), so the stream is whole; a failure is an HTTP
+/// error status instead of an `error` event.
+fn progress_stream(info: &str, complete: String) -> axum::response::Response {
+    let time = rfc3339(std::time::SystemTime::now());
+    let mut body = String::new();
+    for (kind, data) in [("info", info.to_string()), ("complete", complete)] {
+        let event = serde_json::json!({ "type": kind, "data": data, "time": time });
+        body.push_str(&event.to_string());
+        body.push('\n');
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        body,
+    )
+        .into_response()
+}
+
+async fn create_checkpoint(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    raw: axum::body::Bytes,
+) -> Result<axum::response::Response, ControlError> {
+    // The body is optional: `curl -X POST .../checkpoint` is a checkpoint without a comment.
+    let request: CheckpointBody = if raw.iter().all(u8::is_ascii_whitespace) {
+        CheckpointBody::default()
+    } else {
+        serde_json::from_slice(&raw)
+            .map_err(|e| ControlError::BadRequest(format!("bad checkpoint request: {e}")))?
+    };
+    let info = state.sprites.checkpoint(&name, request.comment).await?;
+    Ok(progress_stream(
+        "Creating checkpoint...",
+        format!("Checkpoint {} created", info.id),
+    ))
+}
+
+async fn list_checkpoints(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<CheckpointView>>, ControlError> {
+    let list = state.sprites.checkpoints(&name).await?;
+    Ok(Json(list.into_iter().map(CheckpointView::from).collect()))
+}
+
+async fn get_checkpoint(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<CheckpointView>, ControlError> {
+    state
+        .sprites
+        .checkpoints(&name)
+        .await?
+        .into_iter()
+        .find(|c| c.id == id)
+        .map(|c| Json(c.into()))
+        .ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "checkpoint `{id}` of sprite `{name}` does not exist"
+            ))
+        })
+}
+
+async fn restore_checkpoint(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<axum::response::Response, ControlError> {
+    state.sprites.restore(&name, &id).await?;
+    Ok(progress_stream(
+        &format!("Restoring to {id}..."),
+        format!("Restored to {id}"),
+    ))
 }

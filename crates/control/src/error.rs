@@ -66,6 +66,10 @@ impl ControlError {
                 source: VolumeError::InUse { .. } | VolumeError::DeleteRefused { .. },
                 ..
             } => StatusCode::CONFLICT,
+            ControlError::Volume {
+                source: VolumeError::CheckpointNotFound { .. },
+                ..
+            } => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

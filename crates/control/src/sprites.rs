@@ -3,11 +3,13 @@
 //! delete (the registry row and the volume). Running sprites (boot, sleep,
 //! wake) build on this.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use wisp_vm::image::{self, ImageKind};
-use wisp_volume::{Store, VolumeError};
+use wisp_volume::{CheckpointInfo, Store, Volume, VolumeError};
 
 use crate::registry::{Page, Registry, RegistryError, SpriteRecord, UrlAuth};
 use crate::ControlError;
@@ -33,7 +35,16 @@ pub fn validate_name(name: &str) -> Result<(), ControlError> {
 
 /// Now, as the registry stores times: RFC 3339, UTC, whole seconds.
 fn now() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    rfc3339(SystemTime::now())
+}
+
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// A time in seconds since the Unix epoch, as the volume engine keeps them.
+pub(crate) fn rfc3339_from_unix(seconds: u64) -> String {
+    rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
 /// The sprites of this host: the registry plus the volume store their disks
@@ -43,6 +54,10 @@ pub struct Sprites {
     store: Store,
     home: PathBuf,
     image: ImageKind,
+    /// One operation at a time per sprite: an operation opens the sprite's
+    /// volume, which admits one user; a second request waits its turn
+    /// instead of failing with "in use".
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Sprites {
@@ -54,7 +69,19 @@ impl Sprites {
             store,
             home,
             image,
+            turns: Mutex::default(),
         }
+    }
+
+    /// Waits for sprite `name`'s turn; the turn lasts while the guard lives.
+    async fn turn(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget names nobody is waiting on, so the map stays small.
+            turns.retain(|_, l| Arc::strong_count(l) > 1);
+            turns.entry(name.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     pub fn registry(&self) -> &Registry {
@@ -146,6 +173,7 @@ impl Sprites {
     /// then its registry row. A volume already gone is not an error, so a
     /// delete interrupted between the two steps can be repeated.
     pub async fn delete(&self, name: &str) -> Result<(), ControlError> {
+        let _turn = self.turn(name).await;
         let record = self.get(name)?;
         match self.store.delete_volume(&record.volume).await {
             Ok(()) | Err(VolumeError::NotFound(_)) => {}
@@ -160,6 +188,74 @@ impl Sprites {
         tracing::info!(sprite = %name, "sprite deleted");
         Ok(())
     }
+}
+
+impl Sprites {
+    /// Runs `op` on sprite `name`'s volume, opened for it and closed after
+    /// (which ships the metadata), in the sprite's turn.
+    async fn with_volume<T>(
+        &self,
+        name: &str,
+        what: &str,
+        op: impl AsyncFnOnce(&Volume) -> Result<T, VolumeError>,
+    ) -> Result<T, ControlError> {
+        let _turn = self.turn(name).await;
+        let record = self.get(name)?;
+        let context = |source| ControlError::Volume {
+            context: format!("cannot {what} sprite `{name}` (volume `{}`)", record.volume),
+            source,
+        };
+        let volume = self
+            .store
+            .open_volume(&record.volume)
+            .await
+            .map_err(context)?;
+        let result = op(&volume).await;
+        let closed = volume.close().await;
+        let value = result.map_err(context)?;
+        closed.map_err(context)?;
+        Ok(value)
+    }
+
+    /// Freezes sprite `name`'s disk as its next checkpoint (`v0`, `v1`, ...).
+    pub async fn checkpoint(
+        &self,
+        name: &str,
+        comment: Option<String>,
+    ) -> Result<CheckpointInfo, ControlError> {
+        let info = self
+            .with_volume(name, "checkpoint", async |v| v.checkpoint(comment).await)
+            .await?;
+        tracing::info!(sprite = %name, checkpoint = %info.id, "checkpoint created");
+        Ok(info)
+    }
+
+    /// Sprite `name`'s checkpoints, newest first.
+    pub async fn checkpoints(&self, name: &str) -> Result<Vec<CheckpointInfo>, ControlError> {
+        let mut list = self
+            .with_volume(name, "list the checkpoints of", async |v| {
+                v.checkpoints().await
+            })
+            .await?;
+        list.sort_by_key(|c| std::cmp::Reverse(checkpoint_number(&c.id)));
+        Ok(list)
+    }
+
+    /// Makes sprite `name`'s disk equal to checkpoint `id` again; later
+    /// checkpoints stay.
+    pub async fn restore(&self, name: &str, id: &str) -> Result<(), ControlError> {
+        self.with_volume(name, "restore", async |v| v.restore(id).await)
+            .await?;
+        tracing::info!(sprite = %name, checkpoint = %id, "checkpoint restored");
+        Ok(())
+    }
+}
+
+/// `v12` -> 12, for ordering (`v10` after `v9`).
+fn checkpoint_number(id: &str) -> u64 {
+    id.strip_prefix('v')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn not_found(name: &str) -> ControlError {
