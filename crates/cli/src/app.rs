@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the wisp daemon: REST API, sprites, sleep and wake.
     Server(cmd::server::ServerArgs),
+    /// Create, list, checkpoint and delete sprites through the daemon's API.
+    Sprite(cmd::sprite::SpriteArgs),
     /// Manage block volumes (create, serve over NBD, checkpoint, fork, ...).
     #[command(subcommand)]
     Volume(cmd::volume::VolumeCommand),
@@ -80,6 +82,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let global = cli.global;
     match cli.command {
         Command::Server(args) => cmd::server::run(&global, args).await,
+        Command::Sprite(args) => cmd::sprite::run(args).await,
         Command::Volume(command) => cmd::volume::run(&global, command).await,
         Command::Image(command) => cmd::image::run(&global, command).await,
         Command::Vm(command) => cmd::vm::run(&global, command).await,

@@ -101,7 +101,7 @@ fn version_and_help() {
         .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for sub in ["server", "volume", "image", "vm", "doctor"] {
+    for sub in ["server", "sprite", "volume", "image", "vm", "doctor"] {
         assert!(help.contains(sub), "help lacks `{sub}`: {help}");
     }
 }
@@ -522,4 +522,95 @@ async fn checkpoints_freeze_and_restore_a_sprites_disk() {
         assert_eq!(got, status, "{path}: {answer}");
         assert!(error_of(&answer).contains(names), "{path}: {answer}");
     }
+}
+
+/// `wisp sprite ...` against `api`: (success, stdout, stderr).
+fn sprite_cmd(home: &std::path::Path, api: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .arg("sprite")
+        .args(args)
+        .args(["--api", api])
+        .env("WISP_HOME", home)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The client commands do through the API what a Sprites user does with
+/// `sprite create/list/checkpoint/restore/destroy`, and print the daemon's
+/// errors as their own.
+#[test]
+fn sprite_commands_talk_to_the_daemon() {
+    let home = tempfile::tempdir().unwrap();
+    wisp_ok(home.path(), &["image", "build", "tiny"]);
+    let (_daemon, api) = start_server_with(home.path(), &["--image", "tiny"]);
+    let ok = |args: &[&str]| {
+        let (success, stdout, stderr) = sprite_cmd(home.path(), &api, args);
+        assert!(success, "wisp sprite {args:?}: {stderr}");
+        stdout
+    };
+    let fails = |args: &[&str]| {
+        let (success, _, stderr) = sprite_cmd(home.path(), &api, args);
+        assert!(!success, "wisp sprite {args:?} should fail");
+        stderr
+    };
+
+    assert!(ok(&["create", "dev"]).contains("created sprite dev"));
+    ok(&["create", "pub", "--public"]);
+    let list = ok(&["list"]);
+    let rows: Vec<&str> = list.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{list}");
+    assert!(
+        rows[0].starts_with("dev ") && rows[0].contains("cold") && rows[0].contains(" sprite "),
+        "{list}"
+    );
+    assert!(
+        rows[1].starts_with("pub ") && rows[1].contains(" public "),
+        "{list}"
+    );
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "dev", "--json"])).unwrap();
+    assert_eq!(info["name"], "dev");
+    assert!(ok(&["set-auth", "dev", "public"]).contains("url auth public"));
+
+    assert_eq!(ok(&["checkpoint", "dev"]).trim(), "Checkpoint v0 created");
+    assert_eq!(
+        ok(&["checkpoint", "dev", "-m", "second"]).trim(),
+        "Checkpoint v1 created"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["checkpoints", "dev", "--json"])).unwrap();
+    assert_eq!(listed[0]["id"], "v1");
+    assert_eq!(listed[0]["comment"], "second");
+    assert!(ok(&["checkpoints", "dev"])
+        .lines()
+        .nth(1)
+        .unwrap()
+        .starts_with("v1 "));
+    assert_eq!(ok(&["restore", "dev", "v0"]).trim(), "Restored to v0");
+
+    assert!(fails(&["info", "nope"]).contains("sprite `nope` does not exist"));
+    assert!(fails(&["create", "dev"]).contains("sprite `dev` already exists"));
+    assert!(fails(&["create", "Bad_Name"]).contains("bad sprite name `Bad_Name`"));
+    assert!(fails(&["restore", "dev", "../x"]).contains("bad checkpoint id `../x`"));
+    assert!(fails(&["set-auth", "dev", "everyone"]).contains("bad url auth `everyone`"));
+
+    assert!(ok(&["delete", "dev"]).contains("deleted sprite dev"));
+    assert!(fails(&["delete", "dev"]).contains("sprite `dev` does not exist"));
+    assert_eq!(ok(&["list"]).lines().count(), 2);
+
+    // Nothing listening: the error says where it looked and what to start.
+    let port = wisp_testkit::free_port();
+    let (success, _, stderr) =
+        sprite_cmd(home.path(), &format!("http://127.0.0.1:{port}"), &["list"]);
+    assert!(!success);
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach the wisp server at http://127.0.0.1:{port}"
+        )) && stderr.contains("is `wisp server` running?"),
+        "{stderr}"
+    );
 }

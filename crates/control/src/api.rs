@@ -10,8 +10,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use crate::model::{CheckpointView, ListView, ProgressEvent, SpriteView, UrlSettingsView};
 use crate::registry::{SpriteRecord, UrlAuth};
 use crate::sprites::{rfc3339, rfc3339_from_unix, Sprites};
 use crate::{ControlError, HealthReport, ServerConfig};
@@ -49,12 +50,12 @@ impl AppState {
             url: self.sprite_url(&record.name),
             id: record.id,
             name: record.name,
-            organization: ORGANIZATION,
+            organization: ORGANIZATION.to_string(),
             url_settings: UrlSettingsView {
                 auth: record.url_auth,
             },
             // Sprites are not booted by the daemon yet, so every one is cold.
-            status: "cold",
+            status: "cold".to_string(),
             created_at: record.created_at,
             updated_at: record.updated_at,
         }
@@ -79,24 +80,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-}
-
-/// A sprite as the API shows it.
-#[derive(Debug, Serialize)]
-struct SpriteView {
-    id: String,
-    name: String,
-    organization: &'static str,
-    url: String,
-    url_settings: UrlSettingsView,
-    status: &'static str,
-    created_at: String,
-    updated_at: String,
-}
-
-#[derive(Debug, Serialize)]
-struct UrlSettingsView {
-    auth: UrlAuth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,13 +117,6 @@ struct ListParams {
     max_results: Option<usize>,
     #[serde(default)]
     continuation_token: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct ListView {
-    sprites: Vec<SpriteView>,
-    has_more: bool,
-    next_continuation_token: Option<String>,
 }
 
 fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ControlError> {
@@ -232,21 +208,11 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     ControlError::MethodNotAllowed(format!("{method} {}", uri.path()))
 }
 
-/// A checkpoint as the API shows it.
-#[derive(Debug, Serialize)]
-struct CheckpointView {
-    id: String,
-    create_time: String,
-    comment: String,
-}
-
-impl From<wisp_volume::CheckpointInfo> for CheckpointView {
-    fn from(c: wisp_volume::CheckpointInfo) -> Self {
-        CheckpointView {
-            id: c.id,
-            create_time: rfc3339_from_unix(c.created),
-            comment: c.comment.unwrap_or_default(),
-        }
+fn checkpoint_view(c: wisp_volume::CheckpointInfo) -> CheckpointView {
+    CheckpointView {
+        id: c.id,
+        create_time: rfc3339_from_unix(c.created),
+        comment: c.comment.unwrap_or_default(),
     }
 }
 
@@ -265,8 +231,14 @@ fn progress_stream(info: &str, complete: String) -> axum::response::Response {
     let time = rfc3339(std::time::SystemTime::now());
     let mut body = String::new();
     for (kind, data) in [("info", info.to_string()), ("complete", complete)] {
-        let event = serde_json::json!({ "type": kind, "data": data, "time": time });
-        body.push_str(&event.to_string());
+        let event = ProgressEvent {
+            kind: kind.to_string(),
+            data: Some(data),
+            error: None,
+            time: time.clone(),
+        };
+        // Serialising a struct of strings cannot fail.
+        body.push_str(&serde_json::to_string(&event).unwrap_or_default());
         body.push('\n');
     }
     (
@@ -300,7 +272,7 @@ async fn list_checkpoints(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<CheckpointView>>, ControlError> {
     let list = state.sprites.checkpoints(&name).await?;
-    Ok(Json(list.into_iter().map(CheckpointView::from).collect()))
+    Ok(Json(list.into_iter().map(checkpoint_view).collect()))
 }
 
 async fn get_checkpoint(
@@ -313,7 +285,7 @@ async fn get_checkpoint(
         .await?
         .into_iter()
         .find(|c| c.id == id)
-        .map(|c| Json(c.into()))
+        .map(|c| Json(checkpoint_view(c)))
         .ok_or_else(|| {
             ControlError::NotFound(format!(
                 "checkpoint `{id}` of sprite `{name}` does not exist"

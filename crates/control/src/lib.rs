@@ -6,7 +6,9 @@
 //! `IntoResponse` impl turns errors into HTTP responses.
 
 mod api;
+pub mod client;
 mod error;
+pub mod model;
 pub mod registry;
 pub mod sprites;
 

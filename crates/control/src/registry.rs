@@ -64,6 +64,19 @@ impl UrlAuth {
     }
 }
 
+impl std::str::FromStr for UrlAuth {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        UrlAuth::parse(s).ok_or_else(|| format!("bad url auth `{s}`: use `sprite` or `public`"))
+    }
+}
+
+impl std::fmt::Display for UrlAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One registered sprite.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpriteRecord {

@@ -3,5 +3,6 @@
 pub mod doctor;
 pub mod image;
 pub mod server;
+pub mod sprite;
 pub mod vm;
 pub mod volume;

@@ -1,0 +1,230 @@
+//! A client of the REST API, for the `wisp sprite` commands: typed calls,
+//! and errors that carry the daemon's own message.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::model::{CheckpointView, ListView, ProgressEvent, SpriteView};
+use crate::registry::UrlAuth;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the wisp server at {base} ({reason}); is `wisp server` running?")]
+    Unreachable { base: String, reason: String },
+    /// The daemon answered with an error; `message` is its own words.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    #[error("{0}")]
+    BadArgument(String),
+    #[error("unexpected answer to {method} {url}: {reason}")]
+    BadAnswer {
+        method: Method,
+        url: String,
+        reason: String,
+    },
+}
+
+/// The daemon at one base URL, like `http://127.0.0.1:7070`.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// An error's message with its causes, which reqwest keeps in the chain
+/// (the useful "Connection refused" is three levels down).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `/v1/sprites/{name}`, for a valid name only: a name is a path segment.
+fn sprite_path(name: &str) -> Result<String, ClientError> {
+    crate::sprites::validate_name(name).map_err(|e| ClientError::BadArgument(e.to_string()))?;
+    Ok(format!("/v1/sprites/{name}"))
+}
+
+/// A checkpoint id is a path segment too: `v` and digits.
+fn checkpoint_id(id: &str) -> Result<&str, ClientError> {
+    let ok = id.len() > 1 && id.starts_with('v') && id[1..].bytes().all(|b| b.is_ascii_digit());
+    if ok {
+        Ok(id)
+    } else {
+        Err(ClientError::BadArgument(format!(
+            "bad checkpoint id `{id}`: checkpoints are named v0, v1, ..."
+        )))
+    }
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Sends a request; the body of a 2xx answer, or the daemon's error.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(String, String), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            base: self.base.clone(),
+            reason: chain(&e),
+        })?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| ClientError::BadAnswer {
+            method: method.clone(),
+            url: url.clone(),
+            reason: chain(&e),
+        })?;
+        if status.is_success() {
+            return Ok((url, text));
+        }
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{method} {url} answered {status}: {text}"));
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        let (url, text) = self.send(method.clone(), path, body).await?;
+        serde_json::from_str(&text).map_err(|e| ClientError::BadAnswer {
+            method,
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Sends a request answered by a progress stream; the `complete`
+    /// event's message.
+    async fn progress(
+        &self,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<String, ClientError> {
+        let (url, text) = self.send(Method::POST, path, body).await?;
+        let bad = |reason: String| ClientError::BadAnswer {
+            method: Method::POST,
+            url: url.clone(),
+            reason,
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let event: ProgressEvent =
+                serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+            match event.kind.as_str() {
+                "complete" => return Ok(event.data.unwrap_or_default()),
+                "error" => {
+                    return Err(ClientError::Api {
+                        status: StatusCode::OK.as_u16(),
+                        message: event.error.unwrap_or_default(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Err(bad(
+            "the progress stream ended without a `complete` event".into()
+        ))
+    }
+
+    pub async fn create(&self, name: &str, auth: UrlAuth) -> Result<SpriteView, ClientError> {
+        let body = serde_json::json!({ "name": name, "url_settings": { "auth": auth } });
+        self.json(Method::POST, "/v1/sprites", Some(body)).await
+    }
+
+    /// Every sprite whose name starts with `prefix`, following the pages.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<SpriteView>, ClientError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("prefix", prefix);
+            if let Some(t) = &token {
+                query.append_pair("continuation_token", t);
+            }
+            let path = format!("/v1/sprites?{}", query.finish());
+            let page: ListView = self.json(Method::GET, &path, None).await?;
+            all.extend(page.sprites);
+            match page.next_continuation_token {
+                Some(next) if page.has_more => token = Some(next),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    pub async fn get(&self, name: &str) -> Result<SpriteView, ClientError> {
+        self.json(Method::GET, &sprite_path(name)?, None).await
+    }
+
+    pub async fn set_url_auth(&self, name: &str, auth: UrlAuth) -> Result<SpriteView, ClientError> {
+        let body = serde_json::json!({ "url_settings": { "auth": auth } });
+        self.json(Method::PUT, &sprite_path(name)?, Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
+        self.send(Method::DELETE, &sprite_path(name)?, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Creates the next checkpoint; the daemon's completion message.
+    pub async fn checkpoint(
+        &self,
+        name: &str,
+        comment: Option<&str>,
+    ) -> Result<String, ClientError> {
+        let body = comment.map(|c| serde_json::json!({ "comment": c }));
+        self.progress(&format!("{}/checkpoint", sprite_path(name)?), body)
+            .await
+    }
+
+    pub async fn checkpoints(&self, name: &str) -> Result<Vec<CheckpointView>, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("/v1/sprites/{name}/checkpoints"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn restore(&self, name: &str, checkpoint: &str) -> Result<String, ClientError> {
+        self.progress(
+            &format!(
+                "{}/checkpoints/{}/restore",
+                sprite_path(name)?,
+                checkpoint_id(checkpoint)?
+            ),
+            None,
+        )
+        .await
+    }
+}

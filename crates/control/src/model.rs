@@ -1,0 +1,58 @@
+//! The JSON shapes of the REST API (Sprites v1 names), shared by the
+//! daemon's handlers and by [`crate::client`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::UrlAuth;
+
+/// A sprite as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpriteView {
+    pub id: String,
+    pub name: String,
+    pub organization: String,
+    pub url: String,
+    pub url_settings: UrlSettingsView,
+    /// `cold`, `warm` or `running`.
+    pub status: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UrlSettingsView {
+    pub auth: UrlAuth,
+}
+
+/// One page of `GET /v1/sprites`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListView {
+    pub sprites: Vec<SpriteView>,
+    pub has_more: bool,
+    pub next_continuation_token: Option<String>,
+}
+
+/// A checkpoint as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointView {
+    /// `v0`, `v1`, ...
+    pub id: String,
+    /// RFC 3339, UTC.
+    pub create_time: String,
+    /// Empty when none was given.
+    pub comment: String,
+}
+
+/// One line of a progress stream (checkpoint, restore).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgressEvent {
+    /// `info`, `complete` or `error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub time: String,
+}
