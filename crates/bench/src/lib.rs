@@ -2,6 +2,7 @@
 //! checkpoint/fork latency, cold reads vs raw GETs from Garage, metadata size, VM boot) and
 //! reports every figure as a ratio or against its target. `make bench` runs it.
 
+pub mod api;
 pub mod checkpoint;
 pub mod cold_read;
 pub mod engine;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 use clap::Parser;
 use wisp_bench::report::{Machine, Report, SectionError};
-use wisp_bench::{checkpoint, cold_read, metadata, throughput, vm, wisp, Ctx, GIB, MIB};
+use wisp_bench::{api, checkpoint, cold_read, metadata, throughput, vm, wisp, Ctx, GIB, MIB};
 
 /// Measures wisp against references in one run and reports ratios and targets.
 #[derive(Debug, Parser)]
@@ -20,7 +20,7 @@ struct Args {
     /// Also run the VM section (`wisp vm run`).
     #[arg(long)]
     vm: bool,
-    /// Run only these sections (comma-separated): fio, checkpoint, cold, metadata, vm.
+    /// Run only these sections (comma-separated): fio, checkpoint, cold, metadata, api, vm.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The `wisp` binary to measure. Default: the one next to this binary.
@@ -43,7 +43,7 @@ struct Args {
     keep_work: bool,
 }
 
-const SECTIONS: [&str; 5] = ["fio", "checkpoint", "cold", "metadata", "vm"];
+const SECTIONS: [&str; 6] = ["fio", "checkpoint", "cold", "metadata", "api", "vm"];
 
 fn main() -> ExitCode {
     match run(Args::parse()) {
@@ -101,11 +101,12 @@ fn run(args: Args) -> Result<ExitCode> {
         errors: Vec::new(),
     };
     type Section = fn(&Ctx) -> Result<Vec<wisp_bench::report::Row>>;
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("fio", throughput::run),
         ("checkpoint", checkpoint::run),
         ("cold", cold_read::run),
         ("metadata", metadata::run),
+        ("api", api::run),
         ("vm", vm::run),
     ];
     for (name, section) in sections {

@@ -66,6 +66,7 @@ impl Row {
         let pass = match (target, ratio) {
             (Target::RatioAtLeast(t), Some(r)) => Some(r >= t),
             (Target::RatioAtMost(t), Some(r)) => Some(r <= t),
+            (Target::ValueAtMost(t), _) => Some(value <= t),
             _ => None,
         };
         Row {
