@@ -220,6 +220,13 @@ impl Plan {
                 // A new session: the process leads its own group (signals reach the whole
                 // group) and can take a controlling terminal.
                 sys::cvt(libc::setsid())?;
+                // Every signal at its default, as on the posix_spawn path: an ignored
+                // disposition survives exec, and what started the agent (a shell's
+                // background job ignores SIGINT and SIGQUIT) must not decide whether
+                // Ctrl-C works. SIGKILL and SIGSTOP refuse the call; that is fine.
+                for sig in 1..=64 {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
                 if pdeathsig {
                     sys::cvt(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
                 }

@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+/// A child process killed when the test ends, even by a panic.
 struct Daemon(Child);
 
 impl Drop for Daemon {
@@ -332,7 +333,7 @@ async fn sprites_are_created_listed_updated_and_deleted() {
 
 /// `wisp volume serve NAME` on a unix socket in `dir`, once it is ready; the
 /// way a test writes into a cold sprite's disk without booting it.
-fn serve_volume(home: &std::path::Path, name: &str, dir: &std::path::Path) -> (Child, String) {
+fn serve_volume(home: &std::path::Path, name: &str, dir: &std::path::Path) -> (Daemon, String) {
     let sock = dir.join("nbd.sock");
     let listen = format!("unix:{}", sock.display());
     let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
@@ -349,16 +350,16 @@ fn serve_volume(home: &std::path::Path, name: &str, dir: &std::path::Path) -> (C
         .unwrap();
     assert!(line.starts_with("serving volume"), "{line}");
     (
-        child,
+        Daemon(child),
         format!("nbd+unix:///{name}?socket={}", sock.display()),
     )
 }
 
 /// Stops a `wisp volume serve` the way a user does (SIGTERM: flush, upload, release).
-fn stop_serving(mut child: Child) {
+fn stop_serving(mut serving: Daemon) {
     // SAFETY: a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    unsafe { libc::kill(serving.0.id() as i32, libc::SIGTERM) };
+    assert!(serving.0.wait().unwrap().success());
 }
 
 /// qemu-io commands against `uri`; panics if one fails or a pattern differs.

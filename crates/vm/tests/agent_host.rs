@@ -20,7 +20,11 @@ struct Agent {
 }
 
 async fn start_agent(state: &Path) -> Agent {
-    let mut child = tokio::process::Command::new(common::agent_bin())
+    start_agent_with(state, tokio::process::Command::new(common::agent_bin())).await
+}
+
+async fn start_agent_with(state: &Path, mut command: tokio::process::Command) -> Agent {
+    let mut child = command
         .arg("--stdio")
         .arg("--state-dir")
         .arg(state)
@@ -283,6 +287,45 @@ async fn pty_session_with_resize() {
     e.input().write(b"\x03").await.unwrap();
     let st = e.wait().await.unwrap();
     assert_eq!(st.signal, Some(libc::SIGINT), "{st:?}");
+}
+
+/// Signals the agent inherited as ignored (a background job of a shell ignores SIGINT and
+/// SIGQUIT, nohup SIGHUP) are at their defaults in every command it starts, with or
+/// without a terminal: otherwise Ctrl-C in a sprite would depend on how wisp was started.
+#[tokio::test]
+async fn commands_start_with_default_signal_dispositions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(common::agent_bin());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+            Ok(())
+        });
+    }
+    let a = start_agent_with(dir.path(), command).await;
+    for tty in [None, Some(TtySize { rows: 24, cols: 80 })] {
+        let out = common::output(
+            &a.client,
+            ExecRequest {
+                argv: argv(&["grep", "^SigIgn", "/proc/self/status"]),
+                tty,
+                ..Default::default()
+            },
+        )
+        .await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mask = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .unwrap_or_else(|| panic!("no SigIgn mask in {text:?}"));
+        // Bit n-1 is signal n. Signals 32 and up are glibc's own (32 and 33 cannot be
+        // changed through libc) and real-time signals: only 1-31 are checked.
+        assert_eq!(mask & 0x7fff_ffff, 0, "ignored: {mask:#x}, tty {tty:?}");
+    }
 }
 
 /// `cat` on a terminal, once it runs: `word` was typed, and both the terminal's echo and
