@@ -301,7 +301,7 @@ async fn sprites_are_created_listed_updated_and_deleted() {
     assert_eq!(status, 405, "{body}");
     assert!(error_of(&body).contains("PATCH /v1/sprites/web"), "{body}");
 
-    // The registry outlives the daemon.
+    // The registry outlives the daemon, even killed (SIGKILL): a 201 is on disk.
     drop(daemon);
     let (_daemon, url) = start_server_with(home.path(), &["--image", "tiny"]);
     let sprites = format!("{url}/v1/sprites");
@@ -613,5 +613,50 @@ fn sprite_commands_talk_to_the_daemon() {
             "cannot reach the wisp server at http://127.0.0.1:{port}"
         )) && stderr.contains("is `wisp server` running?"),
         "{stderr}"
+    );
+}
+
+/// Concurrent requests: two creates of one name give one sprite and one 409
+/// (and no stray disk); concurrent checkpoints of one sprite take turns and
+/// all succeed with distinct ids.
+#[tokio::test]
+async fn concurrent_requests_on_one_sprite() {
+    use reqwest::Method;
+    let home = tempfile::tempdir().unwrap();
+    wisp_ok(home.path(), &["image", "build", "tiny"]);
+    let (_daemon, url) = start_server_with(home.path(), &["--image", "tiny"]);
+    let sprites = format!("{url}/v1/sprites");
+
+    let creates = (0..4).map(|_| call(Method::POST, &sprites, Some(r#"{"name":"race"}"#)));
+    let mut statuses: Vec<u16> = futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, [201, 409, 409, 409]);
+    let volumes = wisp_ok(home.path(), &["volume", "list"]);
+    assert_eq!(
+        volumes.lines().filter(|l| l.contains("sprite-")).count(),
+        1,
+        "one disk for one sprite: {volumes}"
+    );
+
+    let checkpoint = format!("{sprites}/race/checkpoint");
+    let checkpoints = (0..4).map(|_| call(Method::POST, &checkpoint, None));
+    let mut ids = Vec::new();
+    for (status, events) in futures::future::join_all(checkpoints).await {
+        assert_eq!(status, 200, "{events}");
+        ids.push(events[1]["data"].as_str().unwrap().to_string());
+    }
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "Checkpoint v0 created",
+            "Checkpoint v1 created",
+            "Checkpoint v2 created",
+            "Checkpoint v3 created"
+        ]
     );
 }
