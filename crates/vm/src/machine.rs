@@ -121,6 +121,23 @@ pub struct Machine {
     _sockets: Sockets,
 }
 
+/// The volume behind a stopped machine's disk, once nothing else holds it:
+/// the NBD server lets go of it when its last connection closed, which can
+/// take a moment after [`Machine::stop`] returns. `None` if something still
+/// holds it after 10 s.
+pub async fn reclaim_volume(
+    mut volume: Arc<wisp_volume::Volume>,
+) -> Option<wisp_volume::Volume> {
+    for _ in 0..1000 {
+        match Arc::try_unwrap(volume) {
+            Ok(v) => return Some(v),
+            Err(v) => volume = v,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
 fn tail(path: &Path, max: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     let start = text.len().saturating_sub(max);

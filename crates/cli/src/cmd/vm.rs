@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use wisp_vm::agent::{ExecEvent, ExecRequest, TtySize};
 use wisp_vm::image::{self, ImageKind};
 use wisp_vm::{Machine, Runtime};
-use wisp_volume::{Store, Volume};
+use wisp_volume::Store;
 
 use crate::config::{open_store, GlobalArgs};
 
@@ -210,24 +210,11 @@ async fn boot_and_run(
     };
     // The machine and its NBD server are gone (the server lets go of the volume once
     // its last connection closed): this is the last reference.
-    match unshared(volume).await {
+    match wisp_vm::machine::reclaim_volume(volume).await {
         Some(v) => v.close().await.context("cannot close the VM's volume")?,
         None => tracing::warn!(volume = %name, "volume still referenced; not closed"),
     }
     outcome
-}
-
-/// The volume once nothing else holds it (waits a little for a disk server that is
-/// still winding down).
-async fn unshared(mut volume: Arc<Volume>) -> Option<Volume> {
-    for _ in 0..1000 {
-        match Arc::try_unwrap(volume) {
-            Ok(v) => return Some(v),
-            Err(v) => volume = v,
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    None
 }
 
 /// Runs the command through the agent, copying stdio, and maps its end to
