@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -46,6 +48,12 @@ impl AppState {
     }
 
     fn view(&self, record: SpriteRecord) -> SpriteView {
+        // "warm" (memory kept across sleep) is a later stage.
+        let status = if self.sprites.is_awake(&record.name) {
+            "running"
+        } else {
+            "cold"
+        };
         SpriteView {
             url: self.sprite_url(&record.name),
             id: record.id,
@@ -54,8 +62,7 @@ impl AppState {
             url_settings: UrlSettingsView {
                 auth: record.url_auth,
             },
-            // Sprites are not booted by the daemon yet, so every one is cold.
-            status: "cold".to_string(),
+            status: status.to_string(),
             created_at: record.created_at,
             updated_at: record.updated_at,
         }
@@ -70,6 +77,7 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/sprites/{name}",
             get(get_sprite).put(update_sprite).delete(delete_sprite),
         )
+        .route("/v1/sprites/{name}/exec", get(exec_sprite))
         .route("/v1/sprites/{name}/checkpoint", post(create_checkpoint))
         .route("/v1/sprites/{name}/checkpoints", get(list_checkpoints))
         .route("/v1/sprites/{name}/checkpoints/{id}", get(get_checkpoint))
@@ -302,4 +310,24 @@ async fn restore_checkpoint(
         &format!("Restoring to {id}..."),
         format!("Restored to {id}"),
     ))
+}
+
+/// Runs a command in the sprite over a WebSocket (see `exec`), waking the
+/// sprite first: the upgrade is answered once the sprite is awake, so a
+/// sprite that cannot wake gets an HTTP error, not a broken socket.
+async fn exec_sprite(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<axum::response::Response, ControlError> {
+    let params = crate::exec::ExecParams::parse(query.as_deref().unwrap_or(""))?;
+    let upgrade = upgrade.map_err(|r| {
+        ControlError::BadRequest(format!(
+            "exec runs over a WebSocket (connect with ws://): {}",
+            r.body_text()
+        ))
+    })?;
+    let activity = state.sprites.activity(&name).await?;
+    Ok(upgrade.on_upgrade(move |socket| crate::exec::run(socket, activity, name, params)))
 }

@@ -52,6 +52,18 @@ pub enum ControlError {
     },
     #[error(transparent)]
     Image(#[from] wisp_vm::ImageError),
+    #[error("cannot wake sprite `{name}`")]
+    Wake {
+        name: String,
+        #[source]
+        source: wisp_vm::MachineError,
+    },
+    #[error("exec in sprite `{name}` failed")]
+    Exec {
+        name: String,
+        #[source]
+        source: wisp_vm::agent::AgentError,
+    },
 }
 
 impl ControlError {

@@ -8,6 +8,8 @@
 mod api;
 pub mod client;
 mod error;
+mod exec;
+pub mod machines;
 pub mod model;
 pub mod registry;
 pub mod sprites;
@@ -37,6 +39,8 @@ pub struct ServerConfig {
     pub image: ImageKind,
     /// How often the store's gc and compaction run (zero: never).
     pub gc_interval: Duration,
+    /// A sprite with no request for this long is put to sleep.
+    pub idle_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -89,6 +93,7 @@ impl Server {
             store,
             config.home.clone(),
             config.image,
+            config.idle_timeout,
         ));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -119,7 +124,23 @@ impl Server {
             let every = self.config.gc_interval;
             tokio::spawn(async move { store.run_maintenance(every, GcOptions::default()).await })
         });
+        // Not aborted at shutdown but told to stop: a sprite it is putting to
+        // sleep finishes its stop (and its upload) first.
+        let (stop_sleeper, mut stopping) = tokio::sync::watch::channel(false);
+        let sleeper = {
+            let sprites = self.sprites.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => sprites.sleep_idle().await,
+                        _ = stopping.changed() => return,
+                    }
+                }
+            })
+        };
         let port = self.local_addr()?.port();
+        let sprites = self.sprites.clone();
         let state = api::AppState::new(self.config, self.sprites, port);
         let result = axum::serve(self.listener, api::router(state))
             .with_graceful_shutdown(shutdown)
@@ -128,6 +149,10 @@ impl Server {
         if let Some(task) = maintenance {
             task.abort();
         }
+        // Stopping: no sprite is left running; each one's data is uploaded.
+        let _ = stop_sleeper.send(true);
+        let _ = sleeper.await;
+        sprites.sleep_all().await;
         result
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use wisp_vm::image::{self, ImageKind};
 use wisp_volume::{CheckpointInfo, Store, Volume, VolumeError};
 
+use crate::machines::{Activity, Awake, Machines};
 use crate::registry::{Page, Registry, RegistryError, SpriteRecord, UrlAuth};
 use crate::ControlError;
 
@@ -54,6 +55,7 @@ pub struct Sprites {
     store: Store,
     home: PathBuf,
     image: ImageKind,
+    machines: Machines,
     /// One operation at a time per sprite: an operation opens the sprite's
     /// volume, which admits one user; a second request waits its turn
     /// instead of failing with "in use".
@@ -63,8 +65,15 @@ pub struct Sprites {
 impl Sprites {
     /// `image` is the standard image new sprites fork; it is looked up in
     /// `home` at each create, so building it after the daemon started works.
-    pub fn new(registry: Registry, store: Store, home: PathBuf, image: ImageKind) -> Self {
+    pub fn new(
+        registry: Registry,
+        store: Store,
+        home: PathBuf,
+        image: ImageKind,
+        idle_timeout: Duration,
+    ) -> Self {
         Sprites {
+            machines: Machines::new(home.clone(), store.clone(), idle_timeout),
             registry,
             store,
             home,
@@ -90,6 +99,43 @@ impl Sprites {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Whether sprite `name`'s VM is running.
+    pub fn is_awake(&self, name: &str) -> bool {
+        self.machines.get(name).is_some()
+    }
+
+    /// Wakes sprite `name` if it sleeps and holds it awake while the
+    /// returned activity lives (an exec session).
+    pub async fn activity(&self, name: &str) -> Result<Activity, ControlError> {
+        let _turn = self.turn(name).await;
+        let record = self.get(name)?;
+        self.machines.wake(name, &record.volume).await
+    }
+
+    /// Puts every sprite idle past the timeout to sleep.
+    pub async fn sleep_idle(&self) {
+        for name in self.machines.idle() {
+            let _turn = self.turn(&name).await;
+            // A request may have woken it up again while this waited.
+            if self.machines.is_idle(&name) {
+                if let Err(e) = self.machines.sleep(&name).await {
+                    tracing::warn!(sprite = %name, error = %e.chain(), "putting an idle sprite to sleep failed");
+                }
+            }
+        }
+    }
+
+    /// Puts every awake sprite to sleep (the daemon is stopping): each guest
+    /// stops cleanly and each volume is uploaded and closed.
+    pub async fn sleep_all(&self) {
+        for name in self.machines.names() {
+            let _turn = self.turn(&name).await;
+            if let Err(e) = self.machines.sleep(&name).await {
+                tracing::warn!(sprite = %name, error = %e.chain(), "stopping a sprite failed");
+            }
+        }
     }
 
     /// Creates sprite `name`: its disk is a fork of the standard image's
@@ -175,6 +221,7 @@ impl Sprites {
     pub async fn delete(&self, name: &str) -> Result<(), ControlError> {
         let _turn = self.turn(name).await;
         let record = self.get(name)?;
+        self.machines.sleep(name).await?;
         match self.store.delete_volume(&record.volume).await {
             Ok(()) | Err(VolumeError::NotFound(_)) => {}
             Err(source) => {
@@ -191,12 +238,16 @@ impl Sprites {
 }
 
 impl Sprites {
-    /// Runs `op` on sprite `name`'s volume, opened for it and closed after
-    /// (which ships the metadata), in the sprite's turn.
+    /// Runs `op` on sprite `name`'s volume in the sprite's turn: the running
+    /// machine's volume if the sprite is awake and `live` allows it (after
+    /// the guest synced its filesystems); otherwise the sprite is put to
+    /// sleep first and the volume is opened for `op` and closed after
+    /// (which ships the metadata).
     async fn with_volume<T>(
         &self,
         name: &str,
         what: &str,
+        live: bool,
         op: impl AsyncFnOnce(&Volume) -> Result<T, VolumeError>,
     ) -> Result<T, ControlError> {
         let _turn = self.turn(name).await;
@@ -205,6 +256,15 @@ impl Sprites {
             context: format!("cannot {what} sprite `{name}` (volume `{}`)", record.volume),
             source,
         };
+        if let Some(awake) = self.machines.get(name) {
+            if live {
+                sync_guest(name, &awake).await;
+                return op(awake.volume()).await.map_err(context);
+            }
+            // The sleep closes the volume, which needs every reference gone.
+            drop(awake);
+            self.machines.sleep(name).await?;
+        }
         let volume = self
             .store
             .open_volume(&record.volume)
@@ -224,7 +284,9 @@ impl Sprites {
         comment: Option<String>,
     ) -> Result<CheckpointInfo, ControlError> {
         let info = self
-            .with_volume(name, "checkpoint", async |v| v.checkpoint(comment).await)
+            .with_volume(name, "checkpoint", true, async |v| {
+                v.checkpoint(comment).await
+            })
             .await?;
         tracing::info!(sprite = %name, checkpoint = %info.id, "checkpoint created");
         Ok(info)
@@ -233,7 +295,7 @@ impl Sprites {
     /// Sprite `name`'s checkpoints, newest first.
     pub async fn checkpoints(&self, name: &str) -> Result<Vec<CheckpointInfo>, ControlError> {
         let mut list = self
-            .with_volume(name, "list the checkpoints of", async |v| {
+            .with_volume(name, "list the checkpoints of", true, async |v| {
                 v.checkpoints().await
             })
             .await?;
@@ -242,12 +304,39 @@ impl Sprites {
     }
 
     /// Makes sprite `name`'s disk equal to checkpoint `id` again; later
-    /// checkpoints stay.
+    /// checkpoints stay. An awake sprite is stopped first (its guest's
+    /// caches would disagree with the disk) and wakes on its next request.
     pub async fn restore(&self, name: &str, id: &str) -> Result<(), ControlError> {
-        self.with_volume(name, "restore", async |v| v.restore(id).await)
+        self.with_volume(name, "restore", false, async |v| v.restore(id).await)
             .await?;
         tracing::info!(sprite = %name, checkpoint = %id, "checkpoint restored");
         Ok(())
+    }
+}
+
+/// Asks an awake sprite's guest to write its dirty pages to the disk, so a
+/// live checkpoint holds what programs wrote just before it. A guest that
+/// cannot is still checkpointed: what reached the disk is consistent as
+/// after a power cut.
+async fn sync_guest(name: &str, awake: &Awake) {
+    let request = wisp_vm::agent::ExecRequest {
+        argv: vec!["sync".into()],
+        ..Default::default()
+    };
+    let outcome = async {
+        let session = awake.agent().exec(request).await?;
+        session.input().close_stdin().await?;
+        session.wait().await
+    };
+    match tokio::time::timeout(Duration::from_secs(30), outcome).await {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => {
+            tracing::warn!(sprite = %name, code = status.shell_code(), "sync in the guest failed before a checkpoint")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(sprite = %name, error = %e, "sync in the guest failed before a checkpoint")
+        }
+        Err(_) => tracing::warn!(sprite = %name, "sync in the guest timed out before a checkpoint"),
     }
 }
 

@@ -125,9 +125,7 @@ pub struct Machine {
 /// the NBD server lets go of it when its last connection closed, which can
 /// take a moment after [`Machine::stop`] returns. `None` if something still
 /// holds it after 10 s.
-pub async fn reclaim_volume(
-    mut volume: Arc<wisp_volume::Volume>,
-) -> Option<wisp_volume::Volume> {
+pub async fn reclaim_volume(mut volume: Arc<wisp_volume::Volume>) -> Option<wisp_volume::Volume> {
     for _ in 0..1000 {
         match Arc::try_unwrap(volume) {
             Ok(v) => return Some(v),

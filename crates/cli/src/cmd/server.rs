@@ -16,6 +16,9 @@ pub struct ServerArgs {
     /// Interval of background gc and compaction of the store, like 10m or 1h (0 disables).
     #[arg(long, env = "WISP_GC_INTERVAL", default_value = "10m", value_parser = crate::cmd::volume::humantime_like)]
     pub gc_interval: std::time::Duration,
+    /// Put a sprite to sleep after this long without a request, like 30s or 5m.
+    #[arg(long, env = "WISP_IDLE_TIMEOUT", default_value = "30s", value_parser = crate::cmd::volume::humantime_like)]
+    pub idle_timeout: std::time::Duration,
     /// The standard image new sprites fork: `debian` or `tiny`.
     #[arg(long, env = "WISP_IMAGE", default_value = "debian")]
     pub image: wisp_vm::ImageKind,
@@ -30,6 +33,7 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCo
         store: global.store_url()?,
         image: args.image,
         gc_interval: args.gc_interval,
+        idle_timeout: args.idle_timeout,
     };
     let server = wisp_control::Server::bind(config).await?;
     let addr = server.local_addr()?;

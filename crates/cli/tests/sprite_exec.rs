@@ -1,0 +1,313 @@
+//! Running sprites through the daemon: exec over the Sprites WebSocket
+//! protocol wakes a sprite (a real VM, TCG here), an idle sprite goes to
+//! sleep and wakes with its disk, live checkpoints and restores, and a
+//! stopping daemon leaves nothing unsaved. One test runs the steps in order,
+//! so that one VM runs at a time.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A WISP_HOME kept between runs for its kernel, accelerator verdict and
+/// initramfs; this test's sprites, volumes and registry are removed first.
+fn home() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_wisp"));
+    let home = exe
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .join("wisp-sprite-exec-test-home");
+    std::fs::create_dir_all(&home).unwrap();
+    for entry in std::fs::read_dir(&home).unwrap() {
+        let path = entry.unwrap().path();
+        let keep = path
+            .file_name()
+            .is_some_and(|n| n == "kernel" || n == "accel.json");
+        if !keep {
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+    home
+}
+
+fn wisp(home: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .args(args)
+        .env("WISP_HOME", home)
+        .env_remove("WISP_STORE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wisp {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn start_server(home: &Path) -> (Daemon, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .args(["server", "--listen", "127.0.0.1:0", "--image", "tiny"])
+        .args(["--idle-timeout", "4s"])
+        .env("WISP_HOME", home)
+        .env_remove("WISP_STORE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("wisp server listening on ")
+        .unwrap_or_else(|| panic!("first line: {line:?}"))
+        .to_string();
+    (Daemon(child), url)
+}
+
+/// What one exec gave back.
+#[derive(Debug, Default)]
+struct Output {
+    stdout: String,
+    stderr: String,
+    code: Option<i32>,
+}
+
+fn query(argv: &[&str], extra: &[(&str, &str)]) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for a in argv {
+        q.append_pair("cmd", a);
+    }
+    for (k, v) in extra {
+        q.append_pair(k, v);
+    }
+    q.finish()
+}
+
+/// Runs `argv` in sprite `name` over the exec WebSocket, sending `stdin`
+/// (then end of stdin) when given; non-TTY framing.
+async fn exec(url: &str, name: &str, argv: &[&str], stdin: Option<&[u8]>) -> Output {
+    let extra: &[(&str, &str)] = if stdin.is_some() {
+        &[("stdin", "true")]
+    } else {
+        &[]
+    };
+    let ws_url = format!(
+        "{}/v1/sprites/{name}/exec?{}",
+        url.replacen("http", "ws", 1),
+        query(argv, extra)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .unwrap_or_else(|e| panic!("exec {argv:?}: {e}"));
+    if let Some(data) = stdin {
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(data);
+        ws.send(Message::Binary(frame.into())).await.unwrap();
+        ws.send(Message::Binary(vec![4u8].into())).await.unwrap();
+    }
+    let mut out = Output::default();
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(120), ws.next())
+        .await
+        .expect("exec answered within 120 s")
+    {
+        match message.unwrap() {
+            Message::Binary(b) => match b.split_first() {
+                Some((1, d)) => out.stdout.push_str(&String::from_utf8_lossy(d)),
+                Some((2, d)) => out.stderr.push_str(&String::from_utf8_lossy(d)),
+                Some((3, d)) => out.code = Some(d[0] as i32),
+                other => panic!("unexpected frame {other:?}"),
+            },
+            Message::Text(t) => panic!("unexpected text frame {t}"),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+async fn status(url: &str, name: &str) -> String {
+    let body: serde_json::Value = reqwest::get(format!("{url}/v1/sprites/{name}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["status"].as_str().unwrap_or_default().to_string()
+}
+
+async fn post(url: &str) -> u16 {
+    reqwest::Client::new()
+        .post(url)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
+    let home = home();
+    wisp(&home, &["image", "build", "tiny"]);
+    let (daemon, url) = start_server(&home);
+    let sprites = format!("{url}/v1/sprites");
+    let created = reqwest::Client::new()
+        .post(&sprites)
+        .json(&serde_json::json!({ "name": "box" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(status(&url, "box").await, "cold");
+
+    // The first exec wakes it: stdout, stderr and the exit code, apart.
+    let out = exec(
+        &url,
+        "box",
+        &[
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2; echo data > /root/file; exit 3",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.stdout, "hello\n", "{out:?}");
+    assert_eq!(out.stderr, "oops\n", "{out:?}");
+    assert_eq!(out.code, Some(3));
+    assert_eq!(status(&url, "box").await, "running");
+    let out = exec(&url, "box", &["hostname"], None).await;
+    assert_eq!(out.stdout.trim(), "box");
+
+    // stdin, then its end.
+    let out = exec(&url, "box", &["tr", "a-z", "A-Z"], Some(b"shout\n")).await;
+    assert_eq!((out.stdout.as_str(), out.code), ("SHOUT\n", Some(0)));
+
+    // A terminal: raw bytes, the size asked for, exit as a text frame.
+    let ws_url = format!(
+        "{}/v1/sprites/box/exec?{}",
+        url.replacen("http", "ws", 1),
+        query(
+            &["sh", "-c", "tty; stty size"],
+            &[("tty", "true"), ("rows", "30"), ("cols", "90")]
+        )
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    let (mut screen, mut exit) = (String::new(), None);
+    while let Some(message) = ws.next().await {
+        match message.unwrap() {
+            Message::Binary(b) => screen.push_str(&String::from_utf8_lossy(&b)),
+            Message::Text(t) => exit = Some(serde_json::from_str::<serde_json::Value>(&t).unwrap()),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert!(
+        screen.contains("/dev/pts/") && screen.contains("30 90"),
+        "{screen:?}"
+    );
+    assert_eq!(
+        exit.unwrap(),
+        serde_json::json!({ "type": "exit", "exit_code": 0 })
+    );
+
+    // A live checkpoint keeps the sprite running and holds what was just written.
+    assert_eq!(post(&format!("{sprites}/box/checkpoint")).await, 200);
+    assert_eq!(status(&url, "box").await, "running");
+    exec(&url, "box", &["sh", "-c", "echo later > /root/file2"], None).await;
+
+    // Idle: asleep after the timeout (4 s here), then woken by an exec with its disk.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status(&url, "box").await != "cold" {
+        assert!(
+            Instant::now() < deadline,
+            "the idle sprite did not go to sleep"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let out = exec(&url, "box", &["cat", "/root/file", "/root/file2"], None).await;
+    assert_eq!(out.stdout, "data\nlater\n", "{out:?}");
+
+    // Restore v0 while running: stopped, restored, and the next exec sees v0.
+    assert_eq!(
+        post(&format!("{sprites}/box/checkpoints/v0/restore")).await,
+        200
+    );
+    assert_eq!(status(&url, "box").await, "cold");
+    let out = exec(
+        &url,
+        "box",
+        &[
+            "sh",
+            "-c",
+            "cat /root/file; test -e /root/file2 && echo present || echo absent",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.stdout, "data\nabsent\n", "{out:?}");
+
+    // Bad exec requests get HTTP errors before any upgrade.
+    let ws = url.replacen("http", "ws", 1);
+    for (path, want) in [
+        (format!("{ws}/v1/sprites/nope/exec?cmd=true"), 404),
+        (format!("{ws}/v1/sprites/box/exec"), 400),
+        (format!("{ws}/v1/sprites/box/exec?cmd=true&tty=maybe"), 400),
+    ] {
+        match tokio_tungstenite::connect_async(&path).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status().as_u16(), want, "{path}")
+            }
+            other => panic!("{path}: {:?}", other.map(|_| "upgraded")),
+        }
+    }
+    let plain = reqwest::get(format!("{url}/v1/sprites/box/exec?cmd=true"))
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 400, "a plain GET is not an exec");
+
+    // A daemon told to stop (SIGTERM) stops its running sprites cleanly:
+    // what the last command wrote is there after a restart.
+    exec(&url, "box", &["sh", "-c", "echo kept > /root/file3"], None).await;
+    assert_eq!(status(&url, "box").await, "running");
+    let mut daemon = daemon;
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    assert!(
+        daemon.0.wait().unwrap().success(),
+        "wisp server exits 0 on SIGTERM"
+    );
+    let (_daemon, url) = start_server(&home);
+    assert_eq!(status(&url, "box").await, "cold");
+    let out = exec(&url, "box", &["cat", "/root/file3"], None).await;
+    assert_eq!(out.stdout, "kept\n", "{out:?}");
+
+    // Deleting a running sprite stops its VM first.
+    let deleted = reqwest::Client::new()
+        .delete(format!("{url}/v1/sprites/box"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let volumes = wisp(&home, &["volume", "list"]);
+    assert!(
+        !volumes.lines().any(|l| l.starts_with("sprite-")),
+        "{volumes}"
+    );
+}

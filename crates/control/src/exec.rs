@@ -1,0 +1,293 @@
+//! `GET /v1/sprites/{name}/exec` upgraded to a WebSocket: a command in the
+//! sprite, waking it first if it sleeps, in the wire format of the Sprites
+//! SDKs.
+//!
+//! Query: `cmd` (repeated: argv), `path` (the program, default the first
+//! `cmd`), `tty`, `stdin` (default: true with a TTY, false without), `rows`,
+//! `cols`, `env` (repeated `KEY=VALUE`), `dir` (working directory).
+//!
+//! Without a TTY every binary message is `[stream, payload...]`: 0 stdin,
+//! 1 stdout, 2 stderr, 3 exit (one byte: the exit code), 4 end of stdin.
+//! With a TTY binary messages are raw terminal bytes both ways; the client
+//! sends `{"type":"resize","rows":R,"cols":C}` as text and the server ends
+//! with `{"type":"exit","exit_code":N}` as text. The server closes the socket
+//! after the exit. A client that goes away ends the command (SIGHUP, then
+//! the session is dropped).
+
+use axum::extract::ws::{Message, WebSocket};
+use serde::Deserialize;
+use wisp_vm::agent::{ExecEvent, ExecInput, ExecRequest, ExitStatus, TtySize};
+
+use crate::machines::Activity;
+use crate::ControlError;
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const EXIT: u8 = 3;
+const STDIN_EOF: u8 = 4;
+
+/// The command of one exec request, from its query string.
+#[derive(Debug)]
+pub(crate) struct ExecParams {
+    pub request: ExecRequest,
+    /// Whether the client sends stdin; without, stdin is closed at once.
+    pub stdin: bool,
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ControlError> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ControlError::BadRequest(format!(
+            "bad `{key}` value `{value}`: use true or false"
+        ))),
+    }
+}
+
+fn parse_size(key: &str, value: &str) -> Result<u16, ControlError> {
+    value.parse::<u16>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ControlError::BadRequest(format!("bad `{key}` value `{value}`: use 1 to 65535"))
+    })
+}
+
+impl ExecParams {
+    /// Parses the query string; repeated keys (`cmd`, `env`) keep their order.
+    pub fn parse(query: &str) -> Result<ExecParams, ControlError> {
+        let mut cmd = Vec::new();
+        let mut env = Vec::new();
+        let (mut path, mut dir) = (None, None);
+        let (mut tty, mut stdin) = (false, None);
+        let (mut rows, mut cols) = (24, 80);
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "cmd" => cmd.push(value.into_owned()),
+                "path" => path = Some(value.into_owned()),
+                "dir" => dir = Some(value.into_owned()),
+                "tty" => tty = parse_bool("tty", &value)?,
+                "stdin" => stdin = Some(parse_bool("stdin", &value)?),
+                "rows" => rows = parse_size("rows", &value)?,
+                "cols" => cols = parse_size("cols", &value)?,
+                "env" => match value.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => env.push((k.to_string(), v.to_string())),
+                    _ => {
+                        return Err(ControlError::BadRequest(format!(
+                            "bad `env` value `{value}`: use KEY=VALUE"
+                        )))
+                    }
+                },
+                // Accepted for compatibility; sessions end with their socket here.
+                "max_run_after_disconnect" | "id" => {}
+                other => {
+                    return Err(ControlError::BadRequest(format!(
+                        "unknown exec parameter `{other}`"
+                    )))
+                }
+            }
+        }
+        if cmd.is_empty() && path.is_none() {
+            return Err(ControlError::BadRequest(
+                "exec needs a command: give `cmd` (repeated for arguments)".into(),
+            ));
+        }
+        // `path` is the program; `cmd` is its argv, whose first entry is the
+        // program's name as the program sees it.
+        if let Some(path) = path {
+            if cmd.is_empty() {
+                cmd.push(path);
+            } else {
+                cmd[0] = path;
+            }
+        }
+        Ok(ExecParams {
+            request: ExecRequest {
+                argv: cmd,
+                env,
+                cwd: dir,
+                user: None,
+                tty: tty.then_some(TtySize { rows, cols }),
+            },
+            stdin: stdin.unwrap_or(tty),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct Resize {
+    #[serde(rename = "type")]
+    kind: String,
+    rows: u16,
+    cols: u16,
+}
+
+fn exit_code(status: &ExitStatus) -> i32 {
+    status.shell_code()
+}
+
+/// A message that ends the exchange: an `error` event the SDKs print.
+fn error_message(error: String) -> Message {
+    Message::Text(
+        serde_json::json!({ "type": "error", "error": error })
+            .to_string()
+            .into(),
+    )
+}
+
+/// What the server sends for one event of the command, and whether it is
+/// the last (the exit).
+fn outgoing(event: ExecEvent, tty: bool) -> (Message, bool) {
+    match event {
+        ExecEvent::Stdout(data) | ExecEvent::Stderr(data) if tty => {
+            (Message::Binary(data.into()), false)
+        }
+        ExecEvent::Stdout(data) => (Message::Binary(framed(STDOUT, &data).into()), false),
+        ExecEvent::Stderr(data) => (Message::Binary(framed(STDERR, &data).into()), false),
+        ExecEvent::Exit(status) => {
+            let code = exit_code(&status);
+            let message = if tty {
+                Message::Text(
+                    serde_json::json!({ "type": "exit", "exit_code": code })
+                        .to_string()
+                        .into(),
+                )
+            } else {
+                Message::Binary(vec![EXIT, (code & 0xff) as u8].into())
+            };
+            (message, true)
+        }
+    }
+}
+
+/// Passes one client message to the command; false once the client is
+/// gone or the command's input is.
+async fn incoming(message: Message, input: &ExecInput, tty: bool, stdin: bool) -> bool {
+    match message {
+        Message::Binary(data) if tty => input.write(&data).await.is_ok(),
+        Message::Binary(data) => match data.split_first() {
+            Some((&STDIN, rest)) if stdin => input.write(rest).await.is_ok(),
+            Some((&STDIN_EOF, _)) => {
+                let _ = input.close_stdin().await;
+                true
+            }
+            // stdin the command was not given, or an unknown stream: dropped.
+            _ => true,
+        },
+        Message::Text(text) => {
+            if let Ok(resize) = serde_json::from_str::<Resize>(&text) {
+                if resize.kind == "resize" && tty {
+                    let _ = input.resize(resize.rows, resize.cols).await;
+                }
+            }
+            true
+        }
+        Message::Ping(_) | Message::Pong(_) => true,
+        Message::Close(_) => false,
+    }
+}
+
+/// Runs the command in the sprite held awake by `activity` and pumps it
+/// to and from `socket` until it exits or the client goes away.
+pub(crate) async fn run(
+    mut socket: WebSocket,
+    activity: Activity,
+    name: String,
+    params: ExecParams,
+) {
+    let tty = params.request.tty.is_some();
+    let mut session = match activity.agent().exec(params.request).await {
+        Ok(session) => session,
+        Err(source) => {
+            let error = ControlError::Exec { name, source }.chain();
+            let _ = socket.send(error_message(error)).await;
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    let input = session.input();
+    if !params.stdin {
+        let _ = input.close_stdin().await;
+    }
+    loop {
+        tokio::select! {
+            event = session.recv() => {
+                let (message, last) = match event {
+                    Ok(Some(event)) => outgoing(event, tty),
+                    Ok(None) => (error_message(format!("the command in sprite `{name}` ended without an exit status")), true),
+                    Err(source) => (error_message(ControlError::Exec { name: name.clone(), source }.chain()), true),
+                };
+                let sent = socket.send(message).await.is_ok();
+                if last {
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+                if !sent {
+                    break;
+                }
+            }
+            message = socket.recv() => {
+                let go_on = match message {
+                    Some(Ok(message)) => incoming(message, &input, tty, params.stdin).await,
+                    Some(Err(_)) | None => false,
+                };
+                if !go_on {
+                    break;
+                }
+            }
+        }
+    }
+    // The client went away before the command ended: hang it up, as a
+    // closing terminal would; the session ends with it.
+    let _ = input.signal(SIGHUP).await;
+    drop(activity);
+}
+
+/// SIGHUP in the (Linux) guest.
+const SIGHUP: i32 = 1;
+
+fn framed(stream: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(stream);
+    out.extend_from_slice(data);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_gives_argv_env_and_terminal() {
+        let p = ExecParams::parse(
+            "path=%2Fbin%2Fsh&cmd=sh&cmd=-c&cmd=echo+%24A&env=A%3Db%3Dc&dir=%2Ftmp&tty=true&rows=40&cols=100",
+        )
+        .unwrap();
+        assert_eq!(p.request.argv, ["/bin/sh", "-c", "echo $A"]);
+        assert_eq!(p.request.env, [("A".to_string(), "b=c".to_string())]);
+        assert_eq!(p.request.cwd.as_deref(), Some("/tmp"));
+        assert_eq!(
+            p.request.tty,
+            Some(TtySize {
+                rows: 40,
+                cols: 100
+            })
+        );
+        assert!(p.stdin, "stdin defaults to on with a tty");
+        let p = ExecParams::parse("cmd=true").unwrap();
+        assert_eq!(p.request.tty, None);
+        assert!(!p.stdin, "and off without");
+    }
+
+    #[test]
+    fn bad_queries_are_named() {
+        for (query, names) in [
+            ("", "give `cmd`"),
+            ("cmd=x&tty=maybe", "bad `tty` value `maybe`"),
+            ("cmd=x&rows=0", "bad `rows` value `0`"),
+            ("cmd=x&env=NOEQUALS", "bad `env` value `NOEQUALS`"),
+            ("cmd=x&color=red", "unknown exec parameter `color`"),
+        ] {
+            let err = ExecParams::parse(query).unwrap_err().to_string();
+            assert!(err.contains(names), "{query}: {err}");
+        }
+    }
+}

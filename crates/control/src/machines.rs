@@ -1,0 +1,216 @@
+//! Running sprites: the VM of each awake sprite, woken by the first request
+//! that needs it and put to sleep after a stretch without one.
+//!
+//! Sleep here is the "cold" kind: the guest is stopped cleanly (the agent
+//! syncs its filesystems), the volume is flushed, uploaded and closed, and
+//! nothing runs; the next exec boots it again from its disk. Keeping memory
+//! across a sleep ("warm") is a later stage.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wisp_vm::agent::AgentClient;
+use wisp_vm::{Machine, Runtime};
+use wisp_volume::{Store, Volume};
+
+use crate::ControlError;
+
+/// One awake sprite.
+pub struct Awake {
+    agent: Arc<AgentClient>,
+    volume: Arc<Volume>,
+    /// Taken by the stop.
+    machine: tokio::sync::Mutex<Option<Machine>>,
+    /// Requests in progress (exec sessions): a sprite with any is never idle.
+    sessions: AtomicUsize,
+    /// When the last request ended (or the sprite woke).
+    last_active: Mutex<Instant>,
+}
+
+impl Awake {
+    pub fn agent(&self) -> &Arc<AgentClient> {
+        &self.agent
+    }
+
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.volume
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.sessions.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(
+            self.last_active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
+    }
+}
+
+/// Keeps a sprite awake while it lives: one per request in progress.
+pub struct Activity(Arc<Awake>);
+
+impl Activity {
+    pub fn agent(&self) -> &Arc<AgentClient> {
+        &self.0.agent
+    }
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        *self.0.last_active.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.sessions.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The machines of this host's awake sprites. Callers serialise wake and
+/// sleep of one sprite (the sprite's turn in [`crate::Sprites`]).
+pub struct Machines {
+    home: PathBuf,
+    store: Store,
+    /// Prepared on the first wake: fetching the kernel and choosing the
+    /// accelerator are not worth doing for a daemon that only creates sprites.
+    runtime: tokio::sync::OnceCell<Runtime>,
+    awake: Mutex<HashMap<String, Arc<Awake>>>,
+    /// A sprite with no request for this long is put to sleep.
+    pub idle_timeout: Duration,
+}
+
+impl Machines {
+    pub fn new(home: PathBuf, store: Store, idle_timeout: Duration) -> Self {
+        Machines {
+            home,
+            store,
+            runtime: tokio::sync::OnceCell::new(),
+            awake: Mutex::default(),
+            idle_timeout,
+        }
+    }
+
+    fn awake_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Awake>>> {
+        self.awake.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sprite `name`'s machine, if it is awake.
+    pub fn get(&self, name: &str) -> Option<Arc<Awake>> {
+        self.awake_map().get(name).cloned()
+    }
+
+    /// Names of the awake sprites.
+    pub fn names(&self) -> Vec<String> {
+        self.awake_map().keys().cloned().collect()
+    }
+
+    async fn runtime(&self) -> Result<&Runtime, ControlError> {
+        self.runtime
+            .get_or_try_init(|| Runtime::prepare(&self.home))
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("cannot run sprites on this host: {e}")))
+    }
+
+    /// Wakes sprite `name` (whose disk is `volume`) unless it is awake, and
+    /// marks a request in progress on it.
+    pub async fn wake(&self, name: &str, volume: &str) -> Result<Activity, ControlError> {
+        let awake = match self.get(name) {
+            Some(awake) => awake,
+            None => self.boot(name, volume).await?,
+        };
+        awake.sessions.fetch_add(1, Ordering::SeqCst);
+        Ok(Activity(awake))
+    }
+
+    async fn boot(&self, name: &str, volume_name: &str) -> Result<Arc<Awake>, ControlError> {
+        let runtime = self.runtime().await?;
+        let started = Instant::now();
+        let volume = Arc::new(
+            self.store
+                .open_volume(volume_name)
+                .await
+                .map_err(|source| ControlError::Volume {
+                    context: format!(
+                        "cannot wake sprite `{name}`: cannot open volume `{volume_name}`"
+                    ),
+                    source,
+                })?,
+        );
+        // Sockets and logs under run/<volume>: the volume name is unique and short.
+        let mut config = runtime.machine_config(volume.clone(), volume_name);
+        config.hostname = name.to_string();
+        let machine = match Machine::start(config).await {
+            Ok(machine) => machine,
+            Err(e) => {
+                if let Some(v) = wisp_vm::machine::reclaim_volume(volume).await {
+                    let _ = v.close().await;
+                }
+                return Err(ControlError::Wake {
+                    name: name.to_string(),
+                    source: e,
+                });
+            }
+        };
+        tracing::info!(sprite = %name, took = ?started.elapsed(), "sprite woke");
+        let awake = Arc::new(Awake {
+            agent: machine.agent().clone(),
+            volume,
+            machine: tokio::sync::Mutex::new(Some(machine)),
+            sessions: AtomicUsize::new(0),
+            last_active: Mutex::new(Instant::now()),
+        });
+        self.awake_map().insert(name.to_string(), awake.clone());
+        Ok(awake)
+    }
+
+    /// Puts sprite `name` to sleep if it is awake: a clean stop of the guest,
+    /// then the volume is flushed, uploaded and closed. In-flight requests
+    /// end with the machine.
+    pub async fn sleep(&self, name: &str) -> Result<(), ControlError> {
+        let Some(awake) = self.awake_map().remove(name) else {
+            return Ok(());
+        };
+        let machine = awake.machine.lock().await.take();
+        let stopped = match machine {
+            Some(machine) => machine.stop().await,
+            None => Ok(()),
+        };
+        let volume = awake.volume.clone();
+        drop(awake);
+        let closed = match wisp_vm::machine::reclaim_volume(volume).await {
+            Some(volume) => volume.close().await.map_err(|source| ControlError::Volume {
+                context: format!("cannot close sprite `{name}`'s volume after its stop"),
+                source,
+            }),
+            None => {
+                tracing::warn!(sprite = %name, "volume still referenced after the stop; not closed");
+                Ok(())
+            }
+        };
+        tracing::info!(sprite = %name, "sprite asleep");
+        stopped.map_err(|source| ControlError::Wake {
+            name: name.to_string(),
+            source,
+        })?;
+        closed
+    }
+
+    /// Sprites idle for at least the idle timeout.
+    pub fn idle(&self) -> Vec<String> {
+        self.awake_map()
+            .iter()
+            .filter(|(_, a)| a.idle_for().is_some_and(|d| d >= self.idle_timeout))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Whether sprite `name` is awake and idle past the timeout (checked
+    /// again in the sprite's turn before it is put to sleep).
+    pub fn is_idle(&self, name: &str) -> bool {
+        self.get(name)
+            .and_then(|a| a.idle_for())
+            .is_some_and(|d| d >= self.idle_timeout)
+    }
+}
