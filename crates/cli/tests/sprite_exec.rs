@@ -195,6 +195,43 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     let out = exec(&url, "box", &["hostname"], None).await;
     assert_eq!(out.stdout.trim(), "box");
 
+    // The same through `wisp sprite exec`: exit code passed through, stdin with -i.
+    let cli = |args: &[&str], input: &[u8]| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
+            .args(["sprite", "exec", "--api", &url])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = cli(
+        &[
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo from-cli; echo err >&2; exit 5",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-cli\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let out = cli(&["-i", "box", "--", "tr", "a-z", "A-Z"], b"piped\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED\n");
+    assert_eq!(out.status.code(), Some(0));
+    let out = cli(&["nope", "--", "true"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sprite `nope` does not exist"),
+        "{out:?}"
+    );
+
     // stdin, then its end.
     let out = exec(&url, "box", &["tr", "a-z", "A-Z"], Some(b"shout\n")).await;
     assert_eq!((out.stdout.as_str(), out.code), ("SHOUT\n", Some(0)));

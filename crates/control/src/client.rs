@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::model::{CheckpointView, ListView, ProgressEvent, SpriteView};
 use crate::registry::UrlAuth;
@@ -226,5 +228,184 @@ impl Client {
             None,
         )
         .await
+    }
+}
+
+/// What to run with [`Client::exec`].
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub argv: Vec<String>,
+    /// A terminal of this many rows and columns.
+    pub tty: Option<(u16, u16)>,
+    /// Whether stdin is sent (it is closed at once otherwise).
+    pub stdin: bool,
+}
+
+/// What a running command sends back.
+#[derive(Debug)]
+pub enum ExecOutput {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The exit code (128 + N for a signal); the last output.
+    Exit(i32),
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The sending half of an exec: stdin, its end, terminal size.
+pub struct ExecSender {
+    sink: futures::stream::SplitSink<Socket, WsMessage>,
+    tty: bool,
+}
+
+/// The receiving half of an exec.
+pub struct ExecReceiver {
+    stream: futures::stream::SplitStream<Socket>,
+    tty: bool,
+    done: bool,
+}
+
+impl ExecSender {
+    pub async fn stdin(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        let frame = if self.tty {
+            data.to_vec()
+        } else {
+            let mut f = Vec::with_capacity(data.len() + 1);
+            f.push(0);
+            f.extend_from_slice(data);
+            f
+        };
+        self.send(WsMessage::Binary(frame.into())).await
+    }
+
+    pub async fn close_stdin(&mut self) -> Result<(), ClientError> {
+        if self.tty {
+            // A terminal has no end of input; Ctrl-D is a byte like any other.
+            return Ok(());
+        }
+        self.send(WsMessage::Binary(vec![4u8].into())).await
+    }
+
+    pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        let text = serde_json::json!({ "type": "resize", "rows": rows, "cols": cols });
+        self.send(WsMessage::Text(text.to_string().into())).await
+    }
+
+    async fn send(&mut self, message: WsMessage) -> Result<(), ClientError> {
+        self.sink.send(message).await.map_err(|e| ClientError::Api {
+            status: 0,
+            message: format!("the exec connection broke: {e}"),
+        })
+    }
+}
+
+impl ExecReceiver {
+    /// The next output; `None` when the connection ended.
+    pub async fn recv(&mut self) -> Result<Option<ExecOutput>, ClientError> {
+        while !self.done {
+            let Some(message) = self.stream.next().await else {
+                break;
+            };
+            let message = message.map_err(|e| ClientError::Api {
+                status: 0,
+                message: format!("the exec connection broke: {e}"),
+            })?;
+            match message {
+                WsMessage::Binary(data) if self.tty => {
+                    return Ok(Some(ExecOutput::Stdout(data.to_vec())))
+                }
+                WsMessage::Binary(data) => match data.split_first() {
+                    Some((1, d)) => return Ok(Some(ExecOutput::Stdout(d.to_vec()))),
+                    Some((2, d)) => return Ok(Some(ExecOutput::Stderr(d.to_vec()))),
+                    Some((3, d)) => {
+                        self.done = true;
+                        return Ok(Some(ExecOutput::Exit(
+                            d.first().copied().unwrap_or(0) as i32
+                        )));
+                    }
+                    _ => {}
+                },
+                WsMessage::Text(text) => {
+                    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                    match value["type"].as_str() {
+                        Some("exit") => {
+                            self.done = true;
+                            let code = value["exit_code"].as_i64().unwrap_or(0) as i32;
+                            return Ok(Some(ExecOutput::Exit(code)));
+                        }
+                        Some("error") => {
+                            return Err(ClientError::Api {
+                                status: 0,
+                                message: value["error"].as_str().unwrap_or(&text).to_string(),
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                WsMessage::Close(_) => break,
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Client {
+    /// Runs a command in sprite `name` (waking it) and returns the two
+    /// halves of the connection.
+    pub async fn exec(
+        &self,
+        name: &str,
+        options: &ExecOptions,
+    ) -> Result<(ExecSender, ExecReceiver), ClientError> {
+        let path = sprite_path(name)?;
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for arg in &options.argv {
+            query.append_pair("cmd", arg);
+        }
+        query.append_pair("stdin", if options.stdin { "true" } else { "false" });
+        if let Some((rows, cols)) = options.tty {
+            query.append_pair("tty", "true");
+            query.append_pair("rows", &rows.to_string());
+            query.append_pair("cols", &cols.to_string());
+        }
+        let url = format!(
+            "{}{path}/exec?{}",
+            self.base.replacen("http", "ws", 1),
+            query.finish()
+        );
+        let (socket, _) = match tokio_tungstenite::connect_async(&url).await {
+            Ok(connected) => connected,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                let message = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| format!("exec answered {status}: {body}"));
+                return Err(ClientError::Api { status, message });
+            }
+            Err(e) => {
+                return Err(ClientError::Unreachable {
+                    base: self.base.clone(),
+                    reason: chain(&e),
+                })
+            }
+        };
+        let tty = options.tty.is_some();
+        let (sink, stream) = socket.split();
+        Ok((
+            ExecSender { sink, tty },
+            ExecReceiver {
+                stream,
+                tty,
+                done: false,
+            },
+        ))
     }
 }

@@ -65,6 +65,19 @@ pub enum SpriteCommand {
     },
     /// Make a sprite's disk equal to a checkpoint again (later checkpoints stay).
     Restore { name: String, checkpoint: String },
+    /// Run a command in a sprite, waking it if it sleeps; exits with the command's code.
+    Exec {
+        name: String,
+        /// Pass stdin through to the command.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Run the command on a terminal (PTY) in the sprite.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -147,6 +160,126 @@ pub async fn run(args: SpriteArgs) -> anyhow::Result<ExitCode> {
         SpriteCommand::Restore { name, checkpoint } => {
             println!("{}", client.restore(&name, &checkpoint).await?);
         }
+        SpriteCommand::Exec {
+            name,
+            interactive,
+            tty,
+            command,
+        } => return exec(&client, &name, interactive, tty, command).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The next SIGWINCH, or never without a terminal.
+async fn next_resize(winch: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match winch {
+        Some(w) => w.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `wisp sprite exec`: local stdio to and from the command, like `wisp vm run`
+/// but through the daemon (the sprite keeps running afterwards).
+async fn exec(
+    client: &Client,
+    name: &str,
+    interactive: bool,
+    tty: bool,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use tokio::io::AsyncWriteExt;
+    use wisp_control::client::{ExecOptions, ExecOutput};
+
+    let stdin_fd = std::io::stdin().as_raw_fd();
+    let options = ExecOptions {
+        argv: command,
+        tty: tty.then(|| wisp_vm::terminal::size(stdin_fd).unwrap_or((24, 80))),
+        stdin: interactive,
+    };
+    let (mut sender, mut receiver) = client.exec(name, &options).await?;
+    let _raw = if tty && interactive {
+        wisp_vm::terminal::RawMode::enable(stdin_fd)
+    } else {
+        None
+    };
+    // A plain thread reads stdin: a read blocked on the terminal must not
+    // keep the runtime from shutting down.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    if interactive {
+        std::thread::spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    } else {
+        drop(tx);
+    }
+    let mut winch = if tty {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok()
+    } else {
+        None
+    };
+    // Stdin and terminal resizes to the sprite, until the command ends.
+    let pump = async move {
+        let mut stdin_open = true;
+        loop {
+            tokio::select! {
+                chunk = rx.recv(), if stdin_open => match chunk {
+                    Some(data) => sender.stdin(&data).await?,
+                    None => {
+                        sender.close_stdin().await?;
+                        stdin_open = false;
+                    }
+                },
+                Some(()) = next_resize(&mut winch) => {
+                    if let Some((rows, cols)) = wisp_vm::terminal::size(stdin_fd) {
+                        sender.resize(rows, cols).await?;
+                    }
+                }
+                else => std::future::pending::<()>().await,
+            }
+        }
+        #[allow(unreachable_code)]
+        anyhow::Ok(())
+    };
+    let output = async {
+        let mut stdout = tokio::io::stdout();
+        let mut stderr = tokio::io::stderr();
+        loop {
+            match receiver.recv().await? {
+                Some(ExecOutput::Stdout(d)) => {
+                    stdout.write_all(&d).await?;
+                    stdout.flush().await?;
+                }
+                Some(ExecOutput::Stderr(d)) => {
+                    stderr.write_all(&d).await?;
+                    stderr.flush().await?;
+                }
+                Some(ExecOutput::Exit(code)) => {
+                    return anyhow::Ok(ExitCode::from((code & 0xff) as u8))
+                }
+                None => {
+                    anyhow::bail!("the connection to sprite `{name}` ended without an exit code")
+                }
+            }
+        }
+    };
+    tokio::select! {
+        code = output => code,
+        pumped = pump => {
+            pumped?;
+            anyhow::bail!("the connection to sprite `{name}` ended without an exit code")
+        }
+    }
 }
