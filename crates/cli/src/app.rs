@@ -92,8 +92,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Logs go to stderr, filtered by `RUST_LOG`. Default: `info` for the CLI's own messages
 /// (the binary's modules, `wisp::cmd::*`; a target matches by prefix, so a bare `wisp`
-/// would take in every `wisp_*` crate), `warn` for the libraries, whose routine events
-/// would mix into the stderr of a command run with `wisp vm run`.
+/// would take in every `wisp_*` crate) and for the control plane (the daemon's sprites
+/// waking and sleeping), `warn` for the other libraries, whose routine events would mix
+/// into the stderr of a command run with `wisp vm run`.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     // An empty RUST_LOG counts as unset (tracing would read it as "everything").
@@ -101,7 +102,7 @@ fn init_logging() {
         .ok()
         .filter(|v| !v.trim().is_empty())
         .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| EnvFilter::new("warn,wisp::cmd=info"));
+        .unwrap_or_else(|| EnvFilter::new("warn,wisp::cmd=info,wisp_control=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -73,7 +73,8 @@ impl std::str::FromStr for UrlAuth {
 
 impl std::fmt::Display for UrlAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, not `write_str`: tables align it with `{:<8}`.
+        f.pad(self.as_str())
     }
 }
 
