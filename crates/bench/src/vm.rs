@@ -376,6 +376,99 @@ pub fn memory(wisp: &Wisp) -> Result<Memory> {
     Ok(m)
 }
 
+/// Figures of sprites run by `wisp server`, through its API.
+pub struct DaemonFigures {
+    /// Exec of `true` on a sleeping sprite, request to exit code: median of [`SAMPLES`].
+    pub wake: Duration,
+    /// Exec of `true` on an awake sprite over the WebSocket: median of [`EXEC_RUNS`].
+    pub exec_rtt: Duration,
+    /// From the last exec to the sprite reported cold (idle timeout 1 s + the stop).
+    pub to_sleep: Duration,
+}
+
+/// Runs `true` through the daemon's exec WebSocket; how long until its exit code came.
+async fn api_exec(client: &wisp_control::client::Client, name: &str) -> Result<Duration> {
+    use wisp_control::client::{ExecOptions, ExecOutput};
+    let t = Instant::now();
+    let options = ExecOptions {
+        argv: vec!["true".into()],
+        ..Default::default()
+    };
+    let (_sender, mut receiver) = client.exec(name, &options).await?;
+    loop {
+        match receiver.recv().await? {
+            Some(ExecOutput::Exit(0)) => return Ok(t.elapsed()),
+            Some(ExecOutput::Exit(code)) => bail!("`true` exited with {code}"),
+            Some(_) => {}
+            None => bail!("the exec ended without an exit code"),
+        }
+    }
+}
+
+/// Starts `wisp server` (idle timeout 1 s) and measures waking a sprite by an exec,
+/// execs on an awake one, and the way back to sleep.
+pub fn daemon(wisp: &Wisp, dir: &Path) -> Result<DaemonFigures> {
+    let port = wisp_testkit::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cmd = wisp.cmd([
+        "server",
+        "--listen",
+        &listen,
+        "--image",
+        "tiny",
+        "--idle-timeout",
+        "1s",
+        "--gc-interval",
+        "0",
+    ]);
+    let server = crate::procs::Server::spawn("wisp server", cmd, &dir.join("server.log"))?;
+    let client = wisp_control::client::Client::new(&format!("http://{listen}"));
+    let figures = engine::runtime().block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.list("").await.is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "wisp server did not answer on {listen}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let name = "bench";
+        client
+            .create(name, wisp_control::registry::UrlAuth::Sprite)
+            .await?;
+        let asleep = async || -> Result<Duration> {
+            let t = Instant::now();
+            while client.get(name).await?.status != "cold" {
+                anyhow::ensure!(
+                    t.elapsed() < Duration::from_secs(120),
+                    "the sprite never went to sleep"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(t.elapsed())
+        };
+        // A first wake prepares the kernel, initramfs and accelerator: not a sample.
+        api_exec(&client, name).await?;
+        let (mut wakes, mut sleeps, mut execs) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..SAMPLES {
+            sleeps.push(asleep().await?);
+            wakes.push(api_exec(&client, name).await?);
+            if i == 0 {
+                for _ in 0..EXEC_RUNS {
+                    execs.push(api_exec(&client, name).await?);
+                }
+            }
+        }
+        anyhow::Ok(DaemonFigures {
+            wake: median(wakes),
+            exec_rtt: median(execs),
+            to_sleep: median(sleeps),
+        })
+    });
+    server.terminate(Duration::from_secs(60))?;
+    figures
+}
+
 pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let dir = ctx.scratch("vm")?;
     let wisp = Wisp::new(&ctx.wisp, &dir.join("home"))?;
@@ -395,6 +488,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let bare = reference(&kernel, &dir)?;
     let sprite = sprites(&wisp)?;
     let memory = memory(&wisp)?;
+    let daemon = daemon(&wisp, &dir)?;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let boot_row = |metric: &str, value: Duration, reference: Duration, at_most: f64| {
         Row::ratio(
@@ -442,6 +536,28 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             "MiB",
         )
         .with_note("VmHWM of `wisp vm run`, boot included".to_string()),
+        boot_row(
+            "wake: exec `true` on a sleeping sprite through the API",
+            daemon.wake,
+            bare.to_init,
+            1.3,
+        )
+        .with_note(format!(
+            "median of {SAMPLES}: WebSocket exec to `wisp server` until the exit code (open the volume, serve it, boot, agent hello, run); reference: the bare boot until its root's init prints"
+        )),
+        Row::ratio(
+            SECTION,
+            "exec round trip of `true` through the API",
+            ms(daemon.exec_rtt),
+            ms(sprite.exec_rtt),
+            "ms",
+            Target::ValueAtMost(20.0),
+        )
+        .with_note(format!(
+            "median of {EXEC_RUNS} WebSocket execs on an awake sprite, connection set-up included; reference: the agent's exec in-process above"
+        )),
+        Row::info(SECTION, "idle sprite to asleep (idle timeout 1 s)", daemon.to_sleep.as_secs_f64(), "s")
+            .with_note("from the end of the last exec until the API reports it cold: the timeout plus up to one tick (1 s) of the task that puts idle sprites to sleep".to_string()),
         Row::info(SECTION, "ping round trip", ms(sprite.ping_rtt), "ms")
             .with_note(format!("median of {EXEC_RUNS}: the agent channel alone")),
         Row::info(SECTION, "clean stop", sprite.stop.as_secs_f64(), "s"),
