@@ -7,13 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use wisp_control::client::Client;
+use anyhow::{Context, Result};
 use wisp_control::registry::UrlAuth;
 use wisp_vm::image::{self, ImageKind};
 
 use crate::engine;
-use crate::procs::Server;
 use crate::report::{Row, Target};
 use crate::wisp::Wisp;
 use crate::{median, ms, Ctx, GIB};
@@ -44,29 +42,10 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     wisp.run(&["image", "build", "tiny"])
         .context("build the tiny image")?;
     let base = image::get(&wisp.home, ImageKind::Tiny)?;
-    let port = wisp_testkit::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let cmd = wisp.cmd([
-        "server",
-        "--listen",
-        &listen,
-        "--image",
-        "tiny",
-        "--gc-interval",
-        "0",
-    ]);
-    let server = Server::spawn("wisp server", cmd, &dir.join("server.log"))?;
-    let client = Client::new(&format!("http://{listen}"));
+    let (server, client) = wisp.server(&dir, &[])?;
     let (url, cache) = (wisp.store_url()?, wisp.cache_dir());
 
     let rows = engine::runtime().block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while client.list("").await.is_err() {
-            if Instant::now() > deadline {
-                bail!("wisp server did not answer on {listen} within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         let store = engine::open_store(&url, &cache, &wisp.env).await?;
 
         // Create through the API, and the fork it does, straight.

@@ -408,30 +408,8 @@ async fn api_exec(client: &wisp_control::client::Client, name: &str) -> Result<D
 /// Starts `wisp server` (idle timeout 1 s) and measures waking a sprite by an exec,
 /// execs on an awake one, and the way back to sleep.
 pub fn daemon(wisp: &Wisp, dir: &Path) -> Result<DaemonFigures> {
-    let port = wisp_testkit::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let cmd = wisp.cmd([
-        "server",
-        "--listen",
-        &listen,
-        "--image",
-        "tiny",
-        "--idle-timeout",
-        "1s",
-        "--gc-interval",
-        "0",
-    ]);
-    let server = crate::procs::Server::spawn("wisp server", cmd, &dir.join("server.log"))?;
-    let client = wisp_control::client::Client::new(&format!("http://{listen}"));
+    let (server, client) = wisp.server(dir, &["--idle-timeout", "1s"])?;
     let figures = engine::runtime().block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while client.list("").await.is_err() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "wisp server did not answer on {listen}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         let name = "bench";
         client
             .create(name, wisp_control::registry::UrlAuth::Sprite)

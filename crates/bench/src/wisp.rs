@@ -103,6 +103,33 @@ impl Wisp {
         cmd
     }
 
+    /// Starts `wisp server` on a free loopback port with the `tiny` image, no background
+    /// gc and `extra` flags, logging to `dir/server.log`; returns it once it answers,
+    /// with a client of its API.
+    pub fn server(
+        &self,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<(Server, wisp_control::client::Client)> {
+        let listen = format!("127.0.0.1:{}", wisp_testkit::free_port());
+        let mut cmd = self.cmd(["server", "--listen", &listen, "--image", "tiny"]);
+        cmd.args(["--gc-interval", "0"]).args(extra);
+        let server = Server::spawn("wisp server", cmd, &dir.join("server.log"))?;
+        let client = wisp_control::client::Client::new(&format!("http://{listen}"));
+        engine::runtime().block_on(async {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while client.list("").await.is_err() {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "wisp server did not answer on {listen} within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            anyhow::Ok(())
+        })?;
+        Ok((server, client))
+    }
+
     /// Runs `wisp ARGS...`, failing unless it exits 0; returns stdout.
     pub fn run(&self, args: &[&str]) -> Result<String> {
         procs::run(&mut self.cmd(args))

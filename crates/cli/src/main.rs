@@ -4,6 +4,7 @@
 mod app;
 mod cmd;
 mod config;
+mod stdio;
 
 fn main() -> std::process::ExitCode {
     app::run()

@@ -1,49 +1,16 @@
 //! `wisp server` as a user runs it: a real process on a free port.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-/// A child process killed when the test ends, even by a panic.
-struct Daemon(Child);
+mod common;
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `wisp server` on port 0 and returns it with the URL it printed.
-fn start_server(home: &std::path::Path) -> (Daemon, String) {
-    start_server_with(home, &[])
-}
-
-fn start_server_with(home: &std::path::Path, extra: &[&str]) -> (Daemon, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
-        .args(["server", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("WISP_HOME", home)
-        .env_remove("WISP_STORE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn wisp server");
-    let stdout = child.stdout.take().unwrap();
-    let daemon = Daemon(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("wisp server listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from wisp server: {line:?}"))
-        .to_string();
-    (daemon, url)
-}
+use common::{start_server, wisp_ok, Daemon};
 
 #[tokio::test]
 async fn health_answers_json() {
     let home = tempfile::tempdir().unwrap();
-    let (_daemon, url) = start_server(home.path());
+    let (_daemon, url) = start_server(home.path(), &[]);
     let response = reqwest::get(format!("{url}/v1/health")).await.unwrap();
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
@@ -67,7 +34,7 @@ async fn health_answers_json() {
 #[tokio::test]
 async fn unknown_route_is_a_json_404_naming_the_path() {
     let home = tempfile::tempdir().unwrap();
-    let (_daemon, url) = start_server(home.path());
+    let (_daemon, url) = start_server(home.path(), &[]);
     let response = reqwest::get(format!("{url}/v1/nonsense")).await.unwrap();
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.unwrap();
@@ -105,23 +72,6 @@ fn version_and_help() {
     for sub in ["server", "sprite", "volume", "image", "vm", "doctor"] {
         assert!(help.contains(sub), "help lacks `{sub}`: {help}");
     }
-}
-
-/// Runs `wisp ARGS` against `home` and returns its stdout; panics with its
-/// stderr when it fails.
-fn wisp_ok(home: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
-        .args(args)
-        .env("WISP_HOME", home)
-        .env_remove("WISP_STORE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "wisp {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Sends `method url` with an optional JSON body; returns the status and
@@ -171,7 +121,7 @@ fn error_of(value: &serde_json::Value) -> &str {
 async fn sprites_are_created_listed_updated_and_deleted() {
     use reqwest::Method;
     let home = tempfile::tempdir().unwrap();
-    let (daemon, url) = start_server_with(home.path(), &["--image", "tiny"]);
+    let (daemon, url) = start_server(home.path(), &["--image", "tiny"]);
     let sprites = format!("{url}/v1/sprites");
 
     // No image yet: the error says how to get one.
@@ -303,7 +253,7 @@ async fn sprites_are_created_listed_updated_and_deleted() {
 
     // The registry outlives the daemon, even killed (SIGKILL): a 201 is on disk.
     drop(daemon);
-    let (_daemon, url) = start_server_with(home.path(), &["--image", "tiny"]);
+    let (_daemon, url) = start_server(home.path(), &["--image", "tiny"]);
     let sprites = format!("{url}/v1/sprites");
     let web_url = format!("{sprites}/web");
     let (status, body) = call(Method::GET, &web_url, None).await;
@@ -388,7 +338,7 @@ async fn checkpoints_freeze_and_restore_a_sprites_disk() {
     let home = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     wisp_ok(home.path(), &["image", "build", "tiny"]);
-    let (_daemon, url) = start_server_with(home.path(), &["--image", "tiny"]);
+    let (_daemon, url) = start_server(home.path(), &["--image", "tiny"]);
     let sprites = format!("{url}/v1/sprites");
     let (status, sprite) = call(Method::POST, &sprites, Some(r#"{"name":"box"}"#)).await;
     assert_eq!(status, 201, "{sprite}");
@@ -548,7 +498,7 @@ fn sprite_cmd(home: &std::path::Path, api: &str, args: &[&str]) -> (bool, String
 fn sprite_commands_talk_to_the_daemon() {
     let home = tempfile::tempdir().unwrap();
     wisp_ok(home.path(), &["image", "build", "tiny"]);
-    let (_daemon, api) = start_server_with(home.path(), &["--image", "tiny"]);
+    let (_daemon, api) = start_server(home.path(), &["--image", "tiny"]);
     let ok = |args: &[&str]| {
         let (success, stdout, stderr) = sprite_cmd(home.path(), &api, args);
         assert!(success, "wisp sprite {args:?}: {stderr}");
@@ -624,7 +574,7 @@ async fn concurrent_requests_on_one_sprite() {
     use reqwest::Method;
     let home = tempfile::tempdir().unwrap();
     wisp_ok(home.path(), &["image", "build", "tiny"]);
-    let (_daemon, url) = start_server_with(home.path(), &["--image", "tiny"]);
+    let (_daemon, url) = start_server(home.path(), &["--image", "tiny"]);
     let sprites = format!("{url}/v1/sprites");
 
     let creates = (0..4).map(|_| call(Method::POST, &sprites, Some(r#"{"name":"race"}"#)));

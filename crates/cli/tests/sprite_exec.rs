@@ -4,22 +4,16 @@
 //! stopping daemon leaves nothing unsaved. One test runs the steps in order,
 //! so that one VM runs at a time.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-struct Daemon(Child);
+mod common;
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::wisp_ok as wisp;
 
 /// A WISP_HOME kept between runs for its kernel, accelerator verdict and
 /// initramfs; this test's sprites, volumes and registry are removed first.
@@ -43,41 +37,8 @@ fn home() -> PathBuf {
     home
 }
 
-fn wisp(home: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
-        .args(args)
-        .env("WISP_HOME", home)
-        .env_remove("WISP_STORE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "wisp {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn start_server(home: &Path) -> (Daemon, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
-        .args(["server", "--listen", "127.0.0.1:0", "--image", "tiny"])
-        .args(["--idle-timeout", "4s"])
-        .env("WISP_HOME", home)
-        .env_remove("WISP_STORE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("wisp server listening on ")
-        .unwrap_or_else(|| panic!("first line: {line:?}"))
-        .to_string();
-    (Daemon(child), url)
+fn start_server(home: &Path) -> (common::Daemon, String) {
+    common::start_server(home, &["--image", "tiny", "--idle-timeout", "4s"])
 }
 
 /// What one exec gave back.

@@ -187,9 +187,7 @@ async fn exec(
     tty: bool,
     command: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
-    use std::io::Read;
     use std::os::fd::AsRawFd;
-    use tokio::io::AsyncWriteExt;
     use wisp_control::client::{ExecOptions, ExecOutput};
 
     let stdin_fd = std::io::stdin().as_raw_fd();
@@ -204,27 +202,12 @@ async fn exec(
     } else {
         None
     };
-    // A plain thread reads stdin: a read blocked on the terminal must not
-    // keep the runtime from shutting down.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    if interactive {
-        std::thread::spawn(move || {
-            let mut stdin = std::io::stdin();
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
+    let mut rx = if interactive {
+        crate::stdio::stdin_chunks()
     } else {
-        drop(tx);
-    }
+        // No stdin: a closed channel, so the pump ends it at once.
+        tokio::sync::mpsc::channel(1).1
+    };
     let mut winch = if tty {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok()
     } else {
@@ -254,18 +237,11 @@ async fn exec(
         anyhow::Ok(())
     };
     let output = async {
-        let mut stdout = tokio::io::stdout();
-        let mut stderr = tokio::io::stderr();
+        let mut output = crate::stdio::Output::new();
         loop {
             match receiver.recv().await? {
-                Some(ExecOutput::Stdout(d)) => {
-                    stdout.write_all(&d).await?;
-                    stdout.flush().await?;
-                }
-                Some(ExecOutput::Stderr(d)) => {
-                    stderr.write_all(&d).await?;
-                    stderr.flush().await?;
-                }
+                Some(ExecOutput::Stdout(d)) => output.stdout(&d).await?,
+                Some(ExecOutput::Stderr(d)) => output.stderr(&d).await?,
                 Some(ExecOutput::Exit(code)) => {
                     return anyhow::Ok(ExitCode::from((code & 0xff) as u8))
                 }

@@ -2,14 +2,12 @@
 //! through the agent with stdio passed through, stop cleanly, delete the fork
 //! (like `docker run --rm`, but a real VM).
 
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use wisp_vm::agent::{ExecEvent, ExecRequest, TtySize};
 use wisp_vm::image::{self, ImageKind};
@@ -238,23 +236,7 @@ async fn exec(machine: &Machine, args: &RunArgs) -> anyhow::Result<ExitCode> {
         None
     };
     if args.interactive {
-        // A plain thread, not tokio's blocking pool: a read blocked on the
-        // terminal must not keep the runtime from shutting down.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-        std::thread::spawn(move || {
-            let mut stdin = std::io::stdin();
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
+        let mut rx = crate::stdio::stdin_chunks();
         let input = input.clone();
         tokio::spawn(async move {
             while let Some(chunk) = rx.recv().await {
@@ -281,18 +263,11 @@ async fn exec(machine: &Machine, args: &RunArgs) -> anyhow::Result<ExitCode> {
             });
         }
     }
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
+    let mut output = crate::stdio::Output::new();
     loop {
         match session.recv().await? {
-            Some(ExecEvent::Stdout(d)) => {
-                stdout.write_all(&d).await?;
-                stdout.flush().await?;
-            }
-            Some(ExecEvent::Stderr(d)) => {
-                stderr.write_all(&d).await?;
-                stderr.flush().await?;
-            }
+            Some(ExecEvent::Stdout(d)) => output.stdout(&d).await?,
+            Some(ExecEvent::Stderr(d)) => output.stderr(&d).await?,
             Some(ExecEvent::Exit(st)) => {
                 let code = match (st.code, st.signal) {
                     (Some(c), _) => c,

@@ -1,0 +1,59 @@
+//! What the tests of the `wisp` binary share: running it, and a `wisp server`
+//! that dies with the test.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A child process killed when the test ends, even by a panic.
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `wisp server` on port 0 with `extra` flags and returns it with
+/// the URL it printed.
+pub fn start_server(home: &Path, extra: &[&str]) -> (Daemon, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("WISP_HOME", home)
+        .env_remove("WISP_STORE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn wisp server");
+    let stdout = child.stdout.take().unwrap();
+    let daemon = Daemon(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("wisp server listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from wisp server: {line:?}"))
+        .to_string();
+    (daemon, url)
+}
+
+/// Runs `wisp ARGS` against `home` and returns its stdout; panics with its
+/// stderr when it fails.
+pub fn wisp_ok(home: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .args(args)
+        .env("WISP_HOME", home)
+        .env_remove("WISP_STORE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wisp {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
