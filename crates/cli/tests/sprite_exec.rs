@@ -280,6 +280,128 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         .unwrap();
     assert_eq!(plain.status(), 400, "a plain GET is not an exec");
 
+    // The router: a request to the sprite's host reaches port 8080 in it,
+    // through a service that starts at every boot, and wakes it.
+    let web = reqwest::Client::new()
+        .post(&sprites)
+        .json(&serde_json::json!({ "name": "web", "url_settings": { "auth": "public" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(web.status(), 201);
+    exec(
+        &url,
+        "web",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /root/www && echo 'hello from web' > /root/www/index.html",
+        ],
+        None,
+    )
+    .await;
+    let service = reqwest::Client::new()
+        .put(format!("{sprites}/web/services/www"))
+        .json(&serde_json::json!({
+            "cmd": "busybox",
+            "args": ["httpd", "-f", "-p", "8080", "-h", "/root/www"],
+            "http_port": 8080
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(service.status(), 200);
+    let service: serde_json::Value = service.json().await.unwrap();
+    assert_eq!(service["cmd"], "busybox");
+    assert!(
+        ["starting", "running"].contains(&service["state"]["status"].as_str().unwrap()),
+        "{service}"
+    );
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let get = |host: String, token: Option<String>| {
+        let url = url.clone();
+        async move {
+            let mut request = reqwest::Client::new()
+                .get(format!("{url}/index.html"))
+                .header("host", host);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let web_host = format!("web.localhost:{port}");
+    assert_eq!(
+        get(web_host.clone(), None).await,
+        (200, "hello from web\n".to_string())
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status(&url, "web").await != "cold" {
+        assert!(Instant::now() < deadline, "web did not go to sleep");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        get(web_host.clone(), None).await,
+        (200, "hello from web\n".to_string()),
+        "a request to a sleeping sprite wakes it and its service"
+    );
+    assert_eq!(status(&url, "web").await, "running");
+    // URL auth `sprite`: the host's token, or 401.
+    let changed = reqwest::Client::new()
+        .put(format!("{sprites}/web"))
+        .json(&serde_json::json!({ "url_settings": { "auth": "sprite" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let (code, body) = get(web_host.clone(), None).await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("$WISP_HOME/token"), "{body}");
+    let token = std::fs::read_to_string(home.join("token")).unwrap();
+    let (code, body) = get(web_host.clone(), Some(token.clone())).await;
+    assert_eq!((code, body.as_str()), (200, "hello from web\n"));
+    let (code, _) = get(web_host.clone(), Some("wrong".into())).await;
+    assert_eq!(code, 401);
+    let (code, _) = get(format!("nope.localhost:{port}"), None).await;
+    assert_eq!(code, 404);
+    // Bad service definitions are named.
+    for (body, names) in [
+        (serde_json::json!({ "cmd": "x", "needs": ["db"] }), "needs"),
+        (
+            serde_json::json!({ "cmd": "x", "http_port": 3000 }),
+            "http_port 3000",
+        ),
+        (serde_json::json!({ "cmd": "x", "colour": 1 }), "colour"),
+    ] {
+        let response = reqwest::Client::new()
+            .put(format!("{sprites}/web/services/bad"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains(names), "{body}: {text}");
+    }
+    let listed: serde_json::Value = reqwest::get(format!("{sprites}/web/services"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let removed = reqwest::Client::new()
+        .delete(format!("{sprites}/web/services/www"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 204);
+    let gone = reqwest::get(format!("{sprites}/web/services/www"))
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+
     // A daemon told to stop (SIGTERM) stops its running sprites cleanly:
     // what the last command wrote is there after a restart.
     exec(&url, "box", &["sh", "-c", "echo kept > /root/file3"], None).await;
@@ -297,12 +419,14 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     assert_eq!(out.stdout, "kept\n", "{out:?}");
 
     // Deleting a running sprite stops its VM first.
-    let deleted = reqwest::Client::new()
-        .delete(format!("{url}/v1/sprites/box"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    for name in ["box", "web"] {
+        let deleted = reqwest::Client::new()
+            .delete(format!("{url}/v1/sprites/{name}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), 204);
+    }
     let volumes = wisp(&home, &["volume", "list"]);
     assert!(
         !volumes.lines().any(|l| l.starts_with("sprite-")),

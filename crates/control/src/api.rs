@@ -14,7 +14,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::model::{CheckpointView, ListView, ProgressEvent, SpriteView, UrlSettingsView};
+use crate::model::{
+    CheckpointView, ListView, ProgressEvent, ServiceStateView, ServiceView, SpriteView,
+    UrlSettingsView,
+};
 use crate::registry::{SpriteRecord, UrlAuth};
 use crate::sprites::{rfc3339, rfc3339_from_unix, Sprites};
 use crate::{ControlError, HealthReport, ServerConfig};
@@ -27,24 +30,52 @@ const ORGANIZATION: &str = "personal";
 #[derive(Clone)]
 pub(crate) struct AppState {
     config: Arc<ServerConfig>,
-    sprites: Arc<Sprites>,
+    pub(crate) sprites: Arc<Sprites>,
     /// Port of the API, which the sprite URLs share.
     port: u16,
+    /// The host's token, for sprite URLs with auth `sprite`.
+    token: Arc<str>,
+    /// The router's client to the sprites (no redirects followed: a sprite's
+    /// redirect is its answer).
+    http: reqwest::Client,
 }
 
 impl AppState {
-    pub(crate) fn new(config: ServerConfig, sprites: Arc<Sprites>, port: u16) -> Self {
+    pub(crate) fn new(
+        config: ServerConfig,
+        sprites: Arc<Sprites>,
+        port: u16,
+        token: String,
+    ) -> Self {
         Self {
             config: Arc::new(config),
             sprites,
             port,
+            token: token.into(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
         }
     }
 
-    /// A sprite's URL: its name as a subdomain of `localhost` (which
-    /// resolves to loopback without DNS set-up), on the API's port.
+    /// A sprite's URL: its name as a subdomain of the sprite domain
+    /// (`localhost` by default, which resolves to loopback without DNS
+    /// set-up), on the API's port.
     fn sprite_url(&self, name: &str) -> String {
-        format!("http://{name}.localhost:{}", self.port)
+        format!("http://{name}.{}:{}", self.config.sprite_domain, self.port)
+    }
+
+    pub(crate) fn sprite_domain(&self) -> &str {
+        &self.config.sprite_domain
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     fn view(&self, record: SpriteRecord) -> SpriteView {
@@ -78,6 +109,11 @@ pub(crate) fn router(state: AppState) -> Router {
             get(get_sprite).put(update_sprite).delete(delete_sprite),
         )
         .route("/v1/sprites/{name}/exec", get(exec_sprite))
+        .route("/v1/sprites/{name}/services", get(list_services))
+        .route(
+            "/v1/sprites/{name}/services/{service}",
+            get(get_service).put(put_service).delete(delete_service),
+        )
         .route("/v1/sprites/{name}/checkpoint", post(create_checkpoint))
         .route("/v1/sprites/{name}/checkpoints", get(list_checkpoints))
         .route("/v1/sprites/{name}/checkpoints/{id}", get(get_checkpoint))
@@ -87,6 +123,11 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // In front of everything: sprite hosts never reach the API.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::router::route,
+        ))
         .with_state(state)
 }
 
@@ -330,4 +371,117 @@ async fn exec_sprite(
     })?;
     let activity = state.sprites.activity(&name).await?;
     Ok(upgrade.on_upgrade(move |socket| crate::exec::run(socket, activity, name, params)))
+}
+
+/// The guest port a sprite's URL reaches (QEMU forwards it).
+const SPRITE_HTTP_PORT: u16 = 8080;
+
+fn service_view(status: wisp_vm::agent::ServiceStatus) -> ServiceView {
+    let mut argv = status.spec.argv.into_iter();
+    let name = status.spec.name;
+    ServiceView {
+        cmd: argv.next().unwrap_or_default(),
+        args: argv.collect(),
+        needs: Vec::new(),
+        http_port: Some(SPRITE_HTTP_PORT),
+        state: ServiceStateView {
+            name: name.clone(),
+            // Not started yet (the agent starts services in the background),
+            // running, or between a death and its restart.
+            status: match (status.pid, status.starts) {
+                (Some(_), _) => "running",
+                (None, 0) => "starting",
+                (None, _) => "stopped",
+            }
+            .to_string(),
+            pid: status.pid,
+            starts: status.starts,
+        },
+        name,
+    }
+}
+
+/// `PUT /v1/sprites/{name}/services/{service}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceBody {
+    cmd: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    needs: Vec<String>,
+    #[serde(default)]
+    http_port: Option<u16>,
+    /// Added to the service's default environment.
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    dir: Option<String>,
+}
+
+async fn list_services(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<ServiceView>>, ControlError> {
+    let list = state.sprites.services(&name).await?;
+    Ok(Json(list.into_iter().map(service_view).collect()))
+}
+
+async fn get_service(
+    State(state): State<AppState>,
+    Path((name, service)): Path<(String, String)>,
+) -> Result<Json<ServiceView>, ControlError> {
+    state
+        .sprites
+        .services(&name)
+        .await?
+        .into_iter()
+        .find(|s| s.spec.name == service)
+        .map(|s| Json(service_view(s)))
+        .ok_or_else(|| crate::sprites::service_not_found(&name, &service))
+}
+
+async fn put_service(
+    State(state): State<AppState>,
+    Path((name, service)): Path<(String, String)>,
+    request: Result<Json<ServiceBody>, JsonRejection>,
+) -> Result<Json<ServiceView>, ControlError> {
+    let request = body(request)?;
+    if !wisp_vm::agent::ServiceSpec::valid_name(&service) {
+        return Err(ControlError::BadRequest(format!(
+            "bad service name `{service}`: use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot"
+        )));
+    }
+    if !request.needs.is_empty() {
+        return Err(ControlError::BadRequest(
+            "service dependencies (`needs`) are not supported yet: give `needs: []`".into(),
+        ));
+    }
+    if let Some(port) = request.http_port.filter(|p| *p != SPRITE_HTTP_PORT) {
+        return Err(ControlError::BadRequest(format!(
+            "http_port {port}: a wisp sprite's URL reaches port {SPRITE_HTTP_PORT} in the guest; listen there"
+        )));
+    }
+    if request.cmd.is_empty() {
+        return Err(ControlError::BadRequest("a service needs a `cmd`".into()));
+    }
+    let mut argv = vec![request.cmd];
+    argv.extend(request.args);
+    let spec = wisp_vm::agent::ServiceSpec {
+        name: service,
+        argv,
+        env: request.env.into_iter().collect(),
+        cwd: request.dir,
+        user: None,
+    };
+    let status = state.sprites.define_service(&name, spec).await?;
+    Ok(Json(service_view(status)))
+}
+
+async fn delete_service(
+    State(state): State<AppState>,
+    Path((name, service)): Path<(String, String)>,
+) -> Result<StatusCode, ControlError> {
+    state.sprites.remove_service(&name, &service).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -30,6 +30,12 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read or create the token file `{}`", path.display())]
+    Token {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("i/o error")]
     Io(#[source] std::io::Error),
     #[error("not found: {0}")]
@@ -38,6 +44,10 @@ pub enum ControlError {
     BadRequest(String),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    BadGateway(String),
     /// The request is fine but the host cannot serve it yet (for example
     /// the standard image is not built).
     #[error("{0}")]
@@ -72,6 +82,8 @@ impl ControlError {
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ControlError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ControlError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ControlError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Registry(RegistryError::AlreadyExists(_)) => StatusCode::CONFLICT,
             ControlError::Volume {
@@ -89,18 +101,24 @@ impl ControlError {
     /// The message with every cause, `outer: inner: innermost`, skipping a
     /// cause whose text the outer message already contains.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            let cause_text = cause.to_string();
-            if !text.contains(&cause_text) {
-                text.push_str(": ");
-                text.push_str(&cause_text);
-            }
-            source = cause.source();
-        }
-        text
+        chain_of(self)
     }
+}
+
+/// An error's message with every cause, `outer: inner: innermost`, skipping
+/// a cause whose text the message already contains.
+pub(crate) fn chain_of(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl IntoResponse for ControlError {

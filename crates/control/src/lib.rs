@@ -12,6 +12,7 @@ mod exec;
 pub mod machines;
 pub mod model;
 pub mod registry;
+mod router;
 pub mod sprites;
 
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     pub gc_interval: Duration,
     /// A sprite with no request for this long is put to sleep.
     pub idle_timeout: Duration,
+    /// Sprite URLs are `http://<name>.<sprite_domain>:<port>`.
+    pub sprite_domain: String,
 }
 
 impl ServerConfig {
@@ -141,7 +144,13 @@ impl Server {
         };
         let port = self.local_addr()?.port();
         let sprites = self.sprites.clone();
-        let state = api::AppState::new(self.config, self.sprites, port);
+        let token = router::load_or_create_token(&self.config.home).map_err(|source| {
+            ControlError::Token {
+                path: self.config.home.join("token"),
+                source,
+            }
+        })?;
+        let state = api::AppState::new(self.config, self.sprites, port, token);
         let result = axum::serve(self.listener, api::router(state))
             .with_graceful_shutdown(shutdown)
             .await

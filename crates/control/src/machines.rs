@@ -21,6 +21,10 @@ use crate::ControlError;
 /// One awake sprite.
 pub struct Awake {
     agent: Arc<AgentClient>,
+    /// The host port on 127.0.0.1 that QEMU forwards to the guest's port 8080.
+    http_port: u16,
+    /// When the machine finished booting.
+    woke_at: Instant,
     volume: Arc<Volume>,
     /// Taken by the stop.
     machine: tokio::sync::Mutex<Option<Machine>>,
@@ -37,6 +41,15 @@ impl Awake {
 
     pub fn volume(&self) -> &Arc<Volume> {
         &self.volume
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// How long ago the machine finished booting.
+    pub fn awake_for(&self) -> Duration {
+        self.woke_at.elapsed()
     }
 
     fn idle_for(&self) -> Option<Duration> {
@@ -58,6 +71,10 @@ pub struct Activity(Arc<Awake>);
 impl Activity {
     pub fn agent(&self) -> &Arc<AgentClient> {
         &self.0.agent
+    }
+
+    pub fn awake(&self) -> &Awake {
+        &self.0
     }
 }
 
@@ -141,6 +158,8 @@ impl Machines {
         // Sockets and logs under run/<volume>: the volume name is unique and short.
         let mut config = runtime.machine_config(volume.clone(), volume_name);
         config.hostname = name.to_string();
+        let http_port = free_loopback_port().map_err(ControlError::Io)?;
+        config.http_port = Some(http_port);
         let machine = match Machine::start(config).await {
             Ok(machine) => machine,
             Err(e) => {
@@ -156,6 +175,8 @@ impl Machines {
         tracing::info!(sprite = %name, took = ?started.elapsed(), "sprite woke");
         let awake = Arc::new(Awake {
             agent: machine.agent().clone(),
+            http_port,
+            woke_at: Instant::now(),
             volume,
             machine: tokio::sync::Mutex::new(Some(machine)),
             sessions: AtomicUsize::new(0),
@@ -213,4 +234,13 @@ impl Machines {
             .and_then(|a| a.idle_for())
             .is_some_and(|d| d >= self.idle_timeout)
     }
+}
+
+/// A port on 127.0.0.1 nothing listens on now, for QEMU's forward to the
+/// guest's HTTP port. (QEMU binds it a moment later; another process taking
+/// it in between makes that boot fail with a clear error.)
+fn free_loopback_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

@@ -56,3 +56,26 @@ pub struct ProgressEvent {
     pub error: Option<String>,
     pub time: String,
 }
+
+/// A service as the API shows it (Sprites' shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub cmd: String,
+    pub args: Vec<String>,
+    /// Services started first: always empty here (not supported yet).
+    pub needs: Vec<String>,
+    /// The guest port the sprite's URL reaches: 8080, or none.
+    pub http_port: Option<u16>,
+    pub state: ServiceStateView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStateView {
+    pub name: String,
+    /// `starting`, `running`, or `stopped` (between a death and its restart).
+    pub status: String,
+    pub pid: Option<u32>,
+    /// How many times it was started since the guest booted.
+    pub starts: u32,
+}

@@ -19,6 +19,9 @@ pub struct ServerArgs {
     /// Put a sprite to sleep after this long without a request, like 30s or 5m.
     #[arg(long, env = "WISP_IDLE_TIMEOUT", default_value = "30s", value_parser = crate::cmd::volume::humantime_like)]
     pub idle_timeout: std::time::Duration,
+    /// Sprite URLs are http://NAME.DOMAIN:PORT; the default resolves to loopback.
+    #[arg(long, env = "WISP_SPRITE_DOMAIN", default_value = "localhost")]
+    pub sprite_domain: String,
     /// The standard image new sprites fork: `debian` or `tiny`.
     #[arg(long, env = "WISP_IMAGE", default_value = "debian")]
     pub image: wisp_vm::ImageKind,
@@ -34,6 +37,7 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCo
         image: args.image,
         gc_interval: args.gc_interval,
         idle_timeout: args.idle_timeout,
+        sprite_domain: args.sprite_domain,
     };
     let server = wisp_control::Server::bind(config).await?;
     let addr = server.local_addr()?;
