@@ -82,7 +82,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let global = cli.global;
     match cli.command {
         Command::Server(args) => cmd::server::run(&global, args).await,
-        Command::Sprite(args) => cmd::sprite::run(args).await,
+        Command::Sprite(args) => cmd::sprite::run(&global, args).await,
         Command::Volume(command) => cmd::volume::run(&global, command).await,
         Command::Image(command) => cmd::image::run(&global, command).await,
         Command::Vm(command) => cmd::vm::run(&global, command).await,

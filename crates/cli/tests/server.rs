@@ -610,3 +610,30 @@ async fn concurrent_requests_on_one_sprite() {
         ]
     );
 }
+
+/// With `--require-token yes` (the default when listening beyond loopback)
+/// the API wants the host's token; the CLI sends it from `$WISP_HOME/token`.
+#[tokio::test]
+async fn a_server_that_requires_its_token() {
+    let home = tempfile::tempdir().unwrap();
+    let (_daemon, url) = start_server(home.path(), &["--require-token", "yes"]);
+    let health = reqwest::get(format!("{url}/v1/health")).await.unwrap();
+    assert_eq!(health.status(), 200, "the health check stays open");
+    let (status, body) = call(reqwest::Method::GET, &format!("{url}/v1/sprites"), None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(error_of(&body).contains("$WISP_HOME/token"), "{body}");
+    let token = std::fs::read_to_string(home.path().join("token")).unwrap();
+    let listed = reqwest::Client::new()
+        .get(format!("{url}/v1/sprites"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let (success, stdout, stderr) = sprite_cmd(home.path(), &url, &["list"]);
+    assert!(success, "the CLI reads the token file: {stderr}");
+    assert!(stdout.starts_with("NAME"), "{stdout}");
+    let (success, _, stderr) = sprite_cmd(home.path(), &url, &["list", "--token", "wrong"]);
+    assert!(!success);
+    assert!(stderr.contains("wants its token"), "{stderr}");
+}

@@ -74,6 +74,10 @@ impl AppState {
         &self.token
     }
 
+    pub(crate) fn require_token(&self) -> bool {
+        self.config.require_token
+    }
+
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }

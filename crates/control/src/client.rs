@@ -32,6 +32,8 @@ pub enum ClientError {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// Sent as a bearer token when set.
+    token: Option<String>,
 }
 
 /// An error's message with its causes, which reqwest keeps in the chain
@@ -73,7 +75,14 @@ impl Client {
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
+            token: None,
         }
+    }
+
+    /// Sends `token` as `Authorization: Bearer` with every call.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
     }
 
     /// Sends a request; the body of a 2xx answer, or the daemon's error.
@@ -85,6 +94,9 @@ impl Client {
     ) -> Result<(String, String), ClientError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method.clone(), &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -375,7 +387,18 @@ impl Client {
             self.base.replacen("http", "ws", 1),
             query.finish()
         );
-        let (socket, _) = match tokio_tungstenite::connect_async(&url).await {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ClientError::BadArgument(format!("bad exec url `{url}`: {e}")))?;
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                ClientError::BadArgument("the token is not a valid header value".into())
+            })?;
+            request.headers_mut().insert("authorization", value);
+        }
+        let (socket, _) = match tokio_tungstenite::connect_async(request).await {
             Ok(connected) => connected,
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let status = response.status().as_u16();

@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Sprite URLs are `http://<name>.<sprite_domain>:<port>`.
     pub sprite_domain: String,
+    /// Whether API calls need the host's token (`$WISP_HOME/token`).
+    pub require_token: bool,
 }
 
 impl ServerConfig {

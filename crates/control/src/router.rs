@@ -1,7 +1,8 @@
 //! The HTTP router: a request whose host is a sprite's (`<name>.localhost`
 //! on the API's port) goes to port 8080 in that sprite, waking it first.
 //! A sprite whose URL auth is `sprite` wants the host's token as a bearer
-//! token; a `public` one answers anyone.
+//! token; a `public` one answers anyone. Every other request goes to the
+//! API, which wants the token too when the daemon requires it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -81,7 +82,21 @@ pub(crate) async fn route(State(state): State<AppState>, request: Request, next:
                 .await
                 .unwrap_or_else(IntoResponse::into_response)
         }
-        None => next.run(request).await,
+        None => {
+            // The API: with `require_token`, every call but the health check
+            // carries the host's token.
+            let open = request.uri().path() == "/v1/health";
+            if state.require_token() && !open && !authorized(request.headers(), state.token()) {
+                return ControlError::Unauthorized(
+                    "this wisp server wants its token: send `Authorization: Bearer <token>` \
+                     with the token in $WISP_HOME/token (the wisp CLI reads it from there \
+                     or from WISP_TOKEN)"
+                        .into(),
+                )
+                .into_response();
+            }
+            next.run(request).await
+        }
     }
 }
 

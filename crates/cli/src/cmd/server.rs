@@ -22,6 +22,10 @@ pub struct ServerArgs {
     /// Sprite URLs are http://NAME.DOMAIN:PORT; the default resolves to loopback.
     #[arg(long, env = "WISP_SPRITE_DOMAIN", default_value = "localhost")]
     pub sprite_domain: String,
+    /// Whether API calls need the token in $WISP_HOME/token: `auto` (only when listening
+    /// beyond loopback), `yes` or `no`.
+    #[arg(long, env = "WISP_REQUIRE_TOKEN", default_value = "auto", value_parser = ["auto", "yes", "no"])]
+    pub require_token: String,
     /// The standard image new sprites fork: `debian` or `tiny`.
     #[arg(long, env = "WISP_IMAGE", default_value = "debian")]
     pub image: wisp_vm::ImageKind,
@@ -38,6 +42,11 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCo
         gc_interval: args.gc_interval,
         idle_timeout: args.idle_timeout,
         sprite_domain: args.sprite_domain,
+        require_token: match args.require_token.as_str() {
+            "yes" => true,
+            "no" => false,
+            _ => !args.listen.ip().is_loopback(),
+        },
     };
     let server = wisp_control::Server::bind(config).await?;
     let addr = server.local_addr()?;

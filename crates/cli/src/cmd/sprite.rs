@@ -8,6 +8,8 @@ use wisp_control::client::Client;
 use wisp_control::model::SpriteView;
 use wisp_control::registry::UrlAuth;
 
+use crate::config::GlobalArgs;
+
 #[derive(Debug, Args)]
 pub struct SpriteArgs {
     /// Base URL of the wisp server.
@@ -18,6 +20,9 @@ pub struct SpriteArgs {
         default_value = "http://127.0.0.1:7070"
     )]
     pub api: String,
+    /// The server's token (default: the file $WISP_HOME/token, when there is one).
+    #[arg(long, global = true, env = "WISP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: SpriteCommand,
 }
@@ -95,8 +100,14 @@ fn print_sprite(sprite: &SpriteView) {
     println!("updated:    {}", sprite.updated_at);
 }
 
-pub async fn run(args: SpriteArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.api);
+pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCode> {
+    let token = args.token.clone().or_else(|| {
+        std::fs::read_to_string(global.home.join("token"))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    });
+    let client = Client::new(&args.api).with_token(token);
     match args.command {
         SpriteCommand::Create { name, public } => {
             let auth = if public {
