@@ -47,6 +47,8 @@ struct Output {
     stdout: String,
     stderr: String,
     code: Option<i32>,
+    /// A text `error` event.
+    error: Option<String>,
 }
 
 fn query(argv: &[&str], extra: &[(&str, &str)]) -> String {
@@ -94,7 +96,11 @@ async fn exec(url: &str, name: &str, argv: &[&str], stdin: Option<&[u8]>) -> Out
                 Some((3, d)) => out.code = Some(d[0] as i32),
                 other => panic!("unexpected frame {other:?}"),
             },
-            Message::Text(t) => panic!("unexpected text frame {t}"),
+            Message::Text(t) => {
+                let event: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(event["type"], "error", "unexpected text frame {t}");
+                out.error = event["error"].as_str().map(str::to_string);
+            }
             Message::Close(_) => break,
             _ => {}
         }
@@ -155,6 +161,14 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     assert_eq!(status(&url, "box").await, "running");
     let out = exec(&url, "box", &["hostname"], None).await;
     assert_eq!(out.stdout.trim(), "box");
+
+    // A guest that powers itself off is booted again by the next exec, disk intact.
+    let out = exec(&url, "box", &["poweroff", "-f"], None).await;
+    assert_eq!(out.code, None, "poweroff -f does not return: {out:?}");
+    let error = out.error.unwrap_or_default();
+    assert!(error.contains("agent connection is closed"), "{error}");
+    let out = exec(&url, "box", &["cat", "/root/file"], None).await;
+    assert_eq!(out.stdout, "data\n", "{out:?}");
 
     // The same through `wisp sprite exec`: exit code passed through, stdin with -i.
     let cli = |args: &[&str], input: &[u8]| {

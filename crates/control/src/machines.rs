@@ -52,7 +52,17 @@ impl Awake {
         self.woke_at.elapsed()
     }
 
+    /// Whether the guest is gone by itself (powered off, crashed): its agent
+    /// connection ended without a stop.
+    fn is_dead(&self) -> bool {
+        self.agent.is_closed()
+    }
+
     fn idle_for(&self) -> Option<Duration> {
+        if self.is_dead() {
+            // Nothing can use it; clean it up at once.
+            return Some(Duration::MAX);
+        }
         if self.sessions.load(Ordering::SeqCst) > 0 {
             return None;
         }
@@ -134,7 +144,15 @@ impl Machines {
     /// marks a request in progress on it.
     pub async fn wake(&self, name: &str, volume: &str) -> Result<Activity, ControlError> {
         let awake = match self.get(name) {
-            Some(awake) => awake,
+            Some(awake) if !awake.is_dead() => awake,
+            Some(dead) => {
+                // The guest went away by itself: clean up (QEMU, disk server,
+                // volume) and boot it again.
+                drop(dead);
+                tracing::warn!(sprite = %name, "the sprite's VM had stopped by itself; booting it again");
+                self.sleep(name).await?;
+                self.boot(name, volume).await?
+            }
             None => self.boot(name, volume).await?,
         };
         awake.sessions.fetch_add(1, Ordering::SeqCst);
