@@ -432,6 +432,20 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     let out = exec(&url, "box", &["cat", "/root/file3"], None).await;
     assert_eq!(out.stdout, "kept\n", "{out:?}");
 
+    // A daemon killed outright (SIGKILL) while a sprite runs: its QEMU dies with it,
+    // and the next daemon wakes the sprite with everything the guest had synced.
+    exec(
+        &url,
+        "box",
+        &["sh", "-c", "echo crash > /root/file4; sync"],
+        None,
+    )
+    .await;
+    drop(_daemon);
+    let (_daemon, url) = start_server(&home);
+    let out = exec(&url, "box", &["cat", "/root/file4"], None).await;
+    assert_eq!(out.stdout, "crash\n", "{out:?}");
+
     // Deleting a running sprite stops its VM first.
     for name in ["box", "web"] {
         let deleted = reqwest::Client::new()
