@@ -1,9 +1,12 @@
-//! The control plane: the `wisp server` daemon, its registry and its REST
-//! API.
+//! The control plane: the `wisp server` daemon, its registry, its REST API,
+//! the sprites it runs and the router to their URLs.
 //!
 //! The API follows the public Sprites v1 REST API so existing SDKs work
 //! against wisp. Handlers only translate HTTP into calls on [`Sprites`]; one
-//! `IntoResponse` impl turns errors into HTTP responses.
+//! `IntoResponse` impl turns errors into HTTP responses. Modules: `api`
+//! (routes), `exec` (the exec WebSocket), `router` (sprite hosts and the
+//! token), [`sprites`] (the lifecycle), [`machines`] (running VMs),
+//! [`registry`] (SQLite), [`model`] (JSON shapes), [`client`] (for the CLI).
 
 mod api;
 pub mod client;

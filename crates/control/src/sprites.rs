@@ -1,7 +1,7 @@
-//! The sprite lifecycle as far as the registry and the disks go: create (a
-//! copy-on-write fork of the standard image), look up, change settings,
-//! delete (the registry row and the volume). Running sprites (boot, sleep,
-//! wake) build on this.
+//! The sprite lifecycle: create (a copy-on-write fork of the standard
+//! image), look up, change settings, wake for a request and sleep when idle
+//! (through [`Machines`]), checkpoint and restore, services, delete (the VM,
+//! the volume, the registry row). Operations on one sprite take turns.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
