@@ -15,8 +15,9 @@ mod common;
 
 use common::wisp_ok as wisp;
 
-/// A WISP_HOME kept between runs for its kernel, accelerator verdict and
-/// initramfs; this test's sprites, volumes and registry are removed first.
+/// A WISP_HOME kept between runs for its kernel (with its initramfs) and the
+/// accelerator verdict (`cache/accel.json`); this test's sprites, volumes,
+/// registry and token are removed first.
 fn home() -> PathBuf {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_wisp"));
     let home = exe
@@ -25,14 +26,16 @@ fn home() -> PathBuf {
         .unwrap()
         .join("wisp-sprite-exec-test-home");
     std::fs::create_dir_all(&home).unwrap();
+    let accel = std::fs::read(home.join("cache/accel.json")).ok();
     for entry in std::fs::read_dir(&home).unwrap() {
         let path = entry.unwrap().path();
-        let keep = path
-            .file_name()
-            .is_some_and(|n| n == "kernel" || n == "accel.json");
-        if !keep {
+        if path.file_name().is_some_and(|n| n != "kernel") {
             let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
         }
+    }
+    if let Some(verdict) = accel {
+        std::fs::create_dir_all(home.join("cache")).unwrap();
+        std::fs::write(home.join("cache/accel.json"), verdict).unwrap();
     }
     home
 }
