@@ -17,6 +17,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Spawns `cmd` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Server> {
         let file = std::fs::OpenOptions::new()

@@ -384,7 +384,13 @@ pub struct DaemonFigures {
     pub exec_rtt: Duration,
     /// From the last exec to the sprite reported cold (idle timeout 1 s + the stop).
     pub to_sleep: Duration,
+    /// RSS of `wisp server` with no sprite awake, and with [`MEMORY_SPRITES`] awake.
+    pub rss_idle: u64,
+    pub rss_awake: u64,
 }
+
+/// Sprites kept awake at once for the daemon's memory figure.
+const MEMORY_SPRITES: usize = 3;
 
 /// Runs `true` through the daemon's exec WebSocket; how long until its exit code came.
 async fn api_exec(client: &wisp_control::client::Client, name: &str) -> Result<Duration> {
@@ -409,6 +415,7 @@ async fn api_exec(client: &wisp_control::client::Client, name: &str) -> Result<D
 /// execs on an awake one, and the way back to sleep.
 pub fn daemon(wisp: &Wisp, dir: &Path) -> Result<DaemonFigures> {
     let (server, client) = wisp.server(dir, &["--idle-timeout", "1s"])?;
+    let pid = server.pid().context("wisp server is not running")?;
     let figures = engine::runtime().block_on(async {
         let name = "bench";
         client
@@ -437,10 +444,38 @@ pub fn daemon(wisp: &Wisp, dir: &Path) -> Result<DaemonFigures> {
                 }
             }
         }
+        // Memory: the daemon with every sprite asleep, then with MEMORY_SPRITES awake
+        // (each held by a long exec session), sampled once they all run.
+        asleep().await?;
+        let rss = || status_bytes(pid, "VmRSS").unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_idle = rss();
+        let mut sessions = Vec::new();
+        for i in 0..MEMORY_SPRITES {
+            let sprite = format!("mem{i}");
+            client
+                .create(&sprite, wisp_control::registry::UrlAuth::Sprite)
+                .await?;
+            let options = wisp_control::client::ExecOptions {
+                argv: vec!["sleep".into(), "600".into()],
+                ..Default::default()
+            };
+            // Returned once the sprite is awake and the command started.
+            sessions.push(client.exec(&sprite, &options).await?);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut rss_awake = 0;
+        for _ in 0..4 {
+            rss_awake = rss_awake.max(rss());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        drop(sessions);
         anyhow::Ok(DaemonFigures {
             wake: median(wakes),
             exec_rtt: median(execs),
             to_sleep: median(sleeps),
+            rss_idle,
+            rss_awake,
         })
     });
     server.terminate(Duration::from_secs(60))?;
@@ -533,6 +568,17 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         )
         .with_note(format!(
             "median of {EXEC_RUNS} WebSocket execs on an awake sprite, connection set-up included; reference: the agent's exec in-process above"
+        )),
+        Row::bounded(
+            SECTION,
+            "wisp server memory per running sprite",
+            mib(daemon.rss_awake.saturating_sub(daemon.rss_idle)) / MEMORY_SPRITES as f64,
+            "MiB",
+            30.0,
+        )
+        .with_note(format!(
+            "(largest RSS of `wisp server` with {MEMORY_SPRITES} sprites awake, each running a command, minus its RSS with none awake: {:.1} MiB) / {MEMORY_SPRITES}; QEMU not counted",
+            mib(daemon.rss_idle)
         )),
         Row::info(SECTION, "idle sprite to asleep (idle timeout 1 s)", daemon.to_sleep.as_secs_f64(), "s")
             .with_note("from the end of the last exec until the API reports it cold: the timeout plus up to one tick (1 s) of the task that puts idle sprites to sleep".to_string()),
