@@ -387,6 +387,56 @@ pub struct DaemonFigures {
     /// RSS of `wisp server` with no sprite awake, and with [`MEMORY_SPRITES`] awake.
     pub rss_idle: u64,
     pub rss_awake: u64,
+    /// A small GET through the router to a server in an awake sprite, and the same
+    /// GET straight to the loopback port QEMU forwards to it: medians of [`EXEC_RUNS`].
+    pub routed_get: Duration,
+    pub direct_get: Duration,
+}
+
+/// The loopback port QEMU forwards to guest port 8080 for the sprite whose volume is
+/// `volume`, read off the QEMU command line (the daemon does not publish it).
+fn forwarded_port(volume: &str) -> Option<u16> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !text.contains("qemu-system") || !text.contains(volume) {
+            continue;
+        }
+        let rest = text.split("hostfwd=tcp:127.0.0.1:").nth(1)?;
+        return rest.split('-').next()?.parse().ok();
+    }
+    None
+}
+
+/// Medians of [`EXEC_RUNS`] GETs of `url` (after 3 unmeasured), each must answer 200.
+async fn timed_gets(
+    http: &reqwest::Client,
+    url: &str,
+    host: &str,
+    token: &str,
+) -> Result<Duration> {
+    let mut samples = Vec::new();
+    for i in 0..EXEC_RUNS + 3 {
+        let t = Instant::now();
+        let response = http
+            .get(url)
+            .header("host", host)
+            .bearer_auth(token)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "GET {url} (host {host}): {}",
+            response.status()
+        );
+        response.bytes().await?;
+        if i >= 3 {
+            samples.push(t.elapsed());
+        }
+    }
+    Ok(median(samples))
 }
 
 /// Sprites kept awake at once for the daemon's memory figure.
@@ -444,6 +494,58 @@ pub fn daemon(wisp: &Wisp, dir: &Path) -> Result<DaemonFigures> {
                 }
             }
         }
+        // The router: a server in the sprite (busybox httpd on port 8080), the sprite
+        // held awake by a long exec, GETs through the daemon and straight to QEMU's port.
+        let hold = wisp_control::client::ExecOptions {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo ok > /tmp/index.html; busybox httpd -f -p 8080 -h /tmp".into(),
+            ],
+            ..Default::default()
+        };
+        let holding = client.exec(name, &hold).await?;
+        let volume = format!("sprite-{}", client.get(name).await?.id);
+        let direct_port =
+            forwarded_port(&volume).context("no QEMU forwards a port for the sprite")?;
+        let token = std::fs::read_to_string(wisp.home.join("token"))?;
+        let http = reqwest::Client::new();
+        let api_port = client
+            .base()
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let routed_url = format!("http://127.0.0.1:{api_port}/index.html");
+        // The server starts with the exec: wait for it through the router.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = http
+                .get(&routed_url)
+                .header("host", format!("{name}.localhost"))
+                .bearer_auth(token.trim())
+                .send()
+                .await;
+            if matches!(&r, Ok(r) if r.status() == 200) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the server in the sprite did not answer: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let routed_get = timed_gets(
+            &http,
+            &routed_url,
+            &format!("{name}.localhost"),
+            token.trim(),
+        )
+        .await?;
+        let direct_url = format!("http://127.0.0.1:{direct_port}/index.html");
+        let direct_get = timed_gets(&http, &direct_url, "localhost", token.trim()).await?;
+        drop(holding);
+
         // Memory: the daemon with every sprite asleep, then with MEMORY_SPRITES awake
         // (each held by a long exec session), sampled once they all run.
         asleep().await?;
@@ -476,6 +578,8 @@ pub fn daemon(wisp: &Wisp, dir: &Path) -> Result<DaemonFigures> {
             to_sleep: median(sleeps),
             rss_idle,
             rss_awake,
+            routed_get,
+            direct_get,
         })
     });
     server.terminate(Duration::from_secs(60))?;
@@ -579,6 +683,17 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         .with_note(format!(
             "(largest RSS of `wisp server` with {MEMORY_SPRITES} sprites awake, each running a command, minus its RSS with none awake: {:.1} MiB) / {MEMORY_SPRITES}; QEMU not counted",
             mib(daemon.rss_idle)
+        )),
+        Row::ratio(
+            SECTION,
+            "GET through the router to an awake sprite",
+            ms(daemon.routed_get),
+            ms(daemon.direct_get),
+            "ms",
+            Target::ValueAtMost(20.0),
+        )
+        .with_note(format!(
+            "median of {EXEC_RUNS} GETs of a small file from busybox httpd in the sprite, via `wisp server` (host `<name>.localhost`, token checked); reference: the same GET straight to the loopback port QEMU forwards"
         )),
         Row::info(SECTION, "idle sprite to asleep (idle timeout 1 s)", daemon.to_sleep.as_secs_f64(), "s")
             .with_note("from the end of the last exec until the API reports it cold: the timeout plus up to one tick (1 s) of the task that puts idle sprites to sleep".to_string()),

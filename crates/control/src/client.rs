@@ -79,6 +79,11 @@ impl Client {
         }
     }
 
+    /// The base URL this client calls.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Sends `token` as `Authorization: Bearer` with every call.
     pub fn with_token(mut self, token: Option<String>) -> Client {
         self.token = token;

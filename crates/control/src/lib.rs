@@ -156,7 +156,15 @@ impl Server {
             }
         })?;
         let state = api::AppState::new(self.config, self.sprites, port, token);
-        let result = axum::serve(self.listener, api::router(state))
+        // No Nagle: a streamed answer (headers, then body) would otherwise
+        // wait for the client's delayed ACK, 40 ms a request on a kept-alive
+        // connection (measured through the router: 32 ms vs 4 ms direct).
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let result = axum::serve(listener, api::router(state))
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(ControlError::Io);
