@@ -312,7 +312,9 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         &[
             "sh",
             "-c",
-            "mkdir -p /root/www && echo 'hello from web' > /root/www/index.html",
+            "mkdir -p /root/www/cgi-bin && echo 'hello from web' > /root/www/index.html && \
+             printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho \"$HTTP_HOST $HTTP_X_FORWARDED_FOR\"\\n' > /root/www/cgi-bin/who && \
+             chmod +x /root/www/cgi-bin/who",
         ],
         None,
     )
@@ -349,6 +351,15 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         }
     };
     let web_host = format!("web.localhost:{port}");
+    // The program in the sprite sees the host asked for and who asked.
+    let who = reqwest::Client::new()
+        .get(format!("{url}/cgi-bin/who"))
+        .header("host", &web_host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(who.status(), 200);
+    assert_eq!(who.text().await.unwrap(), format!("{web_host} 127.0.0.1\n"));
     assert_eq!(
         get(web_host.clone(), None).await,
         (200, "hello from web\n".to_string())

@@ -164,7 +164,8 @@ impl Server {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        let result = axum::serve(listener, api::router(state))
+        let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(ControlError::Io);

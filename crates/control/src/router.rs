@@ -121,6 +121,10 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 async fn proxy(state: AppState, name: String, request: Request) -> Result<Response, ControlError> {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
     let record = state.sprites.get(&name)?;
     if record.url_auth == UrlAuth::Sprite && !authorized(request.headers(), state.token()) {
         return Err(ControlError::Unauthorized(format!(
@@ -152,6 +156,16 @@ async fn proxy(state: AppState, name: String, request: Request) -> Result<Respon
         headers.remove(header::AUTHORIZATION);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(peer) = peer {
+        // Appended to what an earlier proxy said, as proxies do.
+        let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&chain) {
+            headers.insert("x-forwarded-for", value);
+        }
+    }
     let client = state.http();
     // A sprite that just woke may not listen yet: its services start with
     // the boot. Until it has been awake for LISTEN_GRACE, a request that got
