@@ -412,23 +412,49 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         let text = response.text().await.unwrap();
         assert!(text.contains(names), "{body}: {text}");
     }
-    let listed: serde_json::Value = reqwest::get(format!("{sprites}/web/services"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
-    let removed = reqwest::Client::new()
-        .delete(format!("{sprites}/web/services/www"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(removed.status(), 204);
+    // The service commands of the CLI (the sprite's token comes from $WISP_HOME).
+    let sprite_cmd = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
+            .args(["sprite", "--api", &url])
+            .args(args)
+            .env("WISP_HOME", &home)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "wisp sprite {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let set = sprite_cmd(&[
+        "service-set",
+        "web",
+        "ticker",
+        "--",
+        "sh",
+        "-c",
+        "sleep 600",
+    ]);
+    assert!(set.contains("service ticker of sprite web"), "{set}");
+    let listed = sprite_cmd(&["services", "web"]);
+    let names: Vec<&str> = listed
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["ticker", "www"], "{listed}");
+    assert!(listed.contains("busybox httpd -f -p 8080"), "{listed}");
+    for service in ["ticker", "www"] {
+        sprite_cmd(&["service-rm", "web", service]);
+    }
     let gone = reqwest::get(format!("{sprites}/web/services/www"))
         .await
         .unwrap();
     assert_eq!(gone.status(), 404);
+    let listed: serde_json::Value =
+        serde_json::from_str(&sprite_cmd(&["services", "web", "--json"])).unwrap();
+    assert_eq!(listed, serde_json::json!([]));
 
     // A daemon told to stop (SIGTERM) stops its running sprites cleanly:
     // what the last command wrote is there after a restart.

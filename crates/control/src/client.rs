@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::model::{CheckpointView, ListView, ProgressEvent, SpriteView};
+use crate::model::{CheckpointView, ListView, ProgressEvent, ServiceView, SpriteView};
 use crate::registry::UrlAuth;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,17 @@ fn chain(error: &dyn std::error::Error) -> String {
 fn sprite_path(name: &str) -> Result<String, ClientError> {
     crate::sprites::validate_name(name).map_err(|e| ClientError::BadArgument(e.to_string()))?;
     Ok(format!("/v1/sprites/{name}"))
+}
+
+/// A service name as a path segment: the agent's rule for service names.
+fn segment(service: &str) -> Result<&str, ClientError> {
+    if wisp_vm::agent::ServiceSpec::valid_name(service) {
+        Ok(service)
+    } else {
+        Err(ClientError::BadArgument(format!(
+            "bad service name `{service}`: use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot"
+        )))
+    }
 }
 
 /// A checkpoint id is a path segment too: `v` and digits.
@@ -233,6 +244,36 @@ impl Client {
             None,
         )
         .await
+    }
+
+    pub async fn services(&self, name: &str) -> Result<Vec<ServiceView>, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("{}/services", sprite_path(name)?),
+            None,
+        )
+        .await
+    }
+
+    /// Creates or replaces service `service` of sprite `name`: `argv[0]` is
+    /// the program.
+    pub async fn put_service(
+        &self,
+        name: &str,
+        service: &str,
+        argv: &[String],
+    ) -> Result<ServiceView, ClientError> {
+        let (cmd, args) = argv
+            .split_first()
+            .ok_or_else(|| ClientError::BadArgument("a service needs a command".into()))?;
+        let body = serde_json::json!({ "cmd": cmd, "args": args });
+        let path = format!("{}/services/{}", sprite_path(name)?, segment(service)?);
+        self.json(Method::PUT, &path, Some(body)).await
+    }
+
+    pub async fn delete_service(&self, name: &str, service: &str) -> Result<(), ClientError> {
+        let path = format!("{}/services/{}", sprite_path(name)?, segment(service)?);
+        self.send(Method::DELETE, &path, None).await.map(|_| ())
     }
 
     pub async fn restore(&self, name: &str, checkpoint: &str) -> Result<String, ClientError> {

@@ -70,6 +70,22 @@ pub enum SpriteCommand {
     },
     /// Make a sprite's disk equal to a checkpoint again (later checkpoints stay).
     Restore { name: String, checkpoint: String },
+    /// List a sprite's services (waking it).
+    Services {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or replace a service: started now, at every boot, and again when it dies.
+    ServiceSet {
+        name: String,
+        service: String,
+        /// The program and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Stop and remove a service.
+    ServiceRm { name: String, service: String },
     /// Run a command in a sprite, waking it if it sleeps; exits with the command's code.
     Exec {
         name: String,
@@ -170,6 +186,45 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
         }
         SpriteCommand::Restore { name, checkpoint } => {
             println!("{}", client.restore(&name, &checkpoint).await?);
+        }
+        SpriteCommand::Services { name, json } => {
+            let services = client.services(&name).await?;
+            if json {
+                print_json(&services)?;
+            } else {
+                println!(
+                    "{:<20} {:<9} {:>7} {:>6} COMMAND",
+                    "NAME", "STATUS", "PID", "STARTS"
+                );
+                for s in &services {
+                    let pid = s
+                        .state
+                        .pid
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<20} {:<9} {:>7} {:>6} {} {}",
+                        s.name,
+                        s.state.status,
+                        pid,
+                        s.state.starts,
+                        s.cmd,
+                        s.args.join(" ")
+                    );
+                }
+            }
+        }
+        SpriteCommand::ServiceSet {
+            name,
+            service,
+            command,
+        } => {
+            let s = client.put_service(&name, &service, &command).await?;
+            println!("service {} of sprite {name}: {}", s.name, s.state.status);
+        }
+        SpriteCommand::ServiceRm { name, service } => {
+            client.delete_service(&name, &service).await?;
+            println!("removed service {service} of sprite {name}");
         }
         SpriteCommand::Exec {
             name,
