@@ -102,10 +102,14 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&session);
+        // The error goes out before the session is closed: closing an exec
+        // session kills its process, whose exit status would otherwise reach
+        // the host first and end the session as if nothing had gone wrong
+        // (seen once under load).
+        self.out.error(session, message);
         if let Some(s) = s {
             close_session(s);
         }
-        self.out.error(session, message);
     }
 
     fn handle(self: &Arc<Self>, f: Frame) {
