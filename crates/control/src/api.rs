@@ -13,6 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use wisp_vm::machine::GUEST_HTTP_PORT;
 
 use crate::model::{
     CheckpointView, ListView, ProgressEvent, ServiceStateView, ServiceView, SpriteView,
@@ -377,9 +378,6 @@ async fn exec_sprite(
     Ok(upgrade.on_upgrade(move |socket| crate::exec::run(socket, activity, name, params)))
 }
 
-/// The guest port a sprite's URL reaches (QEMU forwards it).
-const SPRITE_HTTP_PORT: u16 = 8080;
-
 fn service_view(status: wisp_vm::agent::ServiceStatus) -> ServiceView {
     let mut argv = status.spec.argv.into_iter();
     let name = status.spec.name;
@@ -387,7 +385,7 @@ fn service_view(status: wisp_vm::agent::ServiceStatus) -> ServiceView {
         cmd: argv.next().unwrap_or_default(),
         args: argv.collect(),
         needs: Vec::new(),
-        http_port: Some(SPRITE_HTTP_PORT),
+        http_port: Some(GUEST_HTTP_PORT),
         state: ServiceStateView {
             name: name.clone(),
             // Not started yet (the agent starts services in the background),
@@ -461,9 +459,9 @@ async fn put_service(
             "service dependencies (`needs`) are not supported yet: give `needs: []`".into(),
         ));
     }
-    if let Some(port) = request.http_port.filter(|p| *p != SPRITE_HTTP_PORT) {
+    if let Some(port) = request.http_port.filter(|p| *p != GUEST_HTTP_PORT) {
         return Err(ControlError::BadRequest(format!(
-            "http_port {port}: a wisp sprite's URL reaches port {SPRITE_HTTP_PORT} in the guest; listen there"
+            "http_port {port}: a wisp sprite's URL reaches port {GUEST_HTTP_PORT} in the guest; listen there"
         )));
     }
     if request.cmd.is_empty() {

@@ -8,6 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use crate::exec::{framed, EXIT, STDERR, STDIN, STDIN_EOF, STDOUT};
 use crate::model::{CheckpointView, ListView, ProgressEvent, ServiceView, SpriteView};
 use crate::registry::UrlAuth;
 
@@ -34,19 +35,6 @@ pub struct Client {
     http: reqwest::Client,
     /// Sent as a bearer token when set.
     token: Option<String>,
-}
-
-/// An error's message with its causes, which reqwest keeps in the chain
-/// (the useful "Connection refused" is three levels down).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// `/v1/sprites/{name}`, for a valid name only: a name is a path segment.
@@ -118,13 +106,13 @@ impl Client {
         }
         let response = request.send().await.map_err(|e| ClientError::Unreachable {
             base: self.base.clone(),
-            reason: chain(&e),
+            reason: crate::error::chain_of(&e),
         })?;
         let status = response.status();
         let text = response.text().await.map_err(|e| ClientError::BadAnswer {
             method: method.clone(),
             url: url.clone(),
-            reason: chain(&e),
+            reason: crate::error::chain_of(&e),
         })?;
         if status.is_success() {
             return Ok((url, text));
@@ -329,10 +317,7 @@ impl ExecSender {
         let frame = if self.tty {
             data.to_vec()
         } else {
-            let mut f = Vec::with_capacity(data.len() + 1);
-            f.push(0);
-            f.extend_from_slice(data);
-            f
+            framed(STDIN, data)
         };
         self.send(WsMessage::Binary(frame.into())).await
     }
@@ -342,7 +327,7 @@ impl ExecSender {
             // A terminal has no end of input; Ctrl-D is a byte like any other.
             return Ok(());
         }
-        self.send(WsMessage::Binary(vec![4u8].into())).await
+        self.send(WsMessage::Binary(vec![STDIN_EOF].into())).await
     }
 
     pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
@@ -374,9 +359,9 @@ impl ExecReceiver {
                     return Ok(Some(ExecOutput::Stdout(data.to_vec())))
                 }
                 WsMessage::Binary(data) => match data.split_first() {
-                    Some((1, d)) => return Ok(Some(ExecOutput::Stdout(d.to_vec()))),
-                    Some((2, d)) => return Ok(Some(ExecOutput::Stderr(d.to_vec()))),
-                    Some((3, d)) => {
+                    Some((&STDOUT, d)) => return Ok(Some(ExecOutput::Stdout(d.to_vec()))),
+                    Some((&STDERR, d)) => return Ok(Some(ExecOutput::Stderr(d.to_vec()))),
+                    Some((&EXIT, d)) => {
                         self.done = true;
                         return Ok(Some(ExecOutput::Exit(
                             d.first().copied().unwrap_or(0) as i32
@@ -462,7 +447,7 @@ impl Client {
             Err(e) => {
                 return Err(ClientError::Unreachable {
                     base: self.base.clone(),
-                    reason: chain(&e),
+                    reason: crate::error::chain_of(&e),
                 })
             }
         };

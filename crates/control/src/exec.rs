@@ -16,16 +16,16 @@
 
 use axum::extract::ws::{Message, WebSocket};
 use serde::Deserialize;
-use wisp_vm::agent::{ExecEvent, ExecInput, ExecRequest, ExitStatus, TtySize};
+use wisp_vm::agent::{ExecEvent, ExecInput, ExecRequest, TtySize};
 
 use crate::machines::Activity;
 use crate::ControlError;
 
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const EXIT: u8 = 3;
-const STDIN_EOF: u8 = 4;
+pub(crate) const STDIN: u8 = 0;
+pub(crate) const STDOUT: u8 = 1;
+pub(crate) const STDERR: u8 = 2;
+pub(crate) const EXIT: u8 = 3;
+pub(crate) const STDIN_EOF: u8 = 4;
 
 /// The command of one exec request, from its query string.
 #[derive(Debug)]
@@ -120,10 +120,6 @@ struct Resize {
     cols: u16,
 }
 
-fn exit_code(status: &ExitStatus) -> i32 {
-    status.shell_code()
-}
-
 /// A message that ends the exchange: an `error` event the SDKs print.
 fn error_message(error: String) -> Message {
     Message::Text(
@@ -143,7 +139,7 @@ fn outgoing(event: ExecEvent, tty: bool) -> (Message, bool) {
         ExecEvent::Stdout(data) => (Message::Binary(framed(STDOUT, &data).into()), false),
         ExecEvent::Stderr(data) => (Message::Binary(framed(STDERR, &data).into()), false),
         ExecEvent::Exit(status) => {
-            let code = exit_code(&status);
+            let code = status.shell_code();
             let message = if tty {
                 Message::Text(
                     serde_json::json!({ "type": "exit", "exit_code": code })
@@ -244,7 +240,8 @@ pub(crate) async fn run(
 /// SIGHUP in the (Linux) guest.
 const SIGHUP: i32 = 1;
 
-fn framed(stream: u8, data: &[u8]) -> Vec<u8> {
+/// A non-TTY binary message: the stream id, then the bytes.
+pub(crate) fn framed(stream: u8, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 1);
     out.push(stream);
     out.extend_from_slice(data);

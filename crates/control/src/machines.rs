@@ -240,7 +240,7 @@ impl Machines {
     pub fn idle(&self) -> Vec<String> {
         self.awake_map()
             .iter()
-            .filter(|(_, a)| a.idle_for().is_some_and(|d| d >= self.idle_timeout))
+            .filter(|(_, a)| self.past_timeout(a))
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -248,9 +248,11 @@ impl Machines {
     /// Whether sprite `name` is awake and idle past the timeout (checked
     /// again in the sprite's turn before it is put to sleep).
     pub fn is_idle(&self, name: &str) -> bool {
-        self.get(name)
-            .and_then(|a| a.idle_for())
-            .is_some_and(|d| d >= self.idle_timeout)
+        self.get(name).is_some_and(|a| self.past_timeout(&a))
+    }
+
+    fn past_timeout(&self, awake: &Awake) -> bool {
+        awake.idle_for().is_some_and(|d| d >= self.idle_timeout)
     }
 }
 

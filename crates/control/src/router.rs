@@ -186,7 +186,8 @@ async fn proxy(state: AppState, name: String, request: Request) -> Result<Respon
             }
             Err(e) => {
                 return Err(ControlError::BadGateway(format!(
-                    "sprite `{name}` did not answer on port 8080: {}",
+                    "sprite `{name}` did not answer on port {}: {}",
+                    wisp_vm::machine::GUEST_HTTP_PORT,
                     crate::error::chain_of(&e)
                 )))
             }

@@ -238,17 +238,28 @@ impl Sprites {
     }
 }
 
+/// What [`Sprites::with_volume`] does with an awake sprite.
+enum IfAwake {
+    /// Act on the running volume.
+    Use,
+    /// Have the guest sync its filesystems, then act on the running volume:
+    /// a checkpoint holds what programs wrote just before it.
+    SyncThenUse,
+    /// Put the sprite to sleep and act on the closed volume (its guest's
+    /// caches would disagree with what `op` does to the disk).
+    Stop,
+}
+
 impl Sprites {
-    /// Runs `op` on sprite `name`'s volume in the sprite's turn: the running
-    /// machine's volume if the sprite is awake and `live` allows it (after
-    /// the guest synced its filesystems); otherwise the sprite is put to
-    /// sleep first and the volume is opened for `op` and closed after
-    /// (which ships the metadata).
+    /// Runs `op` on sprite `name`'s volume in the sprite's turn. An awake
+    /// sprite's running volume is used as `awake` says; a sleeping sprite's
+    /// volume (or an awake one's, once put to sleep) is opened for `op` and
+    /// closed after (which ships the metadata).
     async fn with_volume<T>(
         &self,
         name: &str,
         what: &str,
-        live: bool,
+        awake: IfAwake,
         op: impl AsyncFnOnce(&Volume) -> Result<T, VolumeError>,
     ) -> Result<T, ControlError> {
         let _turn = self.turn(name).await;
@@ -257,14 +268,19 @@ impl Sprites {
             context: format!("cannot {what} sprite `{name}` (volume `{}`)", record.volume),
             source,
         };
-        if let Some(awake) = self.machines.get(name) {
-            if live {
-                sync_guest(name, &awake).await;
-                return op(awake.volume()).await.map_err(context);
+        if let Some(running) = self.machines.get(name) {
+            match awake {
+                IfAwake::Use => return op(running.volume()).await.map_err(context),
+                IfAwake::SyncThenUse => {
+                    sync_guest(name, &running).await;
+                    return op(running.volume()).await.map_err(context);
+                }
+                IfAwake::Stop => {
+                    // The sleep closes the volume, which needs every reference gone.
+                    drop(running);
+                    self.machines.sleep(name).await?;
+                }
             }
-            // The sleep closes the volume, which needs every reference gone.
-            drop(awake);
-            self.machines.sleep(name).await?;
         }
         let volume = self
             .store
@@ -285,7 +301,7 @@ impl Sprites {
         comment: Option<String>,
     ) -> Result<CheckpointInfo, ControlError> {
         let info = self
-            .with_volume(name, "checkpoint", true, async |v| {
+            .with_volume(name, "checkpoint", IfAwake::SyncThenUse, async |v| {
                 v.checkpoint(comment).await
             })
             .await?;
@@ -296,7 +312,7 @@ impl Sprites {
     /// Sprite `name`'s checkpoints, newest first.
     pub async fn checkpoints(&self, name: &str) -> Result<Vec<CheckpointInfo>, ControlError> {
         let mut list = self
-            .with_volume(name, "list the checkpoints of", true, async |v| {
+            .with_volume(name, "list the checkpoints of", IfAwake::Use, async |v| {
                 v.checkpoints().await
             })
             .await?;
@@ -308,8 +324,10 @@ impl Sprites {
     /// checkpoints stay. An awake sprite is stopped first (its guest's
     /// caches would disagree with the disk) and wakes on its next request.
     pub async fn restore(&self, name: &str, id: &str) -> Result<(), ControlError> {
-        self.with_volume(name, "restore", false, async |v| v.restore(id).await)
-            .await?;
+        self.with_volume(name, "restore", IfAwake::Stop, async |v| {
+            v.restore(id).await
+        })
+        .await?;
         tracing::info!(sprite = %name, checkpoint = %id, "checkpoint restored");
         Ok(())
     }
@@ -324,10 +342,7 @@ impl Sprites {
             .agent()
             .list_services()
             .await
-            .map_err(|source| ControlError::Exec {
-                name: name.to_string(),
-                source,
-            })
+            .map_err(agent_failed(name))
     }
 
     /// Creates or replaces a service of sprite `name`; it starts now and at
@@ -340,15 +355,14 @@ impl Sprites {
         let service = spec.name.clone();
         let activity = self.activity(name).await?;
         let agent = activity.agent();
-        let failed = |source| ControlError::Exec {
-            name: name.to_string(),
-            source,
-        };
-        agent.define_service(spec).await.map_err(failed)?;
+        agent
+            .define_service(spec)
+            .await
+            .map_err(agent_failed(name))?;
         agent
             .list_services()
             .await
-            .map_err(failed)?
+            .map_err(agent_failed(name))?
             .into_iter()
             .find(|s| s.spec.name == service)
             .ok_or_else(|| {
@@ -360,19 +374,24 @@ impl Sprites {
 
     /// Stops and forgets service `service` of sprite `name`.
     pub async fn remove_service(&self, name: &str, service: &str) -> Result<(), ControlError> {
-        let known = self.services(name).await?;
+        let activity = self.activity(name).await?;
+        let agent = activity.agent();
+        let known = agent.list_services().await.map_err(agent_failed(name))?;
         if !known.iter().any(|s| s.spec.name == service) {
             return Err(service_not_found(name, service));
         }
-        let activity = self.activity(name).await?;
-        activity
-            .agent()
+        agent
             .remove_service(service)
             .await
-            .map_err(|source| ControlError::Exec {
-                name: name.to_string(),
-                source,
-            })
+            .map_err(agent_failed(name))
+    }
+}
+
+/// Maps a failed agent call in sprite `name` to its API error.
+fn agent_failed(name: &str) -> impl Fn(wisp_vm::agent::AgentError) -> ControlError + '_ {
+    move |source| ControlError::Exec {
+        name: name.to_string(),
+        source,
     }
 }
 
@@ -387,19 +406,11 @@ pub(crate) fn service_not_found(name: &str, service: &str) -> ControlError {
 /// cannot is still checkpointed: what reached the disk is consistent as
 /// after a power cut.
 async fn sync_guest(name: &str, awake: &Awake) {
-    let request = wisp_vm::agent::ExecRequest {
-        argv: vec!["sync".into()],
-        ..Default::default()
-    };
-    let outcome = async {
-        let session = awake.agent().exec(request).await?;
-        session.input().close_stdin().await?;
-        session.wait().await
-    };
+    let outcome = awake.agent().run(["sync"]);
     match tokio::time::timeout(Duration::from_secs(30), outcome).await {
-        Ok(Ok(status)) if status.success() => {}
-        Ok(Ok(status)) => {
-            tracing::warn!(sprite = %name, code = status.shell_code(), "sync in the guest failed before a checkpoint")
+        Ok(Ok(out)) if out.status.success() => {}
+        Ok(Ok(out)) => {
+            tracing::warn!(sprite = %name, code = out.status.shell_code(), "sync in the guest failed before a checkpoint")
         }
         Ok(Err(e)) => {
             tracing::warn!(sprite = %name, error = %e, "sync in the guest failed before a checkpoint")

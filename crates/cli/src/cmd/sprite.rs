@@ -262,46 +262,24 @@ async fn exec(
         tty: tty.then(|| wisp_vm::terminal::size(stdin_fd).unwrap_or((24, 80))),
         stdin: interactive,
     };
-    let (mut sender, mut receiver) = client.exec(name, &options).await?;
+    let (sender, mut receiver) = client.exec(name, &options).await?;
     let _raw = if tty && interactive {
         wisp_vm::terminal::RawMode::enable(stdin_fd)
     } else {
         None
     };
-    let mut rx = if interactive {
+    let rx = if interactive {
         crate::stdio::stdin_chunks()
     } else {
         // No stdin: a closed channel, so the pump ends it at once.
         tokio::sync::mpsc::channel(1).1
     };
-    let mut winch = if tty {
+    let winch = if tty {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok()
     } else {
         None
     };
-    // Stdin and terminal resizes to the sprite, until the command ends.
-    let pump = async move {
-        let mut stdin_open = true;
-        loop {
-            tokio::select! {
-                chunk = rx.recv(), if stdin_open => match chunk {
-                    Some(data) => sender.stdin(&data).await?,
-                    None => {
-                        sender.close_stdin().await?;
-                        stdin_open = false;
-                    }
-                },
-                Some(()) = next_resize(&mut winch) => {
-                    if let Some((rows, cols)) = wisp_vm::terminal::size(stdin_fd) {
-                        sender.resize(rows, cols).await?;
-                    }
-                }
-                else => std::future::pending::<()>().await,
-            }
-        }
-        #[allow(unreachable_code)]
-        anyhow::Ok(())
-    };
+    let pump = send_input(sender, rx, winch, stdin_fd);
     let output = async {
         let mut output = crate::stdio::Output::new();
         loop {
@@ -319,9 +297,37 @@ async fn exec(
     };
     tokio::select! {
         code = output => code,
-        pumped = pump => {
-            pumped?;
-            anyhow::bail!("the connection to sprite `{name}` ended without an exit code")
+        pumped = pump => match pumped {
+            Ok(never) => match never {},
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Stdin and terminal resizes to the sprite for as long as the command runs;
+/// returns only when sending fails.
+async fn send_input(
+    mut sender: wisp_control::client::ExecSender,
+    mut stdin: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut winch: Option<tokio::signal::unix::Signal>,
+    stdin_fd: std::os::fd::RawFd,
+) -> anyhow::Result<std::convert::Infallible> {
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            chunk = stdin.recv(), if stdin_open => match chunk {
+                Some(data) => sender.stdin(&data).await?,
+                None => {
+                    sender.close_stdin().await?;
+                    stdin_open = false;
+                }
+            },
+            Some(()) = next_resize(&mut winch) => {
+                if let Some((rows, cols)) = wisp_vm::terminal::size(stdin_fd) {
+                    sender.resize(rows, cols).await?;
+                }
+            }
+            else => std::future::pending::<()>().await,
         }
     }
 }
