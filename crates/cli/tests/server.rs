@@ -1,6 +1,5 @@
 //! `wisp server` as a user runs it: a real process on a free port.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 mod common;
@@ -294,10 +293,7 @@ fn serve_volume(home: &std::path::Path, name: &str, dir: &std::path::Path) -> (D
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = common::first_stdout_line(&mut child);
     assert!(line.starts_with("serving volume"), "{line}");
     (
         Daemon(child),

@@ -54,6 +54,15 @@ struct Output {
     error: Option<String>,
 }
 
+/// The exec WebSocket URL of sprite `name` for `argv`, with `extra` parameters.
+fn exec_url(url: &str, name: &str, argv: &[&str], extra: &[(&str, &str)]) -> String {
+    format!(
+        "{}/v1/sprites/{name}/exec?{}",
+        url.replacen("http", "ws", 1),
+        query(argv, extra)
+    )
+}
+
 fn query(argv: &[&str], extra: &[(&str, &str)]) -> String {
     let mut q = url::form_urlencoded::Serializer::new(String::new());
     for a in argv {
@@ -73,11 +82,7 @@ async fn exec(url: &str, name: &str, argv: &[&str], stdin: Option<&[u8]>) -> Out
     } else {
         &[]
     };
-    let ws_url = format!(
-        "{}/v1/sprites/{name}/exec?{}",
-        url.replacen("http", "ws", 1),
-        query(argv, extra)
-    );
+    let ws_url = exec_url(url, name, argv, extra);
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
         .await
         .unwrap_or_else(|e| panic!("exec {argv:?}: {e}"));
@@ -119,6 +124,18 @@ async fn status(url: &str, name: &str) -> String {
         .await
         .unwrap();
     body["status"].as_str().unwrap_or_default().to_string()
+}
+
+/// Waits (at most 120 s) until sprite `name` is asleep.
+async fn until_asleep(url: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status(url, name).await != "cold" {
+        assert!(
+            Instant::now() < deadline,
+            "sprite `{name}` did not go to sleep"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn post(url: &str) -> u16 {
@@ -215,13 +232,11 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     assert_eq!((out.stdout.as_str(), out.code), ("SHOUT\n", Some(0)));
 
     // A terminal: raw bytes, the size asked for, exit as a text frame.
-    let ws_url = format!(
-        "{}/v1/sprites/box/exec?{}",
-        url.replacen("http", "ws", 1),
-        query(
-            &["sh", "-c", "tty; stty size"],
-            &[("tty", "true"), ("rows", "30"), ("cols", "90")]
-        )
+    let ws_url = exec_url(
+        &url,
+        "box",
+        &["sh", "-c", "tty; stty size"],
+        &[("tty", "true"), ("rows", "30"), ("cols", "90")],
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
     let (mut screen, mut exit) = (String::new(), None);
@@ -248,14 +263,7 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     exec(&url, "box", &["sh", "-c", "echo later > /root/file2"], None).await;
 
     // Idle: asleep after the timeout (4 s here), then woken by an exec with its disk.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while status(&url, "box").await != "cold" {
-        assert!(
-            Instant::now() < deadline,
-            "the idle sprite did not go to sleep"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    until_asleep(&url, "box").await;
     let out = exec(&url, "box", &["cat", "/root/file", "/root/file2"], None).await;
     assert_eq!(out.stdout, "data\nlater\n", "{out:?}");
 
@@ -364,11 +372,7 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         get(web_host.clone(), None).await,
         (200, "hello from web\n".to_string())
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while status(&url, "web").await != "cold" {
-        assert!(Instant::now() < deadline, "web did not go to sleep");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    until_asleep(&url, "web").await;
     assert_eq!(
         get(web_host.clone(), None).await,
         (200, "hello from web\n".to_string()),

@@ -1,9 +1,10 @@
 //! `wisp volume` through the real binary and real NBD clients: nbdinfo,
 //! qemu-io, qemu-img, fio, mkfs.ext4/e2fsck, and kill -9 during a write storm.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+mod common;
 
 const WISP: &str = env!("CARGO_BIN_EXE_wisp");
 
@@ -77,10 +78,7 @@ impl Env {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = common::first_stdout_line(&mut child);
         assert_eq!(line.trim(), format!("serving volume {name} on {sock}"));
         child
     }

@@ -29,16 +29,24 @@ pub fn start_server(home: &Path, extra: &[&str]) -> (Daemon, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn wisp server");
-    let stdout = child.stdout.take().unwrap();
+    let line = first_stdout_line(&mut child);
     let daemon = Daemon(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
     let url = line
         .trim()
         .strip_prefix("wisp server listening on ")
         .unwrap_or_else(|| panic!("unexpected first line from wisp server: {line:?}"))
         .to_string();
     (daemon, url)
+}
+
+/// The first line a child printed on its piped stdout: the ready line of
+/// `wisp server` and `wisp volume serve`.
+pub fn first_stdout_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .unwrap();
+    line
 }
 
 /// Runs `wisp ARGS` against `home` and returns its stdout; panics with its
