@@ -418,18 +418,11 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     }
     // The service commands of the CLI (the sprite's token comes from $WISP_HOME).
     let sprite_cmd = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
-            .args(["sprite", "--api", &url])
-            .args(args)
-            .env("WISP_HOME", &home)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "wisp sprite {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let args: Vec<&str> = ["sprite", "--api", url.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        wisp(&home, &args)
     };
     let set = sprite_cmd(&[
         "service-set",
