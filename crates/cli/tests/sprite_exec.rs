@@ -17,14 +17,16 @@ use common::wisp_ok as wisp;
 
 /// A WISP_HOME kept between runs for its kernel (with its initramfs) and the
 /// accelerator verdict (`cache/accel.json`); this test's sprites, volumes,
-/// registry and token are removed first.
+/// registry and token are removed first. Its name is long so the sprites' run
+/// folders are deeper than a unix socket's path may be (107 bytes), as they were in a
+/// CI checkout.
 fn home() -> PathBuf {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_wisp"));
     let home = exe
         .ancestors()
         .nth(2)
         .unwrap()
-        .join("wisp-sprite-exec-test-home");
+        .join("wisp-sprite-exec-test-home-named-to-push-socket-paths-beyond-sun-path");
     std::fs::create_dir_all(&home).unwrap();
     let accel = std::fs::read(home.join("cache/accel.json")).ok();
     for entry in std::fs::read_dir(&home).unwrap() {

@@ -102,7 +102,8 @@ async fn probe_kvm(home: &Path, kernel: &Path, initramfs: &Path) -> Result<Durat
         .prefix("probe-")
         .tempdir_in(&run_root)
         .map_err(|e| e.to_string())?;
-    let agent_socket = dir.path().join("agent.sock");
+    let run = crate::run_dir::RunDir::create(dir.path()).map_err(|e| e.to_string())?;
+    let agent_socket = run.socket("agent.sock");
     let config = QemuConfig {
         binary: QemuConfig::default_binary(),
         accel: Accel::Kvm,
@@ -112,7 +113,8 @@ async fn probe_kvm(home: &Path, kernel: &Path, initramfs: &Path) -> Result<Durat
         initrd: initramfs.to_path_buf(),
         cmdline_extra: vec![],
         disk: None,
-        agent_socket: Some(agent_socket.clone()),
+        dir: run.path().to_path_buf(),
+        agent_socket: Some("agent.sock".into()),
         qmp_socket: None,
         serial_log: dir.path().join("console.log"),
         network: false,

@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod machine;
 pub mod qemu;
 pub mod rootfs;
+pub mod run_dir;
 pub mod runtime;
 pub mod terminal;
 

@@ -12,11 +12,10 @@ use wisp_nbd::{BlockDevice, Listen, NbdError};
 
 use crate::agent::{AgentClient, AgentError};
 use crate::qemu::{Accel, DiskSource, Qemu, QemuConfig, QemuError, Qmp};
+use crate::run_dir::RunDir;
 
 /// Guest port the inbound HTTP forward reaches.
 pub const GUEST_HTTP_PORT: u16 = 8080;
-/// Unix socket paths must fit `sun_path` (108 bytes with the NUL).
-const MAX_SOCKET_PATH: usize = 107;
 
 /// Errors of a machine's life cycle.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +25,6 @@ pub enum MachineError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("socket path `{0}` is too long for a unix socket; use a shorter WISP_HOME")]
-    SocketPath(PathBuf),
     #[error("cannot serve the root disk: {0}")]
     Nbd(#[from] NbdError),
     #[error(transparent)]
@@ -93,15 +90,20 @@ impl MachineConfig {
     }
 }
 
-/// The unix sockets of one machine (NBD, agent, QMP): removed when the machine is gone,
-/// on every path (clean stop, kill, failed or abandoned start), so `run/<name>/` holds
-/// no stale sockets.
-struct Sockets(Vec<PathBuf>);
+/// The names of a machine's unix sockets in its run folder.
+const NBD_SOCKET: &str = "nbd.sock";
+const AGENT_SOCKET: &str = "agent.sock";
+const QMP_SOCKET: &str = "qmp.sock";
+
+/// The run folder of one machine, whose unix sockets (NBD, agent, QMP) are removed when
+/// the machine is gone, on every path (clean stop, kill, failed or abandoned start), so
+/// `run/<name>/` holds no stale sockets.
+struct Sockets(RunDir);
 
 impl Drop for Sockets {
     fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
+        for name in [NBD_SOCKET, AGENT_SOCKET, QMP_SOCKET] {
+            let _ = std::fs::remove_file(self.0.join(name));
         }
     }
 }
@@ -113,12 +115,11 @@ pub struct Machine {
     disk: Arc<dyn BlockDevice>,
     nbd_stop: Option<oneshot::Sender<()>>,
     nbd_task: Option<JoinHandle<Result<(), NbdError>>>,
-    qmp_socket: PathBuf,
     serial_log: PathBuf,
     boot_time: Duration,
     accel: Accel,
     /// Dropped last (fields drop in order): QEMU is killed before its sockets go.
-    _sockets: Sockets,
+    sockets: Sockets,
 }
 
 /// The volume behind a stopped machine's disk, once nothing else holds it:
@@ -142,40 +143,23 @@ fn tail(path: &Path, max: usize) -> String {
     String::from_utf8_lossy(&text[start..]).trim().to_string()
 }
 
-fn check_socket_path(p: &Path) -> Result<(), MachineError> {
-    if p.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(MachineError::SocketPath(p.to_path_buf()));
-    }
-    Ok(())
-}
-
 impl Machine {
     /// Serves the disk, boots QEMU and waits for the agent's `hello`.
     pub async fn start(config: MachineConfig) -> Result<Machine, MachineError> {
         let t0 = Instant::now();
-        let run = &config.run_dir;
-        std::fs::create_dir_all(run).map_err(|source| MachineError::RunDir {
-            path: run.clone(),
+        let run = RunDir::create(&config.run_dir).map_err(|source| MachineError::RunDir {
+            path: config.run_dir.clone(),
             source,
         })?;
-        let nbd_socket = run.join("nbd.sock");
-        let agent_socket = run.join("agent.sock");
-        let qmp_socket = run.join("qmp.sock");
-        for p in [&nbd_socket, &agent_socket, &qmp_socket] {
-            check_socket_path(p)?;
-        }
         let qemu_log = run.join("qemu.log");
 
         let mut server = wisp_nbd::Server::new();
         server.add_export("root", config.disk.clone());
-        let bound = server.bind(&Listen::Unix(nbd_socket.clone())).await?;
+        let bound = server.bind(&Listen::Unix(run.socket(NBD_SOCKET))).await?;
         // From here the sockets are ours (the bind succeeded, so no live machine of this
         // name holds them).
-        let sockets = Sockets(vec![
-            nbd_socket.clone(),
-            agent_socket.clone(),
-            qmp_socket.clone(),
-        ]);
+        let sockets = Sockets(run);
+        let run = &sockets.0;
         let (nbd_stop, stop_rx) = oneshot::channel::<()>();
         let nbd_task = tokio::spawn(bound.serve(async {
             let _ = stop_rx.await;
@@ -189,9 +173,11 @@ impl Machine {
             kernel: config.kernel.clone(),
             initrd: config.initramfs.clone(),
             cmdline_extra: vec![format!("wisp.hostname={}", config.hostname)],
-            disk: Some(DiskSource::Nbd(nbd_socket)),
-            agent_socket: Some(agent_socket.clone()),
-            qmp_socket: Some(qmp_socket.clone()),
+            // QEMU runs in the run folder and finds its sockets by name.
+            dir: run.path().to_path_buf(),
+            disk: Some(DiskSource::Nbd(NBD_SOCKET.into())),
+            agent_socket: Some(AGENT_SOCKET.into()),
+            qmp_socket: Some(QMP_SOCKET.into()),
             // Each boot names its own console log (`boot_once`).
             serial_log: PathBuf::new(),
             network: true,
@@ -200,13 +186,7 @@ impl Machine {
         let attempts = config.boot_attempts.max(1);
         let mut attempt = 1;
         let (qemu, agent, serial_log) = loop {
-            let boot = boot_once(
-                &qemu_config,
-                &agent_socket,
-                run,
-                &qemu_log,
-                config.boot_timeout,
-            );
+            let boot = boot_once(&qemu_config, run, &qemu_log, config.boot_timeout);
             match boot.await {
                 Ok(booted) => break booted,
                 Err(BootFailure::Hung { console, source }) if attempt < attempts => {
@@ -237,11 +217,10 @@ impl Machine {
             disk: config.disk,
             nbd_stop: Some(nbd_stop),
             nbd_task: Some(nbd_task),
-            qmp_socket,
             serial_log,
             boot_time,
             accel: config.accel,
-            _sockets: sockets,
+            sockets,
         })
     }
 
@@ -271,7 +250,7 @@ impl Machine {
 
     /// A fresh QMP connection to this machine's QEMU.
     pub async fn qmp(&self) -> Result<Qmp, MachineError> {
-        Ok(Qmp::connect(&self.qmp_socket, Duration::from_secs(5)).await?)
+        Ok(Qmp::connect(&self.sockets.0.socket(QMP_SOCKET), Duration::from_secs(5)).await?)
     }
 
     /// Clean stop: the agent stops services, syncs and makes the root
@@ -298,7 +277,8 @@ impl Machine {
                 .await
                 .is_ok();
         if !exited {
-            if let Ok(mut qmp) = Qmp::connect(&self.qmp_socket, Duration::from_secs(2)).await {
+            let qmp_socket = self.sockets.0.socket(QMP_SOCKET);
+            if let Ok(mut qmp) = Qmp::connect(&qmp_socket, Duration::from_secs(2)).await {
                 let _ = qmp.quit().await;
             }
             if self
@@ -382,8 +362,7 @@ impl From<BootFailure> for MachineError {
 /// stay readable.
 async fn boot_once(
     qemu_config: &QemuConfig,
-    agent_socket: &Path,
-    run: &Path,
+    run: &RunDir,
     qemu_log: &Path,
     timeout: Duration,
 ) -> Result<(Qemu, AgentClient, PathBuf), BootFailure> {
@@ -398,16 +377,14 @@ async fn boot_once(
     };
     // Sockets left by a killed QEMU (an earlier attempt, a crashed run) would make this
     // one's listeners fail.
-    for socket in [&config.agent_socket, &config.qmp_socket]
-        .into_iter()
-        .flatten()
-    {
-        let _ = std::fs::remove_file(socket);
+    for name in [AGENT_SOCKET, QMP_SOCKET] {
+        let _ = std::fs::remove_file(run.join(name));
     }
     let mut qemu =
         Qemu::spawn(&config, qemu_log).map_err(|e| BootFailure::Fatal(MachineError::Qemu(e)))?;
     tracing::debug!(pid = qemu.pid(), "qemu started");
-    let connect = connect_agent(agent_socket, timeout);
+    let agent_socket = run.socket(AGENT_SOCKET);
+    let connect = connect_agent(&agent_socket, timeout);
     let agent = tokio::select! {
         r = connect => r,
         st = qemu.wait() => {

@@ -86,6 +86,9 @@ pub struct QemuConfig {
     /// Added after [`BASE_CMDLINE`] (the agent reads `wisp.*` words).
     pub cmdline_extra: Vec<String>,
     pub disk: Option<DiskSource>,
+    /// QEMU's working directory. The socket paths are given relative to it,
+    /// because a unix socket's path must fit 107 bytes (see `run_dir`).
+    pub dir: PathBuf,
     /// The virtio-serial port for the agent: QEMU listens on this socket.
     pub agent_socket: Option<PathBuf>,
     pub qmp_socket: Option<PathBuf>,
@@ -221,6 +224,7 @@ impl Qemu {
         tracing::debug!(binary = %config.binary.display(), args = ?config.args(), "starting qemu");
         let mut cmd = tokio::process::Command::new(&config.binary);
         cmd.args(config.args())
+            .current_dir(&config.dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -411,6 +415,7 @@ mod tests {
             initrd: "/k/initrd".into(),
             cmdline_extra: vec!["wisp.hostname=box".into()],
             disk: Some(DiskSource::Nbd("/run/a,b.sock".into())),
+            dir: "/run".into(),
             agent_socket: Some("/run/agent.sock".into()),
             qmp_socket: Some("/run/qmp.sock".into()),
             serial_log: "/run/serial.log".into(),
