@@ -25,8 +25,9 @@ pub enum MachineError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot serve the root disk: {0}")]
-    Nbd(#[from] NbdError),
+    /// The folder is named because the socket is reached through `/proc/self/fd`.
+    #[error("cannot serve the root disk in `{}`: {source}", run.display())]
+    ServeDisk { run: PathBuf, source: NbdError },
     #[error(transparent)]
     Qemu(#[from] QemuError),
     #[error("qemu exited during boot ({status}); its output: {qemu_log}; console tail: {console}")]
@@ -155,7 +156,13 @@ impl Machine {
 
         let mut server = wisp_nbd::Server::new();
         server.add_export("root", config.disk.clone());
-        let bound = server.bind(&Listen::Unix(run.socket(NBD_SOCKET))).await?;
+        let bound = server
+            .bind(&Listen::Unix(run.socket(NBD_SOCKET)))
+            .await
+            .map_err(|source| MachineError::ServeDisk {
+                run: run.path().to_path_buf(),
+                source,
+            })?;
         // From here the sockets are ours (the bind succeeded, so no live machine of this
         // name holds them).
         let sockets = Sockets(run);
