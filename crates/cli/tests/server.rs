@@ -341,6 +341,13 @@ async fn checkpoints_freeze_and_restore_a_sprites_disk() {
     let volume = format!("sprite-{}", sprite["id"].as_str().unwrap());
     let at = "61G"; // zeros in the image (60G holds ext4 bitmaps)
 
+    // qemu-io commands on the cold sprite's disk: served, run, then released.
+    let on_disk = |commands: &[&str]| {
+        let (serve, uri) = serve_volume(home.path(), &volume, scratch.path());
+        qemu_io(&uri, commands);
+        stop_serving(serve);
+    };
+
     // v0: the disk as created. A body is optional.
     let response = reqwest::Client::new()
         .post(format!("{sprites}/box/checkpoint"))
@@ -383,9 +390,7 @@ async fn checkpoints_freeze_and_restore_a_sprites_disk() {
     assert_eq!(status, 200);
 
     // Then 0xcd, not checkpointed.
-    let (serve, uri) = serve_volume(home.path(), &volume, scratch.path());
-    qemu_io(&uri, &[&format!("write -P 0xcd {at} 64k"), "flush"]);
-    stop_serving(serve);
+    on_disk(&[&format!("write -P 0xcd {at} 64k"), "flush"]);
 
     let (status, list) = call(Method::GET, &format!("{sprites}/box/checkpoints"), None).await;
     assert_eq!(status, 200, "{list}");
@@ -411,9 +416,7 @@ async fn checkpoints_freeze_and_restore_a_sprites_disk() {
     )
     .await;
     assert_eq!(status, 200);
-    let (serve, uri) = serve_volume(home.path(), &volume, scratch.path());
-    qemu_io(&uri, &[&format!("read -P 0xab {at} 64k")]);
-    stop_serving(serve);
+    on_disk(&[&format!("read -P 0xab {at} 64k")]);
     let (status, _) = call(
         Method::POST,
         &format!("{sprites}/box/checkpoints/v0/restore"),
@@ -421,9 +424,7 @@ async fn checkpoints_freeze_and_restore_a_sprites_disk() {
     )
     .await;
     assert_eq!(status, 200);
-    let (serve, uri) = serve_volume(home.path(), &volume, scratch.path());
-    qemu_io(&uri, &[&format!("read -P 0 {at} 64k")]);
-    stop_serving(serve);
+    on_disk(&[&format!("read -P 0 {at} 64k")]);
     let (_, list) = call(Method::GET, &format!("{sprites}/box/checkpoints"), None).await;
     assert_eq!(list.as_array().unwrap().len(), 2);
 

@@ -123,21 +123,12 @@ async fn probe_kvm(home: &Path, kernel: &Path, initramfs: &Path) -> Result<Durat
     let t0 = std::time::Instant::now();
     let mut qemu = Qemu::spawn(&config, &dir.path().join("qemu.log")).map_err(|e| e.to_string())?;
     let result = tokio::select! {
-        r = async {
-            let stream = loop {
-                match tokio::net::UnixStream::connect(&agent_socket).await {
-                    Ok(s) => break s,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            };
-            crate::agent::AgentClient::connect_timeout(stream, PROBE_TIMEOUT).await
-        } => r.map(|_| t0.elapsed()).map_err(|e| e.to_string()),
+        r = crate::machine::connect_agent(&agent_socket, PROBE_TIMEOUT) => {
+            r.map(|_| t0.elapsed()).map_err(|e| e.to_string())
+        }
         st = qemu.wait() => {
             let log = std::fs::read_to_string(dir.path().join("qemu.log")).unwrap_or_default();
             Err(format!("qemu exited ({}): {}", st.map(|s| s.to_string()).unwrap_or_default(), log.trim()))
-        }
-        _ = tokio::time::sleep(PROBE_TIMEOUT + Duration::from_secs(2)) => {
-            Err(format!("no agent answer within {PROBE_TIMEOUT:?}"))
         }
     };
     qemu.kill().await;

@@ -421,8 +421,12 @@ async fn boot_once(
     }
 }
 
-/// Connects to QEMU's agent chardev (created when QEMU starts) and handshakes.
-async fn connect_agent(socket: &Path, timeout: Duration) -> Result<AgentClient, AgentError> {
+/// Connects to QEMU's agent chardev (created when QEMU starts) and handshakes, all
+/// within `timeout`.
+pub(crate) async fn connect_agent(
+    socket: &Path,
+    timeout: Duration,
+) -> Result<AgentClient, AgentError> {
     let deadline = Instant::now() + timeout;
     let stream = loop {
         match tokio::net::UnixStream::connect(socket).await {
