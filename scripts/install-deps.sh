@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Installs what wisp needs to build, run and test, and only what is missing.
+# Installs what wisp needs to build, run and test, and only what is missing, then verifies
+# that every package and command is there, failing with the name of the first one that is not.
 # Idempotent: a second run on the same machine installs nothing and takes seconds.
 #
-#   scripts/install-deps.sh          everything `make run` needs
-#   scripts/install-deps.sh --test   also what `make test` and `make bench` need (Garage, fio, ...)
+#   scripts/install-deps.sh           everything `make run` needs
+#   scripts/install-deps.sh --test    also what `make test` and `make bench` need (Garage, fio, Node.js, ...)
+#   scripts/install-deps.sh --verify [--test]
+#                                     install nothing; only check, exit 1 naming what is missing
 set -euo pipefail
 
 want_test=0
-[[ "${1:-}" == "--test" ]] && want_test=1
+verify_only=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=1 ;;
+    --verify) verify_only=1 ;;
+    *) echo "install-deps: unknown argument '$arg'; expected --test and/or --verify" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 
@@ -37,19 +47,78 @@ test_packages=(
   python3           # small HTTP servers on the host for egress tests
 )
 
+# Commands wisp and its tests run, each with the package that provides it.
+run_commands=(
+  "gcc:gcc" "qemu-system-x86_64:qemu-system-x86" "qemu-img:qemu-utils" "qemu-io:qemu-utils"
+  "busybox:busybox-static" "cpio:cpio" "mke2fs:e2fsprogs" "e2fsck:e2fsprogs"
+  "debootstrap:debootstrap" "curl:curl"
+)
+test_commands=(
+  "fio:fio" "nbdinfo:libnbd-bin" "nbdcopy:libnbd-bin" "nbdkit:nbdkit" "python3:python3"
+)
+
 packages=("${run_packages[@]}")
-(( want_test )) && packages+=("${test_packages[@]}")
+commands=("${run_commands[@]}")
+if (( want_test )); then
+  packages+=("${test_packages[@]}")
+  commands+=("${test_commands[@]}")
+fi
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+# Every package and command present, or exit 1 naming the first missing one.
+verify() {
+  local p entry cmd
+  for p in "${packages[@]}"; do
+    installed "$p" || { log "missing Debian package: $p (run scripts/install-deps.sh${want_test:+ --test})"; return 1; }
+  done
+  for entry in "${commands[@]}"; do
+    cmd=${entry%%:*}
+    command -v "$cmd" >/dev/null 2>&1 || {
+      log "missing command: $cmd (from Debian package ${entry#*:})"; return 1; }
+  done
+  PATH="$HOME/.cargo/bin:$PATH"
+  command -v cargo >/dev/null 2>&1 || { log "missing command: cargo (the Rust toolchain, from rustup)"; return 1; }
+  if (( want_test )); then
+    garage --version 2>/dev/null | grep -Eq "(v|cargo:)${GARAGE_VERSION}\b" \
+      || { log "missing command: garage ${GARAGE_VERSION} (cargo install --locked garage@${GARAGE_VERSION})"; return 1; }
+  fi
+  return 0
+}
+GARAGE_VERSION=2.5.0
+
+if (( verify_only )); then
+  verify && log "verified: every package and command is present"
+  exit $?
+fi
 
 missing=()
 for p in "${packages[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-    missing+=("$p")
-  fi
+  installed "$p" || missing+=("$p")
 done
 if (( ${#missing[@]} )); then
   log "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # QEMU's packages must come from one release: a newer qemu-utils (bookworm-backports, as
+  # some machine images ship) Breaks the qemu-system-common that bookworm's qemu-system-x86
+  # needs, and apt would silently remove it. Ask for both at qemu-system-x86's candidate
+  # version in the same transaction, so apt installs a matching pair or fails loudly.
+  pinned=()
+  for p in "${missing[@]}"; do
+    case "$p" in
+      qemu-system-x86|qemu-utils) ;;
+      *) pinned+=("$p") ;;
+    esac
+  done
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ { print $2 }')
+  installed_qemu_system=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+  if [[ -n "$installed_qemu_system" ]]; then qemu_version=$installed_qemu_system; fi
+  if [[ " ${missing[*]} " == *" qemu-system-x86 "* || " ${missing[*]} " == *" qemu-utils "* ]]; then
+    [[ -n "$qemu_version" && "$qemu_version" != "(none)" ]] || { log "apt has no qemu-system-x86"; exit 1; }
+    pinned+=("qemu-system-x86=$qemu_version" "qemu-utils=$qemu_version")
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    --allow-downgrades "${pinned[@]}"
 else
   log "Debian packages: all present"
 fi
@@ -70,8 +139,7 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 # Garage: a real distributed S3-compatible store for the object-store tests.
-# Pinned; built once per machine (about 9 minutes on 2 cores) and reused after.
-GARAGE_VERSION=2.5.0
+# Pinned; built once per machine (about 9-15 minutes on 2 cores) and reused after.
 if (( want_test )); then
   if command -v garage >/dev/null 2>&1 && garage --version 2>/dev/null | grep -Eq "(v|cargo:)${GARAGE_VERSION}\b"; then
     log "garage ${GARAGE_VERSION}: present"
@@ -80,4 +148,6 @@ if (( want_test )); then
     cargo install --locked "garage@${GARAGE_VERSION}"
   fi
 fi
-log "done"
+
+verify || exit 1
+log "done: every package and command is present"

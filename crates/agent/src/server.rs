@@ -197,6 +197,15 @@ impl Agent {
                 }
                 return;
             }
+            Control::SetClock { unix_ns } if s == 0 => {
+                // Only the guest's own clock: an agent in channel mode runs on a host.
+                if std::process::id() == 1 {
+                    if let Err(e) = crate::sys::set_realtime(unix_ns) {
+                        self.out.error(0, format!("cannot set the clock: {e}"));
+                    }
+                }
+                return;
+            }
             _ if s == 0 => {
                 return self
                     .out

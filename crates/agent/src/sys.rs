@@ -150,3 +150,13 @@ pub fn exit_status(status: libc::c_int) -> wisp_proto::ExitStatus {
         }
     }
 }
+
+/// Sets `CLOCK_REALTIME` to `unix_ns` nanoseconds since the Unix epoch.
+pub fn set_realtime(unix_ns: u64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: (unix_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (unix_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec for the duration of the call.
+    cvt(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }).map(|_| ())
+}

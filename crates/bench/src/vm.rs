@@ -26,9 +26,6 @@ const SAMPLES: usize = 5;
 const EXEC_RUNS: usize = 50;
 /// Printed by the reference root's init: proves the boot got there.
 const MARKER: &str = "WISP-BENCH-ROOT-INIT";
-/// The kernel command line wisp uses (crates/vm), so both boots do the same work.
-const CMDLINE: &str =
-    "console=ttyS0 tsc_early_khz=2000000 tsc=reliable lpj=4000000 quiet panic=-1 reboot=t";
 
 /// A guest kernel as wisp caches it: `vmlinuz` plus modules in load order.
 #[derive(Debug, Clone)]
@@ -178,7 +175,8 @@ pub fn bare_boot(kernel: &KernelFiles, initrd: &Path, root: &Path) -> Result<Bar
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", CMDLINE])
+        // The kernel command line wisp uses, so both boots do the same work.
+        .args(["-append", &wisp_vm::qemu::kernel_cmdline()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

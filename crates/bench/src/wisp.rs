@@ -115,17 +115,24 @@ impl Wisp {
         let mut cmd = self.cmd(["server", "--listen", &listen, "--image", "tiny"]);
         cmd.args(["--gc-interval", "0"]).args(extra);
         let server = Server::spawn("wisp server", cmd, &dir.join("server.log"))?;
-        let client = wisp_control::client::Client::new(&format!("http://{listen}"));
-        engine::runtime().block_on(async {
+        let client = engine::runtime().block_on(async {
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while client.list("").await.is_err() {
+            loop {
+                // The API wants the host token, written once the server is bound.
+                let token = std::fs::read_to_string(self.home.join("token"))
+                    .ok()
+                    .map(|t| t.trim().to_string());
+                let client = wisp_control::client::Client::new(&format!("http://{listen}"))
+                    .with_token(token);
+                if client.list("").await.is_ok() {
+                    return anyhow::Ok(client);
+                }
                 anyhow::ensure!(
                     std::time::Instant::now() < deadline,
                     "wisp server did not answer on {listen} within 30 s"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            anyhow::Ok(())
         })?;
         Ok((server, client))
     }

@@ -10,7 +10,7 @@ use common::{start_server, wisp_ok, Daemon};
 async fn health_answers_json() {
     let home = tempfile::tempdir().unwrap();
     let (_daemon, url) = start_server(home.path(), &[]);
-    let response = reqwest::get(format!("{url}/v1/health")).await.unwrap();
+    let response = common::client(&url).get(format!("{url}/v1/health")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], "ok");
@@ -34,7 +34,7 @@ async fn health_answers_json() {
 async fn unknown_route_is_a_json_404_naming_the_path() {
     let home = tempfile::tempdir().unwrap();
     let (_daemon, url) = start_server(home.path(), &[]);
-    let response = reqwest::get(format!("{url}/v1/nonsense")).await.unwrap();
+    let response = common::client(&url).get(format!("{url}/v1/nonsense")).send().await.unwrap();
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("/v1/nonsense"));
@@ -77,7 +77,7 @@ fn version_and_help() {
 /// the JSON answer (`null` for an empty body, an array of events for a
 /// progress stream).
 async fn call(method: reqwest::Method, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-    let mut request = reqwest::Client::new().request(method, url);
+    let mut request = common::client(url).request(method, url);
     if let Some(body) = body {
         request = request
             .header("content-type", "application/json")
@@ -349,7 +349,7 @@ async fn checkpoints_freeze_and_restore_a_sprites_disk() {
     };
 
     // v0: the disk as created. A body is optional.
-    let response = reqwest::Client::new()
+    let response = common::client(&url)
         .post(format!("{sprites}/box/checkpoint"))
         .send()
         .await

@@ -65,6 +65,20 @@ fn exec_url(url: &str, name: &str, argv: &[&str], extra: &[(&str, &str)]) -> Str
     )
 }
 
+/// A WebSocket request to `ws_url` carrying the host token of the server at `url`.
+fn ws_request(
+    url: &str,
+    ws_url: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = ws_url.into_client_request().unwrap();
+    let value = format!("Bearer {}", common::token_of(url));
+    request
+        .headers_mut()
+        .insert("authorization", value.parse().unwrap());
+    request
+}
+
 fn query(argv: &[&str], extra: &[(&str, &str)]) -> String {
     let mut q = url::form_urlencoded::Serializer::new(String::new());
     for a in argv {
@@ -85,7 +99,7 @@ async fn exec(url: &str, name: &str, argv: &[&str], stdin: Option<&[u8]>) -> Out
         &[]
     };
     let ws_url = exec_url(url, name, argv, extra);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(url, &ws_url))
         .await
         .unwrap_or_else(|e| panic!("exec {argv:?}: {e}"));
     if let Some(data) = stdin {
@@ -119,7 +133,7 @@ async fn exec(url: &str, name: &str, argv: &[&str], stdin: Option<&[u8]>) -> Out
 }
 
 async fn status(url: &str, name: &str) -> String {
-    let body: serde_json::Value = reqwest::get(format!("{url}/v1/sprites/{name}"))
+    let body: serde_json::Value = common::client(&url).get(format!("{url}/v1/sprites/{name}")).send()
         .await
         .unwrap()
         .json()
@@ -141,7 +155,7 @@ async fn until_asleep(url: &str, name: &str) {
 }
 
 async fn post(url: &str) -> u16 {
-    reqwest::Client::new()
+    common::client(&url)
         .post(url)
         .send()
         .await
@@ -156,7 +170,7 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     wisp(&home, &["image", "build", "tiny"]);
     let (daemon, url) = start_server(&home);
     let sprites = format!("{url}/v1/sprites");
-    let created = reqwest::Client::new()
+    let created = common::client(&url)
         .post(&sprites)
         .json(&serde_json::json!({ "name": "box" }))
         .send()
@@ -240,7 +254,9 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         &["sh", "-c", "tty; stty size"],
         &[("tty", "true"), ("rows", "30"), ("cols", "90")],
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(&url, &ws_url))
+        .await
+        .unwrap();
     let (mut screen, mut exit) = (String::new(), None);
     while let Some(message) = ws.next().await {
         match message.unwrap() {
@@ -295,21 +311,21 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         (format!("{ws}/v1/sprites/box/exec"), 400),
         (format!("{ws}/v1/sprites/box/exec?cmd=true&tty=maybe"), 400),
     ] {
-        match tokio_tungstenite::connect_async(&path).await {
+        match tokio_tungstenite::connect_async(ws_request(&url, &path)).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status().as_u16(), want, "{path}")
             }
             other => panic!("{path}: {:?}", other.map(|_| "upgraded")),
         }
     }
-    let plain = reqwest::get(format!("{url}/v1/sprites/box/exec?cmd=true"))
+    let plain = common::client(&url).get(format!("{url}/v1/sprites/box/exec?cmd=true")).send()
         .await
         .unwrap();
     assert_eq!(plain.status(), 400, "a plain GET is not an exec");
 
     // The router: a request to the sprite's host reaches port 8080 in it,
     // through a service that starts at every boot, and wakes it.
-    let web = reqwest::Client::new()
+    let web = common::client(&url)
         .post(&sprites)
         .json(&serde_json::json!({ "name": "web", "url_settings": { "auth": "public" } }))
         .send()
@@ -329,7 +345,7 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         None,
     )
     .await;
-    let service = reqwest::Client::new()
+    let service = common::client(&url)
         .put(format!("{sprites}/web/services/www"))
         .json(&serde_json::json!({
             "cmd": "busybox",
@@ -382,7 +398,7 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     );
     assert_eq!(status(&url, "web").await, "running");
     // URL auth `sprite`: the host's token, or 401.
-    let changed = reqwest::Client::new()
+    let changed = common::client(&url)
         .put(format!("{sprites}/web"))
         .json(&serde_json::json!({ "url_settings": { "auth": "sprite" } }))
         .send()
@@ -408,7 +424,7 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         ),
         (serde_json::json!({ "cmd": "x", "colour": 1 }), "colour"),
     ] {
-        let response = reqwest::Client::new()
+        let response = common::client(&url)
             .put(format!("{sprites}/web/services/bad"))
             .json(&body)
             .send()
@@ -447,7 +463,7 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     for service in ["ticker", "www"] {
         sprite_cmd(&["service-rm", "web", service]);
     }
-    let gone = reqwest::get(format!("{sprites}/web/services/www"))
+    let gone = common::client(&sprites).get(format!("{sprites}/web/services/www")).send()
         .await
         .unwrap();
     assert_eq!(gone.status(), 404);
@@ -487,7 +503,7 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
 
     // Deleting a running sprite stops its VM first.
     for name in ["box", "web"] {
-        let deleted = reqwest::Client::new()
+        let deleted = common::client(&url)
             .delete(format!("{url}/v1/sprites/{name}"))
             .send()
             .await

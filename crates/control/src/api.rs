@@ -358,9 +358,9 @@ async fn restore_checkpoint(
     ))
 }
 
-/// Runs a command in the sprite over a WebSocket (see `exec`), waking the
-/// sprite first: the upgrade is answered once the sprite is awake, so a
-/// sprite that cannot wake gets an HTTP error, not a broken socket.
+/// Runs a command in the sprite over a WebSocket (see `exec`). The upgrade is
+/// answered at once and the wake, started here, runs to completion whatever
+/// the client does; a sprite that does not exist is a 404 before the upgrade.
 async fn exec_sprite(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -374,8 +374,9 @@ async fn exec_sprite(
             r.body_text()
         ))
     })?;
-    let activity = state.sprites.activity(&name).await?;
-    Ok(upgrade.on_upgrade(move |socket| crate::exec::run(socket, activity, name, params)))
+    state.sprites.get(&name)?;
+    let wake = state.sprites.wake_in_background(&name);
+    Ok(upgrade.on_upgrade(move |socket| crate::exec::run(socket, wake, name, params)))
 }
 
 fn service_view(status: wisp_vm::agent::ServiceStatus) -> ServiceView {

@@ -11,8 +11,14 @@
 //! With a TTY binary messages are raw terminal bytes both ways; the client
 //! sends `{"type":"resize","rows":R,"cols":C}` as text and the server ends
 //! with `{"type":"exit","exit_code":N}` as text. The server closes the socket
-//! after the exit. A client that goes away ends the command (SIGHUP, then
-//! the session is dropped).
+//! with code 1000 after the exit. A client that goes away ends the command
+//! (SIGHUP, then the session is dropped).
+//!
+//! The upgrade is answered at once and the sprite woken after it: a client
+//! with a short handshake timeout (the SDKs' is 10 s) never cancels a wake,
+//! and a wake that fails ends the socket with an `error` message and close
+//! code 1011. Stdin is copied beside the output, never in its way: a command
+//! that stops reading its input still delivers its output and exit status.
 
 use axum::extract::ws::{Message, WebSocket};
 use serde::Deserialize;
@@ -181,60 +187,128 @@ async fn incoming(message: Message, input: &ExecInput, tty: bool, stdin: bool) -
     }
 }
 
-/// Runs the command in the sprite held awake by `activity` and pumps it
-/// to and from `socket` until it exits or the client goes away.
+/// What ended the client's side of an exec.
+enum InputEnd {
+    /// The client closed the socket or it broke: the client is gone.
+    ClientGone,
+    /// The command takes no more input (it exited, or the session broke); the
+    /// client's further messages are not needed.
+    CommandDone,
+}
+
+/// Copies the client's messages to the command until the client goes away or
+/// the command's input ends. Runs beside the output loop, never in its way: a
+/// command that stops reading stdin fills its window and blocks this copy, not
+/// the delivery of its output or its exit status.
+async fn pump_input(
+    mut from_client: futures::stream::SplitStream<WebSocket>,
+    input: ExecInput,
+    tty: bool,
+    stdin: bool,
+) -> InputEnd {
+    use futures::StreamExt;
+    while let Some(message) = from_client.next().await {
+        let Ok(message) = message else {
+            return InputEnd::ClientGone;
+        };
+        let closing = matches!(message, Message::Close(_));
+        if !incoming(message, &input, tty, stdin).await {
+            return if closing {
+                InputEnd::ClientGone
+            } else {
+                InputEnd::CommandDone
+            };
+        }
+    }
+    InputEnd::ClientGone
+}
+
+/// Wakes the sprite (a wake started here runs to completion even if the client
+/// goes away), runs the command, and pumps it to and from `socket` until it
+/// exits or the client goes away. A sprite that cannot wake gets an `error`
+/// message and close code 1011.
 pub(crate) async fn run(
-    mut socket: WebSocket,
-    activity: Activity,
+    socket: WebSocket,
+    wake: tokio::task::JoinHandle<Result<Activity, ControlError>>,
     name: String,
     params: ExecParams,
 ) {
+    use futures::{SinkExt, StreamExt};
+    let (mut to_client, from_client) = socket.split();
+    let activity = match wake.await {
+        Ok(Ok(activity)) => activity,
+        Ok(Err(error)) => return fail(&mut to_client, error.chain()).await,
+        Err(join) => {
+            return fail(&mut to_client, format!("waking sprite `{name}` failed: {join}")).await
+        }
+    };
     let tty = params.request.tty.is_some();
     let mut session = match activity.agent().exec(params.request).await {
         Ok(session) => session,
         Err(source) => {
             let error = ControlError::Exec { name, source }.chain();
-            let _ = socket.send(error_message(error)).await;
-            let _ = socket.send(Message::Close(None)).await;
-            return;
+            return fail(&mut to_client, error).await;
         }
     };
     let input = session.input();
     if !params.stdin {
         let _ = input.close_stdin().await;
     }
-    loop {
-        tokio::select! {
-            event = session.recv() => {
-                let (message, last) = match event {
-                    Ok(Some(event)) => outgoing(event, tty),
-                    Ok(None) => (error_message(format!("the command in sprite `{name}` ended without an exit status")), true),
-                    Err(source) => (error_message(ControlError::Exec { name: name.clone(), source }.chain()), true),
-                };
-                let sent = socket.send(message).await.is_ok();
-                if last {
-                    let _ = socket.send(Message::Close(None)).await;
-                    return;
-                }
-                if !sent {
-                    break;
-                }
+    let output = async {
+        loop {
+            let (message, last) = match session.recv().await {
+                Ok(Some(event)) => outgoing(event, tty),
+                Ok(None) => (error_message(format!("the command in sprite `{name}` ended without an exit status")), true),
+                Err(source) => (error_message(ControlError::Exec { name: name.clone(), source }.chain()), true),
+            };
+            let sent = to_client.send(message).await.is_ok();
+            if last {
+                let _ = to_client.send(Message::Close(Some(normal_close()))).await;
+                return true;
             }
-            message = socket.recv() => {
-                let go_on = match message {
-                    Some(Ok(message)) => incoming(message, &input, tty, params.stdin).await,
-                    Some(Err(_)) | None => false,
-                };
-                if !go_on {
-                    break;
-                }
+            if !sent {
+                // The client is gone.
+                return false;
             }
         }
+    };
+    let pump = pump_input(from_client, input.clone(), tty, params.stdin);
+    tokio::pin!(pump);
+    tokio::pin!(output);
+    let finished = tokio::select! {
+        finished = &mut output => finished,
+        end = &mut pump => match end {
+            InputEnd::ClientGone => false,
+            // The command's input ended before its exit reached us: its output and
+            // exit status still come, and the client's messages are not read.
+            InputEnd::CommandDone => (&mut output).await,
+        },
+    };
+    if !finished {
+        // The client went away before the command ended: hang it up, as a
+        // closing terminal would; the session ends with it.
+        let _ = input.signal(SIGHUP).await;
     }
-    // The client went away before the command ended: hang it up, as a
-    // closing terminal would; the session ends with it.
-    let _ = input.signal(SIGHUP).await;
-    drop(activity);
+    // The session is dropped before the activity that held the sprite awake for it.
+}
+
+/// Sends `error` as an `error` message, then closes with 1011 (internal error).
+async fn fail(to_client: &mut futures::stream::SplitSink<WebSocket, Message>, error: String) {
+    use futures::SinkExt;
+    let _ = to_client.send(error_message(error)).await;
+    let close = axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::ERROR,
+        reason: "".into(),
+    };
+    let _ = to_client.send(Message::Close(Some(close))).await;
+}
+
+/// Close code 1000 after the exit.
+fn normal_close() -> axum::extract::ws::CloseFrame {
+    axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    }
 }
 
 /// SIGHUP in the (Linux) guest.

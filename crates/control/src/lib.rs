@@ -47,7 +47,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Sprite URLs are `http://<name>.<sprite_domain>:<port>`.
     pub sprite_domain: String,
-    /// Whether API calls need the host's token (`$WISP_HOME/token`).
+    /// Whether API calls need the host's token (`$WISP_HOME/token`); on by
+    /// default, on loopback too (any local user could otherwise run commands
+    /// as root in every sprite).
     pub require_token: bool,
 }
 
@@ -77,6 +79,8 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     config: ServerConfig,
     sprites: Arc<Sprites>,
+    /// The host's token (`$WISP_HOME/token`), made before the API answers.
+    token: String,
 }
 
 impl Server {
@@ -109,10 +113,19 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        // Written before the daemon says it is ready, so a client started
+        // then finds it.
+        let token = router::load_or_create_token(&config.home).map_err(|source| {
+            ControlError::Token {
+                path: config.home.join("token"),
+                source,
+            }
+        })?;
         Ok(Self {
             listener,
             config,
             sprites,
+            token,
         })
     }
 
@@ -149,13 +162,7 @@ impl Server {
         };
         let port = self.local_addr()?.port();
         let sprites = self.sprites.clone();
-        let token = router::load_or_create_token(&self.config.home).map_err(|source| {
-            ControlError::Token {
-                path: self.config.home.join("token"),
-                source,
-            }
-        })?;
-        let state = api::AppState::new(self.config, self.sprites, port, token);
+        let state = api::AppState::new(self.config, self.sprites, port, self.token);
         // No Nagle: a streamed answer (headers, then body) would otherwise
         // wait for the client's delayed ACK, 40 ms a request on a kept-alive
         // connection (measured through the router: 32 ms vs 4 ms direct).

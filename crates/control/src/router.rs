@@ -100,12 +100,16 @@ pub(crate) async fn route(State(state): State<AppState>, request: Request, next:
     }
 }
 
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in
+/// constant time (the time taken says nothing about how much of a guess was
+/// right).
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| given.trim() == token)
+        .is_some_and(|given| bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())))
 }
 
 /// Headers that belong to one connection, not to the request (RFC 9110 7.6.1).

@@ -109,10 +109,29 @@ impl Sprites {
 
     /// Wakes sprite `name` if it sleeps and holds it awake while the
     /// returned activity lives (an exec session).
-    pub async fn activity(&self, name: &str) -> Result<Activity, ControlError> {
-        let _turn = self.turn(name).await;
-        let record = self.get(name)?;
-        self.machines.wake(name, &record.volume).await
+    ///
+    /// The wake runs in a task of its own: once started it runs to completion
+    /// even when the caller gives up (a client's handshake timeout), and a
+    /// request arriving meanwhile waits for the sprite's turn and finds it awake.
+    pub async fn activity(self: &Arc<Self>, name: &str) -> Result<Activity, ControlError> {
+        self.wake_in_background(name)
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("waking sprite `{name}` failed: {e}")))?
+    }
+
+    /// Starts waking sprite `name` (see [`Sprites::activity`]); the task's
+    /// activity holds the sprite awake until it is dropped.
+    pub fn wake_in_background(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> tokio::task::JoinHandle<Result<Activity, ControlError>> {
+        let sprites = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let _turn = sprites.turn(&name).await;
+            let record = sprites.get(&name)?;
+            sprites.machines.wake(&name, &record.volume).await
+        })
     }
 
     /// Puts every sprite idle past the timeout to sleep.
@@ -336,7 +355,7 @@ impl Sprites {
 impl Sprites {
     /// Sprite `name`'s services and their state (waking it: services live
     /// in the guest).
-    pub async fn services(&self, name: &str) -> Result<Vec<ServiceStatus>, ControlError> {
+    pub async fn services(self: &Arc<Self>, name: &str) -> Result<Vec<ServiceStatus>, ControlError> {
         let activity = self.activity(name).await?;
         activity
             .agent()
@@ -348,7 +367,7 @@ impl Sprites {
     /// Creates or replaces a service of sprite `name`; it starts now and at
     /// every boot, and restarts when it dies.
     pub async fn define_service(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         spec: ServiceSpec,
     ) -> Result<ServiceStatus, ControlError> {
@@ -373,7 +392,7 @@ impl Sprites {
     }
 
     /// Stops and forgets service `service` of sprite `name`.
-    pub async fn remove_service(&self, name: &str, service: &str) -> Result<(), ControlError> {
+    pub async fn remove_service(self: &Arc<Self>, name: &str, service: &str) -> Result<(), ControlError> {
         let activity = self.activity(name).await?;
         let agent = activity.agent();
         let known = agent.list_services().await.map_err(agent_failed(name))?;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Capabilities the agent announces in its `hello` answer.
-pub const CAPABILITIES: &[&str] = &["exec", "pty", "files", "services", "shutdown"];
+pub const CAPABILITIES: &[&str] = &["exec", "pty", "files", "services", "shutdown", "clock"];
 
 /// A control message. Serialised as JSON with a `type` field (`{"type":"ping"}`).
 /// Unknown fields are rejected so that a typo is an error, not a silent default.
@@ -18,6 +18,13 @@ pub enum Control {
         agent: String,
         #[serde(default)]
         capabilities: Vec<String>,
+    },
+    /// Session 0, host to agent, unanswered: set the guest's wall clock (`CLOCK_REALTIME`)
+    /// to `unix_ns` nanoseconds since the Unix epoch. Sent after every boot, since the
+    /// guest's RTC gives whole seconds only. An agent that is not PID 1 (channel mode on
+    /// a host) ignores it.
+    SetClock {
+        unix_ns: u64,
     },
     /// Session 0 (or any): liveness check, answered with `pong` on the same session.
     Ping,

@@ -39,6 +39,10 @@ pub enum AgentError {
     Remote(String),
     #[error("agent protocol violation: {0}")]
     Protocol(String),
+    /// The session's process exited or the session was dropped: its input is no longer
+    /// read, so a writer waiting for window room gives up instead of waiting forever.
+    #[error("the session has ended; it takes no more input")]
+    SessionEnded,
 }
 
 /// What the agent announced in its `hello` answer.
@@ -66,11 +70,13 @@ enum Event {
     Closed(AgentError),
 }
 
-/// How many more data bytes we may send on a session.
+/// How many more data bytes we may send on a session, and whether the session still
+/// takes any (it ends with its exit, its error or its drop).
 #[derive(Default)]
 struct SendWindow {
     avail: Mutex<u64>,
     notify: Notify,
+    ended: AtomicBool,
 }
 
 impl SendWindow {
@@ -78,7 +84,14 @@ impl SendWindow {
         Arc::new(SendWindow {
             avail: Mutex::new(INITIAL_WINDOW as u64),
             notify: Notify::new(),
+            ended: AtomicBool::new(false),
         })
+    }
+
+    /// No more input is read: wakes every writer waiting for room, which then fails.
+    fn end(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
     }
 
     fn grant(&self, n: u32) {
@@ -188,11 +201,21 @@ impl Inner {
             }
             Kind::Eof => Event::Eof,
             Kind::Control => match f.to_control() {
-                Ok(c) => Event::Control(c),
+                Ok(c) => {
+                    if matches!(c, Control::Exit(_) | Control::Error { .. }) {
+                        // The process is gone: stdin still queued for it is never read,
+                        // and no more window will come.
+                        s.window.end();
+                    }
+                    Event::Control(c)
+                }
                 Err(e) => Event::Closed(AgentError::Protocol(format!("bad control message: {e}"))),
             },
         };
         let fatal = matches!(ev, Event::Closed(_));
+        if fatal {
+            s.window.end();
+        }
         let _ = s.events.send(ev);
         if fatal {
             sessions.remove(&f.session);
@@ -258,7 +281,7 @@ impl Inner {
             .collect();
         for s in all {
             let _ = s.events.send(Event::Closed(AgentError::Disconnected));
-            s.window.notify.notify_waiters();
+            s.window.end();
         }
         tracing::debug!(why, "agent connection closed");
     }
@@ -335,6 +358,9 @@ async fn reserve(inner: &Inner, window: &SendWindow, want: usize) -> Result<usiz
         if inner.closed.load(Ordering::SeqCst) {
             return Err(AgentError::Disconnected);
         }
+        if window.ended.load(Ordering::SeqCst) {
+            return Err(AgentError::SessionEnded);
+        }
         {
             let mut a = window.avail.lock().unwrap_or_else(|e| e.into_inner());
             if *a > 0 {
@@ -349,6 +375,7 @@ async fn reserve(inner: &Inner, window: &SendWindow, want: usize) -> Result<usiz
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.window.end();
         self.inner
             .sessions
             .lock()
@@ -459,6 +486,19 @@ impl AgentClient {
     /// What the agent announced.
     pub fn info(&self) -> &AgentInfo {
         &self.info
+    }
+
+    /// Steps the guest's wall clock to the host's (the guest's RTC has whole seconds
+    /// only, and a resumed guest's clock stood still while it slept). Unanswered: a
+    /// guest that cannot set it reports an error on session 0.
+    pub async fn set_clock(&self) -> Result<(), AgentError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let unix_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        self.inner
+            .send_control(0, &Control::SetClock { unix_ns })
+            .await
     }
 
     /// Whether the connection has ended (the VM stopped, or the stream broke).

@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod agent;
+pub mod clock;
 pub mod image;
 pub mod initramfs;
 pub mod kernel;

@@ -211,6 +211,10 @@ impl Machine {
                 }
             }
         };
+        // The guest's RTC gave it whole seconds; the host's clock to the nanosecond.
+        if let Err(e) = agent.set_clock().await {
+            tracing::warn!(error = %e, "cannot set the guest's clock");
+        }
         let boot_time = t0.elapsed();
         tracing::debug!(
             boot_ms = boot_time.as_millis() as u64,

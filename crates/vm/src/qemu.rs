@@ -14,10 +14,17 @@ use tokio::net::UnixStream;
 /// The QEMU binary used unless `WISP_QEMU` names another.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
-/// Kernel arguments every boot gets. The TSC ones stop the guest from hanging
-/// at "could not calculate TSC khz" on a loaded host (see VM-NOTES).
-pub const BASE_CMDLINE: &str =
-    "console=ttyS0 tsc_early_khz=2000000 tsc=reliable lpj=4000000 quiet panic=-1 reboot=t";
+/// Kernel arguments every boot gets, besides the TSC ones of [`kernel_cmdline`].
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t";
+
+/// [`BASE_CMDLINE`] plus the host's TSC frequency (see [`crate::clock`]): the
+/// command line of every guest kernel wisp boots.
+pub fn kernel_cmdline() -> String {
+    format!(
+        "{BASE_CMDLINE} {}",
+        crate::clock::tsc_kernel_args(crate::clock::host_tsc_khz())
+    )
+}
 
 /// Errors of the QEMU layer.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +90,7 @@ pub struct QemuConfig {
     pub memory_mib: u64,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
-    /// Added after [`BASE_CMDLINE`] (the agent reads `wisp.*` words).
+    /// Added after [`kernel_cmdline`] (the agent reads `wisp.*` words).
     pub cmdline_extra: Vec<String>,
     pub disk: Option<DiskSource>,
     /// QEMU's working directory. The socket paths are given relative to it,
@@ -132,7 +139,7 @@ impl QemuConfig {
         }
         push("-serial");
         push(&format!("file:{}", self.serial_log.display()));
-        let mut append = BASE_CMDLINE.to_string();
+        let mut append = kernel_cmdline();
         for w in &self.cmdline_extra {
             append.push(' ');
             append.push_str(w);

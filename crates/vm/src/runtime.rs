@@ -35,7 +35,11 @@ impl Runtime {
     /// (a probe boot the first time on a host with `/dev/kvm`).
     pub async fn prepare(home: &Path) -> Result<Runtime, RuntimeError> {
         let h = home.to_path_buf();
-        let kernel = tokio::task::spawn_blocking(move || Kernel::ensure(&h))
+        let kernel = tokio::task::spawn_blocking(move || {
+            // Measured once per process (150 ms): not on a boot's path later.
+            crate::clock::host_tsc_khz();
+            Kernel::ensure(&h)
+        })
             .await
             .map_err(|e| KernelError::Io {
                 path: home.join("kernel"),

@@ -22,9 +22,11 @@ pub struct ServerArgs {
     /// Sprite URLs are http://NAME.DOMAIN:PORT; the default resolves to loopback.
     #[arg(long, env = "WISP_SPRITE_DOMAIN", default_value = "localhost")]
     pub sprite_domain: String,
-    /// Whether API calls need the token in $WISP_HOME/token: `auto` (only when listening
-    /// beyond loopback), `yes` or `no`.
-    #[arg(long, env = "WISP_REQUIRE_TOKEN", default_value = "auto", value_parser = ["auto", "yes", "no"])]
+    /// Whether API calls need the token in $WISP_HOME/token: `yes` (the default, on
+    /// loopback too: any local user could otherwise run commands as root in every
+    /// sprite), `auto` (only when listening beyond loopback) or `no` (anyone who reaches
+    /// the port may do anything).
+    #[arg(long, env = "WISP_REQUIRE_TOKEN", default_value = "yes", value_parser = ["yes", "auto", "no"])]
     pub require_token: String,
     /// The standard image new sprites fork: `debian` or `tiny`.
     #[arg(long, env = "WISP_IMAGE", default_value = "debian")]

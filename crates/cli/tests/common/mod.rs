@@ -36,7 +36,39 @@ pub fn start_server(home: &Path, extra: &[&str]) -> (Daemon, String) {
         .strip_prefix("wisp server listening on ")
         .unwrap_or_else(|| panic!("unexpected first line from wisp server: {line:?}"))
         .to_string();
+    let token = std::fs::read_to_string(home.join("token"))
+        .expect("wisp server writes $WISP_HOME/token before its ready line");
+    TOKENS
+        .lock()
+        .unwrap()
+        .insert(url.clone(), token.trim().to_string());
     (daemon, url)
+}
+
+/// The token of each server [`start_server`] started, by its URL.
+static TOKENS: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The host token of the server at `url` (started by [`start_server`]).
+pub fn token_of(url: &str) -> String {
+    let tokens = TOKENS.lock().unwrap();
+    tokens
+        .iter()
+        .find(|(base, _)| url.starts_with(base.as_str()))
+        .map(|(_, token)| token.clone())
+        .unwrap_or_else(|| panic!("no server started at {url}"))
+}
+
+/// An HTTP client that sends the host token of the server at `url`, as the
+/// API wants by default.
+pub fn client(url: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {}", token_of(url));
+    headers.insert(reqwest::header::AUTHORIZATION, value.parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// The first line a child printed on its piped stdout: the ready line of
