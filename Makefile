@@ -6,10 +6,12 @@ export WISP_HOME ?= $(CURDIR)/.wisp
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 AGENT_TARGET := x86_64-unknown-linux-gnu
-# The guest agent runs as PID 1 in a VM with no libc: link it statically.
+# The guest agent runs as PID 1 in a VM with no libc: link it statically. `wisp` itself
+# carries one built this way (crates/vm/build.rs); `make agent` builds a loose copy for
+# agent development (WISP_AGENT=target/x86_64-unknown-linux-gnu/release/wisp-agent).
 AGENT_FLAGS := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
 
-.PHONY: run test deps test-deps build agent agent-debug fmt lint bench
+.PHONY: run test deps test-deps build agent fmt lint bench
 
 ## make run: install, build (release), prepare images, start the daemon on the embedded defaults.
 ## `wisp image build` is a no-op when the image is already built, so the debian image is
@@ -21,7 +23,7 @@ run: deps build
 ## make test: install test tools, then fmt, clippy and the whole test suite
 ## (scripts/test-suite.sh: cargo test --workspace, failing if a test was
 ## skipped or fewer than MIN_TESTS ran).
-test: test-deps agent-debug
+test: test-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	bash scripts/test-suite.sh
@@ -32,14 +34,11 @@ deps:
 test-deps:
 	bash scripts/install-deps.sh --test
 
-build: agent
+build:
 	$(CARGO) build --release -p wisp-cli
 
 agent:
 	$(AGENT_FLAGS) $(CARGO) build --release -p wisp-agent --target $(AGENT_TARGET)
-
-agent-debug:
-	$(AGENT_FLAGS) $(CARGO) build -p wisp-agent --target $(AGENT_TARGET)
 
 fmt:
 	$(CARGO) fmt --all

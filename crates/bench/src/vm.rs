@@ -263,7 +263,7 @@ pub fn sprites(wisp: &Wisp) -> Result<SpriteFigures> {
             store.fork(&img.volume, &img.checkpoint, &name).await?;
             let t0 = Instant::now();
             let volume = Arc::new(store.open_volume(&name).await?);
-            let m = wisp_vm::Machine::start(rt.machine_config(volume.clone(), &name)).await?;
+            let m = wisp_vm::Machine::start(rt.machine_config(volume.clone(), &name).await).await?;
             ready.push(t0.elapsed());
             if i == 0 {
                 for _ in 0..3 {

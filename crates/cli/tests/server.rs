@@ -10,7 +10,11 @@ use common::{start_server, wisp_ok, Daemon};
 async fn health_answers_json() {
     let home = tempfile::tempdir().unwrap();
     let (_daemon, url) = start_server(home.path(), &[]);
-    let response = common::client(&url).get(format!("{url}/v1/health")).send().await.unwrap();
+    let response = common::client(&url)
+        .get(format!("{url}/v1/health"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], "ok");
@@ -34,7 +38,11 @@ async fn health_answers_json() {
 async fn unknown_route_is_a_json_404_naming_the_path() {
     let home = tempfile::tempdir().unwrap();
     let (_daemon, url) = start_server(home.path(), &[]);
-    let response = common::client(&url).get(format!("{url}/v1/nonsense")).send().await.unwrap();
+    let response = common::client(&url)
+        .get(format!("{url}/v1/nonsense"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("/v1/nonsense"));

@@ -133,7 +133,9 @@ async fn exec(url: &str, name: &str, argv: &[&str], stdin: Option<&[u8]>) -> Out
 }
 
 async fn status(url: &str, name: &str) -> String {
-    let body: serde_json::Value = common::client(&url).get(format!("{url}/v1/sprites/{name}")).send()
+    let body: serde_json::Value = common::client(url)
+        .get(format!("{url}/v1/sprites/{name}"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -155,7 +157,7 @@ async fn until_asleep(url: &str, name: &str) {
 }
 
 async fn post(url: &str) -> u16 {
-    common::client(&url)
+    common::client(url)
         .post(url)
         .send()
         .await
@@ -318,7 +320,9 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
             other => panic!("{path}: {:?}", other.map(|_| "upgraded")),
         }
     }
-    let plain = common::client(&url).get(format!("{url}/v1/sprites/box/exec?cmd=true")).send()
+    let plain = common::client(&url)
+        .get(format!("{url}/v1/sprites/box/exec?cmd=true"))
+        .send()
         .await
         .unwrap();
     assert_eq!(plain.status(), 400, "a plain GET is not an exec");
@@ -463,7 +467,9 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     for service in ["ticker", "www"] {
         sprite_cmd(&["service-rm", "web", service]);
     }
-    let gone = common::client(&sprites).get(format!("{sprites}/web/services/www")).send()
+    let gone = common::client(&sprites)
+        .get(format!("{sprites}/web/services/www"))
+        .send()
         .await
         .unwrap();
     assert_eq!(gone.status(), 404);

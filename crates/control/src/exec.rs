@@ -239,7 +239,11 @@ pub(crate) async fn run(
         Ok(Ok(activity)) => activity,
         Ok(Err(error)) => return fail(&mut to_client, error.chain()).await,
         Err(join) => {
-            return fail(&mut to_client, format!("waking sprite `{name}` failed: {join}")).await
+            return fail(
+                &mut to_client,
+                format!("waking sprite `{name}` failed: {join}"),
+            )
+            .await
         }
     };
     let tty = params.request.tty.is_some();
@@ -258,8 +262,22 @@ pub(crate) async fn run(
         loop {
             let (message, last) = match session.recv().await {
                 Ok(Some(event)) => outgoing(event, tty),
-                Ok(None) => (error_message(format!("the command in sprite `{name}` ended without an exit status")), true),
-                Err(source) => (error_message(ControlError::Exec { name: name.clone(), source }.chain()), true),
+                Ok(None) => (
+                    error_message(format!(
+                        "the command in sprite `{name}` ended without an exit status"
+                    )),
+                    true,
+                ),
+                Err(source) => (
+                    error_message(
+                        ControlError::Exec {
+                            name: name.clone(),
+                            source,
+                        }
+                        .chain(),
+                    ),
+                    true,
+                ),
             };
             let sent = to_client.send(message).await.is_ok();
             if last {

@@ -115,12 +115,11 @@ impl Server {
             })?;
         // Written before the daemon says it is ready, so a client started
         // then finds it.
-        let token = router::load_or_create_token(&config.home).map_err(|source| {
-            ControlError::Token {
+        let token =
+            router::load_or_create_token(&config.home).map_err(|source| ControlError::Token {
                 path: config.home.join("token"),
                 source,
-            }
-        })?;
+            })?;
         Ok(Self {
             listener,
             config,
@@ -145,6 +144,12 @@ impl Server {
             let every = self.config.gc_interval;
             tokio::spawn(async move { store.run_maintenance(every, GcOptions::default()).await })
         });
+        // The accelerator probe (seconds on a new host) runs now, not on the
+        // first request's path.
+        let preparing = {
+            let sprites = self.sprites.clone();
+            tokio::spawn(async move { sprites.prepare_early().await })
+        };
         // Not aborted at shutdown but told to stop: a sprite it is putting to
         // sleep finishes its stop (and its upload) first.
         let (stop_sleeper, mut stopping) = tokio::sync::watch::channel(false);
@@ -179,6 +184,7 @@ impl Server {
         if let Some(task) = maintenance {
             task.abort();
         }
+        preparing.abort();
         // Stopping: no sprite is left running; each one's data is uploaded.
         let _ = stop_sleeper.send(true);
         let _ = sleeper.await;

@@ -100,8 +100,9 @@ impl Drop for Activity {
 pub struct Machines {
     home: PathBuf,
     store: Store,
-    /// Prepared on the first wake: fetching the kernel and choosing the
-    /// accelerator are not worth doing for a daemon that only creates sprites.
+    /// Prepared at server start when the kernel is cached ([`Machines::prepare_early`]),
+    /// else on the first wake: fetching a kernel is not worth doing for a daemon that
+    /// only creates sprites.
     runtime: tokio::sync::OnceCell<Runtime>,
     awake: Mutex<HashMap<String, Arc<Awake>>>,
     /// A sprite with no request for this long is put to sleep.
@@ -131,6 +132,18 @@ impl Machines {
     /// Names of the awake sprites.
     pub fn names(&self) -> Vec<String> {
         self.awake_map().keys().cloned().collect()
+    }
+
+    /// Prepares the runtime now (the initramfs, and the accelerator probe in the
+    /// background) when this host's guest kernel is already fetched: the server
+    /// does this at start, so the first wake finds the probe done. Without a
+    /// kernel the first wake fetches it (that takes longer than the probe).
+    pub async fn prepare_early(&self) {
+        if matches!(wisp_vm::kernel::Kernel::cached(&self.home), Ok(Some(_))) {
+            if let Err(e) = self.runtime().await {
+                tracing::warn!(error = %e, "cannot prepare to run sprites");
+            }
+        }
     }
 
     async fn runtime(&self) -> Result<&Runtime, ControlError> {
@@ -174,7 +187,7 @@ impl Machines {
                 })?,
         );
         // Sockets and logs under run/<volume>: the volume name is unique and short.
-        let mut config = runtime.machine_config(volume.clone(), volume_name);
+        let mut config = runtime.machine_config(volume.clone(), volume_name).await;
         config.hostname = name.to_string();
         let http_port = free_loopback_port().map_err(ControlError::Io)?;
         config.http_port = Some(http_port);

@@ -134,6 +134,11 @@ impl Sprites {
         })
     }
 
+    /// Gets ready to wake sprites (see [`Machines::prepare_early`]).
+    pub async fn prepare_early(&self) {
+        self.machines.prepare_early().await
+    }
+
     /// Puts every sprite idle past the timeout to sleep.
     pub async fn sleep_idle(&self) {
         for name in self.machines.idle() {
@@ -355,7 +360,10 @@ impl Sprites {
 impl Sprites {
     /// Sprite `name`'s services and their state (waking it: services live
     /// in the guest).
-    pub async fn services(self: &Arc<Self>, name: &str) -> Result<Vec<ServiceStatus>, ControlError> {
+    pub async fn services(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<Vec<ServiceStatus>, ControlError> {
         let activity = self.activity(name).await?;
         activity
             .agent()
@@ -392,7 +400,11 @@ impl Sprites {
     }
 
     /// Stops and forgets service `service` of sprite `name`.
-    pub async fn remove_service(self: &Arc<Self>, name: &str, service: &str) -> Result<(), ControlError> {
+    pub async fn remove_service(
+        self: &Arc<Self>,
+        name: &str,
+        service: &str,
+    ) -> Result<(), ControlError> {
         let activity = self.activity(name).await?;
         let agent = activity.agent();
         let known = agent.list_services().await.map_err(agent_failed(name))?;

@@ -53,7 +53,10 @@ fn measure() -> u64 {
     if (100_000..=10_000_000).contains(&khz) {
         khz
     } else {
-        tracing::warn!(khz, "implausible TSC frequency measured; telling guests 2 GHz");
+        tracing::warn!(
+            khz,
+            "implausible TSC frequency measured; telling guests 2 GHz"
+        );
         FALLBACK_KHZ
     }
 }

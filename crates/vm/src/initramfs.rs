@@ -31,8 +31,20 @@ pub enum InitramfsError {
     },
     #[error("archive entry name `{0}` is not a relative path")]
     BadName(String),
-    #[error("cannot find the guest agent `wisp-agent` (looked in {looked}); build it with `make agent` or set WISP_AGENT")]
-    NoAgent { looked: String },
+    #[error("cannot read the guest agent WISP_AGENT=`{}`: {source}", path.display())]
+    NoAgent {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The kernel runs the agent as `/init` with no libc and no loader: a dynamically
+    /// linked one ends in "Failed to execute /init (error -2)" and a kernel panic.
+    #[error(
+        "the guest agent {origin} is not a static x86-64 executable ({why}); the guest can \
+         only run a static one: unset WISP_AGENT to use the agent built into wisp, or build \
+         one with `make agent` (cargo build --release -p wisp-agent --target \
+         x86_64-unknown-linux-gnu with RUSTFLAGS=\"-C target-feature=+crt-static\")"
+    )]
+    NotStatic { origin: String, why: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InitramfsError + '_ {
@@ -237,89 +249,104 @@ pub fn write_archive(path: &Path, entries: &[Entry]) -> Result<(), InitramfsErro
     Ok(())
 }
 
-/// The static guest agent: `$WISP_AGENT`, else `wisp-agent` next to the
-/// running executable, else the cargo layout around it
-/// (`target/x86_64-unknown-linux-gnu/{release,debug}/wisp-agent`, the newest).
-pub fn find_agent() -> Result<PathBuf, InitramfsError> {
-    if let Some(p) = std::env::var_os("WISP_AGENT") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        return Err(InitramfsError::NoAgent {
-            looked: format!("WISP_AGENT=`{}`", p.display()),
-        });
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut candidates = Vec::new();
-    if let Some(dir) = exe.parent() {
-        candidates.push(dir.join("wisp-agent"));
-    }
-    for dir in exe.ancestors().skip(1).take(4) {
-        for profile in ["release", "debug"] {
-            candidates.push(
-                dir.join("x86_64-unknown-linux-gnu")
-                    .join(profile)
-                    .join("wisp-agent"),
-            );
-        }
-    }
-    let newest = candidates
-        .iter()
-        .filter_map(|p| Some((fs::metadata(p).ok()?.modified().ok()?, p)))
-        .max_by_key(|(t, _)| *t)
-        .map(|(_, p)| p.clone());
-    newest.ok_or_else(|| InitramfsError::NoAgent {
-        looked: candidates
-            .iter()
-            .map(|p| format!("`{}`", p.display()))
-            .collect::<Vec<_>>()
-            .join(", "),
-    })
+/// The agent built into this binary by `build.rs`: static, for x86-64.
+static EMBEDDED_AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wisp-agent"));
+
+/// The guest agent a VM boots with: its bytes and where they came from.
+#[derive(Debug, Clone)]
+pub struct AgentBinary {
+    /// `built into wisp` or `WISP_AGENT=<path>`, for messages.
+    pub origin: String,
+    pub bytes: std::borrow::Cow<'static, [u8]>,
 }
 
-/// The initramfs for `kernel` with `init` (the agent binary) as `/init`,
-/// built once and cached as `$kernel_dir/initramfs-<hash>.cpio`.
-pub fn ensure(kernel: &Kernel, init: &Path) -> Result<PathBuf, InitramfsError> {
-    // Hashing a debug agent (~14 MiB) costs more than a boot step should;
-    // remember the hash per (path, size, mtime) in a small index file.
-    let meta = fs::metadata(init).map_err(io_err(init))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let key = format!("{}\t{}\t{mtime}", init.display(), meta.len());
-    let index = kernel.dir.join("initramfs.index");
-    let known = fs::read_to_string(&index).unwrap_or_default();
-    if let Some(hex) = known
-        .lines()
-        .find_map(|l| l.strip_prefix(key.as_str())?.strip_prefix('\t'))
-    {
-        let path = kernel.dir.join(format!("initramfs-{hex}.cpio"));
-        if path.is_file() {
-            return Ok(path);
-        }
+impl AgentBinary {
+    /// Writes the agent to `path` as an executable (for running it on the host in
+    /// channel mode, as the agent tests do).
+    pub fn write_to(&self, path: &Path) -> Result<(), InitramfsError> {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, &self.bytes).map_err(io_err(&tmp))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, path).map_err(io_err(path))
     }
-    let data = fs::read(init).map_err(io_err(init))?;
+}
+
+/// The guest agent: the static one built into wisp, or `$WISP_AGENT` (for agent
+/// development), which must be a static x86-64 executable too.
+pub fn find_agent() -> Result<AgentBinary, InitramfsError> {
+    let agent = match std::env::var_os("WISP_AGENT") {
+        Some(p) => {
+            let path = PathBuf::from(p);
+            let bytes = fs::read(&path).map_err(|source| InitramfsError::NoAgent {
+                path: path.clone(),
+                source,
+            })?;
+            AgentBinary {
+                origin: format!("WISP_AGENT=`{}`", path.display()),
+                bytes: bytes.into(),
+            }
+        }
+        None => AgentBinary {
+            origin: "built into wisp".into(),
+            bytes: EMBEDDED_AGENT.into(),
+        },
+    };
+    check_static(&agent.bytes).map_err(|why| InitramfsError::NotStatic {
+        origin: agent.origin.clone(),
+        why,
+    })?;
+    Ok(agent)
+}
+
+/// Whether `bytes` are an x86-64 ELF executable that needs no program interpreter
+/// (no `PT_INTERP`: statically linked, static-pie included); `Err` says why not.
+pub fn check_static(bytes: &[u8]) -> Result<(), String> {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    use object::{Object, ObjectKind};
+    let elf = ElfFile64::<object::Endianness>::parse(bytes)
+        .map_err(|e| format!("not a 64-bit ELF file: {e}"))?;
+    if elf.architecture() != object::Architecture::X86_64 {
+        return Err(format!("built for {:?}", elf.architecture()));
+    }
+    if !matches!(elf.kind(), ObjectKind::Executable | ObjectKind::Dynamic) {
+        return Err(format!("a {:?} file, not an executable", elf.kind()));
+    }
+    let endian = elf.endian();
+    let interp = elf
+        .elf_program_headers()
+        .iter()
+        .find(|ph| ph.p_type(endian) == object::elf::PT_INTERP);
+    if let Some(ph) = interp {
+        let loader = ph
+            .data(endian, bytes)
+            .ok()
+            .map(|d| {
+                String::from_utf8_lossy(d)
+                    .trim_end_matches('\0')
+                    .to_string()
+            })
+            .unwrap_or_default();
+        return Err(format!("dynamically linked, needs the loader `{loader}`"));
+    }
+    Ok(())
+}
+
+/// The initramfs for `kernel` with `agent` as `/init`, built once and cached as
+/// `$kernel_dir/initramfs-<hash>.cpio` (the hash of the agent and the layout).
+pub fn ensure(kernel: &Kernel, agent: &AgentBinary) -> Result<PathBuf, InitramfsError> {
+    let data: &[u8] = &agent.bytes;
     let mut hasher = Sha256::new();
-    hasher.update(&data);
+    hasher.update(data);
     // Bump when the layout above changes so stale archives are not reused.
     hasher.update(b"wisp-initramfs-v2");
     let digest = hasher.finalize();
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     let path = kernel.dir.join(format!("initramfs-{hex}.cpio"));
     if !path.is_file() {
-        write_archive(&path, &entries(kernel, &data)?)?;
-        tracing::info!(path = %path.display(), "initramfs built");
+        write_archive(&path, &entries(kernel, data)?)?;
+        tracing::info!(path = %path.display(), agent = %agent.origin, "initramfs built");
     }
-    // Best effort: a lost index entry only costs one more hash.
-    let mut lines: Vec<&str> = known.lines().rev().take(15).collect();
-    lines.reverse();
-    let entry = format!("{key}\t{hex}");
-    lines.push(&entry);
-    let _ = fs::write(&index, lines.join("\n") + "\n");
     Ok(path)
 }
 
@@ -384,14 +411,13 @@ mod tests {
             dir: dir.path().to_path_buf(),
             modules: vec![],
         };
-        let agent = dir.path().join("agent");
-        fs::write(&agent, b"first agent").unwrap();
-        let a = ensure(&kernel, &agent).unwrap();
-        assert_eq!(ensure(&kernel, &agent).unwrap(), a);
-        // Same size, new content and mtime: a new archive.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        fs::write(&agent, b"other agent").unwrap();
-        let b = ensure(&kernel, &agent).unwrap();
+        let agent = |bytes: &'static [u8]| AgentBinary {
+            origin: "test".into(),
+            bytes: bytes.into(),
+        };
+        let a = ensure(&kernel, &agent(b"first agent")).unwrap();
+        assert_eq!(ensure(&kernel, &agent(b"first agent")).unwrap(), a);
+        let b = ensure(&kernel, &agent(b"other agent")).unwrap();
         assert_ne!(a, b);
         let listing = Command::new("cpio")
             .args(["-it", "--quiet", "-F"])
@@ -401,6 +427,30 @@ mod tests {
         let text = String::from_utf8_lossy(&listing.stdout);
         assert!(text.lines().any(|l| l == "init"), "{text}");
         assert!(text.lines().any(|l| l == "etc/wisp-modules"), "{text}");
+    }
+
+    /// The agent built into wisp is static; a dynamically linked executable (any
+    /// host program, like the agent `cargo build` makes without `+crt-static`) is
+    /// refused with the reason and how to build the right one.
+    #[test]
+    fn only_static_agents_are_accepted() {
+        assert_eq!(check_static(EMBEDDED_AGENT), Ok(()));
+        let dynamic = fs::read("/bin/sh").unwrap();
+        let why = check_static(&dynamic).unwrap_err();
+        assert!(why.contains("dynamically linked"), "{why}");
+        assert!(why.contains("ld-linux"), "{why}");
+        assert!(check_static(b"#!/bin/sh\n")
+            .unwrap_err()
+            .contains("not a 64-bit ELF"));
+        let err = InitramfsError::NotStatic {
+            origin: "WISP_AGENT=`x`".into(),
+            why,
+        }
+        .to_string();
+        assert!(
+            err.contains("make agent") && err.contains("crt-static"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -119,10 +119,10 @@ pub async fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCo
         "agent",
         agent.is_ok(),
         match &agent {
-            Ok(p) => p.display().to_string(),
+            Ok(a) => format!("static x86-64, {} bytes, {}", a.bytes.len(), a.origin),
             Err(e) => e.to_string(),
         },
-        "make agent   # or set WISP_AGENT to a static wisp-agent",
+        "unset WISP_AGENT   # the agent built into wisp is static",
     ));
     let mut accelerator = None;
     if let (Some(k), Ok(a)) = (&kernel, &agent) {
@@ -137,7 +137,7 @@ pub async fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCo
                     "",
                 ));
             }
-            Err(e) => checks.push(check("initramfs", false, e.to_string(), "make agent")),
+            Err(e) => checks.push(check("initramfs", false, e.to_string(), "")),
         }
     }
     for kind in ImageKind::ALL {

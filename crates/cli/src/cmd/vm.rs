@@ -185,7 +185,7 @@ async fn boot_and_run(
     interrupts: &mut Interrupts,
 ) -> anyhow::Result<ExitCode> {
     let volume = Arc::new(store.open_volume(name).await?);
-    let mut config = runtime.machine_config(volume.clone(), name);
+    let mut config = runtime.machine_config(volume.clone(), name).await;
     config.cpus = args.cpus;
     config.memory_mib = memory_mib;
     let started = tokio::select! {

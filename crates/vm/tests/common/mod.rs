@@ -32,11 +32,20 @@ pub fn shared_home() -> PathBuf {
     home
 }
 
-/// The static agent binary, found as wisp itself finds it (`$WISP_AGENT`, else the newest
-/// build under the target folder: `make agent-debug` makes one).
+/// The agent wisp boots (built into wisp, or `$WISP_AGENT`).
+pub fn agent() -> wisp_vm::initramfs::AgentBinary {
+    wisp_vm::initramfs::find_agent().expect("the guest agent")
+}
+
+/// The agent as an executable file, for running it on the host in channel mode.
 pub fn agent_bin() -> PathBuf {
-    wisp_vm::initramfs::find_agent()
-        .expect("wisp-agent: run `make agent-debug` before the VM tests")
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = target_dir().join(format!("wisp-agent-test-{}", std::process::id()));
+        agent().write_to(&path).expect("write the agent");
+        path
+    })
+    .clone()
 }
 
 pub struct Boot {
@@ -51,7 +60,7 @@ pub fn boot_files() -> &'static Boot {
         let home = shared_home();
         let _guard = lock_file(&home.join("kernel.lock"));
         let kernel = Kernel::ensure(&home).expect("guest kernel (apt-get download)");
-        let initramfs = wisp_vm::initramfs::ensure(&kernel, &agent_bin()).expect("initramfs");
+        let initramfs = wisp_vm::initramfs::ensure(&kernel, &agent()).expect("initramfs");
         Boot { kernel, initramfs }
     })
 }
@@ -157,7 +166,7 @@ impl Env {
                 .expect("fork the image");
         }
         let volume = std::sync::Arc::new(self.store.open_volume(name).await.expect("open"));
-        let mut cfg = self.runtime.machine_config(volume.clone(), name);
+        let mut cfg = self.runtime.machine_config(volume.clone(), name).await;
         cfg.http_port = http_port;
         cfg.boot_timeout = std::time::Duration::from_secs(90);
         let machine = wisp_vm::Machine::start(cfg).await.expect("boot");
