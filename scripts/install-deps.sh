@@ -70,7 +70,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 verify() {
   local p entry cmd
   for p in "${packages[@]}"; do
-    installed "$p" || { log "missing Debian package: $p (run scripts/install-deps.sh${want_test:+ --test})"; return 1; }
+    installed "$p" || { log "missing Debian package: $p (run scripts/install-deps.sh$( (( want_test )) && echo " --test"))"; return 1; }
   done
   for entry in "${commands[@]}"; do
     cmd=${entry%%:*}

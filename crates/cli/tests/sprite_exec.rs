@@ -6,164 +6,24 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
 
 use common::wisp_ok as wisp;
+use common::{exec, exec_url, post, status, until_asleep, ws_request};
 
-/// A WISP_HOME kept between runs for its kernel (with its initramfs) and the
-/// accelerator verdict (`cache/accel.json`); this test's sprites, volumes,
-/// registry and token are removed first. Its name is long so the sprites' run
+/// This test's WISP_HOME (see [`common::vm_home`]). Its name is long so the sprites' run
 /// folders are deeper than a unix socket's path may be (107 bytes), as they were in a
 /// CI checkout.
 fn home() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_wisp"));
-    let home = exe
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .join("wisp-sprite-exec-test-home-named-to-push-socket-paths-beyond-sun-path");
-    std::fs::create_dir_all(&home).unwrap();
-    let accel = std::fs::read(home.join("cache/accel.json")).ok();
-    for entry in std::fs::read_dir(&home).unwrap() {
-        let path = entry.unwrap().path();
-        if path.file_name().is_some_and(|n| n != "kernel") {
-            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
-        }
-    }
-    if let Some(verdict) = accel {
-        std::fs::create_dir_all(home.join("cache")).unwrap();
-        std::fs::write(home.join("cache/accel.json"), verdict).unwrap();
-    }
-    home
+    common::vm_home("wisp-sprite-exec-test-home-named-to-push-socket-paths-beyond-sun-path")
 }
 
 fn start_server(home: &Path) -> (common::Daemon, String) {
     common::start_server(home, &["--image", "tiny", "--idle-timeout", "4s"])
-}
-
-/// What one exec gave back.
-#[derive(Debug, Default)]
-struct Output {
-    stdout: String,
-    stderr: String,
-    code: Option<i32>,
-    /// A text `error` event.
-    error: Option<String>,
-}
-
-/// The exec WebSocket URL of sprite `name` for `argv`, with `extra` parameters.
-fn exec_url(url: &str, name: &str, argv: &[&str], extra: &[(&str, &str)]) -> String {
-    format!(
-        "{}/v1/sprites/{name}/exec?{}",
-        url.replacen("http", "ws", 1),
-        query(argv, extra)
-    )
-}
-
-/// A WebSocket request to `ws_url` carrying the host token of the server at `url`.
-fn ws_request(
-    url: &str,
-    ws_url: &str,
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = ws_url.into_client_request().unwrap();
-    let value = format!("Bearer {}", common::token_of(url));
-    request
-        .headers_mut()
-        .insert("authorization", value.parse().unwrap());
-    request
-}
-
-fn query(argv: &[&str], extra: &[(&str, &str)]) -> String {
-    let mut q = url::form_urlencoded::Serializer::new(String::new());
-    for a in argv {
-        q.append_pair("cmd", a);
-    }
-    for (k, v) in extra {
-        q.append_pair(k, v);
-    }
-    q.finish()
-}
-
-/// Runs `argv` in sprite `name` over the exec WebSocket, sending `stdin`
-/// (then end of stdin) when given; non-TTY framing.
-async fn exec(url: &str, name: &str, argv: &[&str], stdin: Option<&[u8]>) -> Output {
-    let extra: &[(&str, &str)] = if stdin.is_some() {
-        &[("stdin", "true")]
-    } else {
-        &[]
-    };
-    let ws_url = exec_url(url, name, argv, extra);
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(url, &ws_url))
-        .await
-        .unwrap_or_else(|e| panic!("exec {argv:?}: {e}"));
-    if let Some(data) = stdin {
-        let mut frame = vec![0u8];
-        frame.extend_from_slice(data);
-        ws.send(Message::Binary(frame.into())).await.unwrap();
-        ws.send(Message::Binary(vec![4u8].into())).await.unwrap();
-    }
-    let mut out = Output::default();
-    while let Some(message) = tokio::time::timeout(Duration::from_secs(120), ws.next())
-        .await
-        .expect("exec answered within 120 s")
-    {
-        match message.unwrap() {
-            Message::Binary(b) => match b.split_first() {
-                Some((1, d)) => out.stdout.push_str(&String::from_utf8_lossy(d)),
-                Some((2, d)) => out.stderr.push_str(&String::from_utf8_lossy(d)),
-                Some((3, d)) => out.code = Some(d[0] as i32),
-                other => panic!("unexpected frame {other:?}"),
-            },
-            Message::Text(t) => {
-                let event: serde_json::Value = serde_json::from_str(&t).unwrap();
-                assert_eq!(event["type"], "error", "unexpected text frame {t}");
-                out.error = event["error"].as_str().map(str::to_string);
-            }
-            Message::Close(_) => break,
-            _ => {}
-        }
-    }
-    out
-}
-
-async fn status(url: &str, name: &str) -> String {
-    let body: serde_json::Value = common::client(url)
-        .get(format!("{url}/v1/sprites/{name}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["status"].as_str().unwrap_or_default().to_string()
-}
-
-/// Waits (at most 120 s) until sprite `name` is asleep.
-async fn until_asleep(url: &str, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while status(url, name).await != "cold" {
-        assert!(
-            Instant::now() < deadline,
-            "sprite `{name}` did not go to sleep"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn post(url: &str) -> u16 {
-    common::client(url)
-        .post(url)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
 }
 
 #[tokio::test]
@@ -214,6 +74,7 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
             .args(["sprite", "exec", "--api", &url])
             .args(args)
+            .env("WISP_TOKEN", common::token_of(&url))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -319,3 +319,79 @@ fn bad_input_gets_errors_naming_it() {
     let out = env.wisp(&["volume", "fork", "x", "y"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME@CHECKPOINT"));
 }
+
+/// `wisp volume import NAME FILE` creates NAME when it does not exist: as large as the
+/// file (rounded up to 4 KiB) or `--size`; the bytes round-trip through export. An
+/// import that cannot fit leaves no volume behind; `--size` on an existing volume is
+/// refused rather than ignored.
+#[test]
+fn import_creates_the_volume_it_names() {
+    let env = Env::new();
+    let dir = env.dir.path();
+    let mut data: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    data.truncate(39_999); // not a multiple of 4 KiB
+    std::fs::write(dir.join("disk.raw"), &data).unwrap();
+    let out = env.ok(&[
+        "volume",
+        "import",
+        "fresh",
+        dir.join("disk.raw").to_str().unwrap(),
+    ]);
+    assert!(out.contains("created volume fresh (40960 bytes)"), "{out}");
+    let info: serde_json::Value =
+        serde_json::from_str(&env.ok(&["volume", "info", "fresh", "--json"])).unwrap();
+    assert_eq!(info["size"], 40960);
+    let exported = dir.join("out.raw");
+    env.ok(&["volume", "export", "fresh", exported.to_str().unwrap()]);
+    let back = std::fs::read(&exported).unwrap();
+    assert_eq!(&back[..data.len()], &data[..]);
+    assert!(back[data.len()..].iter().all(|b| *b == 0));
+
+    env.ok(&[
+        "volume",
+        "import",
+        "big",
+        dir.join("disk.raw").to_str().unwrap(),
+        "--size",
+        "1G",
+    ]);
+    let info: serde_json::Value =
+        serde_json::from_str(&env.ok(&["volume", "info", "big", "--json"])).unwrap();
+    assert_eq!(info["size"], 1u64 << 30);
+
+    let out = env
+        .wisp(&[
+            "volume",
+            "import",
+            "small",
+            dir.join("disk.raw").to_str().unwrap(),
+            "--size",
+            "4096",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than volume `small`"));
+    let out = env.wisp(&["volume", "info", "small"]).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the failed import left volume `small` behind"
+    );
+
+    let out = env
+        .wisp(&[
+            "volume",
+            "import",
+            "fresh",
+            dir.join("disk.raw").to_str().unwrap(),
+            "--size",
+            "1G",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("volume `fresh` exists"),
+        "{out:?}"
+    );
+}

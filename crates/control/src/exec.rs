@@ -160,19 +160,22 @@ fn outgoing(event: ExecEvent, tty: bool) -> (Message, bool) {
     }
 }
 
-/// Passes one client message to the command; false once the client is
-/// gone or the command's input is.
-async fn incoming(message: Message, input: &ExecInput, tty: bool, stdin: bool) -> bool {
+/// Passes one client message to the command. Input the command no longer
+/// takes (it exited) is dropped: the client may still be sending it.
+async fn incoming(message: Message, input: &ExecInput, tty: bool, stdin: bool) {
     match message {
-        Message::Binary(data) if tty => input.write(&data).await.is_ok(),
+        Message::Binary(data) if tty => {
+            let _ = input.write(&data).await;
+        }
         Message::Binary(data) => match data.split_first() {
-            Some((&STDIN, rest)) if stdin => input.write(rest).await.is_ok(),
+            Some((&STDIN, rest)) if stdin => {
+                let _ = input.write(rest).await;
+            }
             Some((&STDIN_EOF, _)) => {
                 let _ = input.close_stdin().await;
-                true
             }
             // stdin the command was not given, or an unknown stream: dropped.
-            _ => true,
+            _ => {}
         },
         Message::Text(text) => {
             if let Ok(resize) = serde_json::from_str::<Resize>(&text) {
@@ -180,48 +183,36 @@ async fn incoming(message: Message, input: &ExecInput, tty: bool, stdin: bool) -
                     let _ = input.resize(resize.rows, resize.cols).await;
                 }
             }
-            true
         }
-        Message::Ping(_) | Message::Pong(_) => true,
-        Message::Close(_) => false,
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
     }
 }
 
-/// What ended the client's side of an exec.
-enum InputEnd {
-    /// The client closed the socket or it broke: the client is gone.
-    ClientGone,
-    /// The command takes no more input (it exited, or the session broke); the
-    /// client's further messages are not needed.
-    CommandDone,
-}
-
-/// Copies the client's messages to the command until the client goes away or
-/// the command's input ends. Runs beside the output loop, never in its way: a
+/// Copies the client's messages to the command until the client closes the
+/// socket or it breaks. Runs beside the output loop, never in its way: a
 /// command that stops reading stdin fills its window and blocks this copy, not
-/// the delivery of its output or its exit status.
+/// the delivery of its output or its exit status; once the command has exited,
+/// its window is gone and the rest of the client's input is read and dropped.
 async fn pump_input(
     mut from_client: futures::stream::SplitStream<WebSocket>,
     input: ExecInput,
     tty: bool,
     stdin: bool,
-) -> InputEnd {
+) {
     use futures::StreamExt;
-    while let Some(message) = from_client.next().await {
-        let Ok(message) = message else {
-            return InputEnd::ClientGone;
-        };
-        let closing = matches!(message, Message::Close(_));
-        if !incoming(message, &input, tty, stdin).await {
-            return if closing {
-                InputEnd::ClientGone
-            } else {
-                InputEnd::CommandDone
-            };
+    while let Some(Ok(message)) = from_client.next().await {
+        if matches!(message, Message::Close(_)) {
+            return;
         }
+        incoming(message, &input, tty, stdin).await;
     }
-    InputEnd::ClientGone
 }
+
+/// How long the server waits, after its close frame, for the client's close: the
+/// client may still be sending stdin the command never read, and closing the TCP
+/// connection on unread data resets it, which can destroy the exit status on its
+/// way to the client.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Wakes the sprite (a wake started here runs to completion even if the client
 /// goes away), runs the command, and pumps it to and from `socket` until it
@@ -258,7 +249,7 @@ pub(crate) async fn run(
     if !params.stdin {
         let _ = input.close_stdin().await;
     }
-    let output = async {
+    let mut output = Box::pin(async {
         loop {
             let (message, last) = match session.recv().await {
                 Ok(Some(event)) => outgoing(event, tty),
@@ -289,25 +280,24 @@ pub(crate) async fn run(
                 return false;
             }
         }
-    };
-    let pump = pump_input(from_client, input.clone(), tty, params.stdin);
-    tokio::pin!(pump);
-    tokio::pin!(output);
+    });
+    let mut pump = Box::pin(pump_input(from_client, input.clone(), tty, params.stdin));
     let finished = tokio::select! {
         finished = &mut output => finished,
-        end = &mut pump => match end {
-            InputEnd::ClientGone => false,
-            // The command's input ended before its exit reached us: its output and
-            // exit status still come, and the client's messages are not read.
-            InputEnd::CommandDone => (&mut output).await,
-        },
+        () = &mut pump => false,
     };
     if !finished {
         // The client went away before the command ended: hang it up, as a
         // closing terminal would; the session ends with it.
         let _ = input.signal(SIGHUP).await;
+        return;
     }
-    // The session is dropped before the activity that held the sprite awake for it.
+    // The exit and the close frame are sent: the sprite is free to sleep while the
+    // client's close comes (see CLOSE_LINGER).
+    drop(output);
+    drop(session);
+    drop(activity);
+    let _ = tokio::time::timeout(CLOSE_LINGER, pump).await;
 }
 
 /// Sends `error` as an `error` message, then closes with 1011 (internal error).

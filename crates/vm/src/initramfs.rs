@@ -304,6 +304,11 @@ pub fn find_agent() -> Result<AgentBinary, InitramfsError> {
 pub fn check_static(bytes: &[u8]) -> Result<(), String> {
     use object::read::elf::{ElfFile64, ProgramHeader};
     use object::{Object, ObjectKind};
+    // The ELF reader wants its headers aligned, which embedded or read bytes need not be.
+    let mut words = vec![0u64; bytes.len().div_ceil(8)];
+    let aligned = &mut as_bytes_mut(&mut words)[..bytes.len()];
+    aligned.copy_from_slice(bytes);
+    let bytes: &[u8] = aligned;
     let elf = ElfFile64::<object::Endianness>::parse(bytes)
         .map_err(|e| format!("not a 64-bit ELF file: {e}"))?;
     if elf.architecture() != object::Architecture::X86_64 {
@@ -330,6 +335,14 @@ pub fn check_static(bytes: &[u8]) -> Result<(), String> {
         return Err(format!("dynamically linked, needs the loader `{loader}`"));
     }
     Ok(())
+}
+
+/// `words` as bytes.
+fn as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    let len = std::mem::size_of_val(words);
+    // SAFETY: u64 has no padding and every byte pattern is a valid u8; the slice covers
+    // exactly the words' memory, borrowed mutably for as long as the result.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) }
 }
 
 /// The initramfs for `kernel` with `agent` as `/init`, built once and cached as

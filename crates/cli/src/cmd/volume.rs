@@ -2,7 +2,7 @@
 //! collect garbage of block volumes (thin glue over `wisp_volume`).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,10 +69,14 @@ pub enum VolumeCommand {
         #[command(flatten)]
         cache: CacheArgs,
     },
-    /// Copy a raw image file into a volume (all-zero chunks stay unmapped).
+    /// Copy a raw image file into a volume (all-zero chunks stay unmapped), creating the
+    /// volume when it does not exist (as large as the file, rounded up to 4 KiB, or --size).
     Import {
         name: String,
         file: PathBuf,
+        /// Size of the volume to create, like 100G (only when NAME does not exist yet).
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -234,6 +238,27 @@ fn progress_bar(total: u64, what: &str) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
+/// Copies `file` (`total` bytes) into volume `name` with a progress bar; returns the
+/// bytes imported.
+async fn import(store: &Store, name: &str, file: &Path, total: u64) -> anyhow::Result<u64> {
+    let vol = store.open_volume(name).await?;
+    let bar = progress_bar(total, "import");
+    let res = vol
+        .import_file(file, &|done, _| {
+            if let Some(b) = &bar {
+                b.set_position(done);
+            }
+        })
+        .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let closed = vol.close().await;
+    let n = res?;
+    closed?;
+    Ok(n)
+}
+
 fn split_at_checkpoint(source: &str) -> (&str, Option<&str>) {
     match source.split_once('@') {
         Some((n, c)) => (n, Some(c)),
@@ -288,28 +313,46 @@ pub async fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<
             store.delete_volume(&name).await?;
             println!("deleted volume {name}");
         }
-        VolumeCommand::Import { name, file, cache } => {
+        VolumeCommand::Import {
+            name,
+            file,
+            size,
+            cache,
+        } => {
             let store = open_store(global, &cache).await?;
-            let vol = store.open_volume(&name).await?;
             let total = std::fs::metadata(&file)
                 .with_context(|| format!("cannot read `{}`", file.display()))?
                 .len();
-            let bar = progress_bar(total, "import");
-            let res = vol
-                .import_file(&file, &|done, _| {
-                    if let Some(b) = &bar {
-                        b.set_position(done);
+            let created = match store.volume_info(&name).await {
+                Ok(info) => {
+                    if let Some(size) = size {
+                        anyhow::bail!(
+                            "volume `{name}` exists ({} bytes); --size {size} applies only when \
+                             import creates the volume",
+                            info.size
+                        );
                     }
-                })
-                .await;
-            if let Some(b) = bar {
-                b.finish_and_clear();
+                    false
+                }
+                Err(wisp_volume::VolumeError::NotFound(_)) => {
+                    let size = size.unwrap_or_else(|| total.div_ceil(4096).max(1) * 4096);
+                    let info = store.create_volume(&name, size).await?;
+                    println!("created volume {} ({} bytes)", info.name, info.size);
+                    true
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let imported = import(&store, &name, &file, total).await;
+            if imported.is_err() && created {
+                // No half-imported volume is left behind by the import that made it.
+                if let Err(e) = store.delete_volume(&name).await {
+                    tracing::warn!(volume = %name, error = %e, "cannot delete the volume this import created");
+                }
             }
-            let closed = vol.close().await;
-            let n = res?;
-            closed?;
+            let n = imported?;
             println!("imported {n} bytes into volume {name}");
         }
+
         VolumeCommand::Export {
             source,
             file,

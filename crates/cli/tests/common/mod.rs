@@ -1,11 +1,15 @@
-//! What the tests of the `wisp` binary share: running it, and a `wisp server`
-//! that dies with the test.
+//! What the tests of the `wisp` binary share: running it, a `wisp server`
+//! that dies with the test, its token, and talking to its sprites.
 
 #![allow(dead_code)] // each test file uses its own part
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
 
 /// A child process killed when the test ends, even by a panic.
 pub struct Daemon(pub Child);
@@ -96,4 +100,145 @@ pub fn wisp_ok(home: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A WISP_HOME named `name` in the target folder, kept between runs for its kernel
+/// (with its initramfs) and the accelerator verdict (`cache/accel.json`); the
+/// sprites, volumes, registry and token of an earlier run are removed first.
+pub fn vm_home(name: &str) -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_wisp"));
+    let home = exe.ancestors().nth(2).unwrap().join(name);
+    std::fs::create_dir_all(&home).unwrap();
+    let accel = std::fs::read(home.join("cache/accel.json")).ok();
+    for entry in std::fs::read_dir(&home).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n != "kernel") {
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+    if let Some(verdict) = accel {
+        std::fs::create_dir_all(home.join("cache")).unwrap();
+        std::fs::write(home.join("cache/accel.json"), verdict).unwrap();
+    }
+    home
+}
+
+/// What one exec gave back.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: Option<i32>,
+    /// A text `error` event.
+    pub error: Option<String>,
+}
+
+/// The exec WebSocket URL of sprite `name` for `argv`, with `extra` parameters.
+pub fn exec_url(url: &str, name: &str, argv: &[&str], extra: &[(&str, &str)]) -> String {
+    format!(
+        "{}/v1/sprites/{name}/exec?{}",
+        url.replacen("http", "ws", 1),
+        query(argv, extra)
+    )
+}
+
+/// A WebSocket request to `ws_url` carrying the host token of the server at `url`.
+pub fn ws_request(
+    url: &str,
+    ws_url: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = ws_url.into_client_request().unwrap();
+    let value = format!("Bearer {}", token_of(url));
+    request
+        .headers_mut()
+        .insert("authorization", value.parse().unwrap());
+    request
+}
+
+pub fn query(argv: &[&str], extra: &[(&str, &str)]) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for a in argv {
+        q.append_pair("cmd", a);
+    }
+    for (k, v) in extra {
+        q.append_pair(k, v);
+    }
+    q.finish()
+}
+
+/// Runs `argv` in sprite `name` over the exec WebSocket, sending `stdin`
+/// (then end of stdin) when given; non-TTY framing.
+pub async fn exec(url: &str, name: &str, argv: &[&str], stdin: Option<&[u8]>) -> Output {
+    let extra: &[(&str, &str)] = if stdin.is_some() {
+        &[("stdin", "true")]
+    } else {
+        &[]
+    };
+    let ws_url = exec_url(url, name, argv, extra);
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(url, &ws_url))
+        .await
+        .unwrap_or_else(|e| panic!("exec {argv:?}: {e}"));
+    if let Some(data) = stdin {
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(data);
+        ws.send(Message::Binary(frame.into())).await.unwrap();
+        ws.send(Message::Binary(vec![4u8].into())).await.unwrap();
+    }
+    let mut out = Output::default();
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(120), ws.next())
+        .await
+        .expect("exec answered within 120 s")
+    {
+        match message.unwrap() {
+            Message::Binary(b) => match b.split_first() {
+                Some((1, d)) => out.stdout.push_str(&String::from_utf8_lossy(d)),
+                Some((2, d)) => out.stderr.push_str(&String::from_utf8_lossy(d)),
+                Some((3, d)) => out.code = Some(d[0] as i32),
+                other => panic!("unexpected frame {other:?}"),
+            },
+            Message::Text(t) => {
+                let event: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(event["type"], "error", "unexpected text frame {t}");
+                out.error = event["error"].as_str().map(str::to_string);
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+pub async fn status(url: &str, name: &str) -> String {
+    let body: serde_json::Value = client(url)
+        .get(format!("{url}/v1/sprites/{name}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["status"].as_str().unwrap_or_default().to_string()
+}
+
+/// Waits (at most 120 s) until sprite `name` is asleep.
+pub async fn until_asleep(url: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status(url, name).await != "cold" {
+        assert!(
+            Instant::now() < deadline,
+            "sprite `{name}` did not go to sleep"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn post(url: &str) -> u16 {
+    client(url)
+        .post(url)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
