@@ -54,6 +54,17 @@ pub enum VolumeError {
     },
     #[error("bad metadata in `{key}`: {reason}")]
     BadMetadata { key: String, reason: String },
+    /// A volume's metadata changed under every attempt to read it: its writer
+    /// replaced what was listed (shipped a snapshot, deleted the logs) before
+    /// the reader had read it, again and again.
+    #[error(
+        "metadata under `{prefix}` kept changing while being read ({attempts} attempts): {reason}"
+    )]
+    MetadataUnsettled {
+        prefix: String,
+        attempts: u32,
+        reason: String,
+    },
     #[error("unsupported store format version {found} in `format.json` (this build reads version {supported})")]
     UnsupportedFormat { found: u32, supported: u32 },
     #[error("metadata database `{path}`: {source}")]
@@ -80,6 +91,12 @@ pub enum VolumeError {
 }
 
 impl VolumeError {
+    /// Whether this is the store saying the object does not exist.
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(self, VolumeError::Store { source, .. }
+            if matches!(**source, object_store::Error::NotFound { .. }))
+    }
+
     pub(crate) fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
         VolumeError::Io {
             path: path.to_string(),

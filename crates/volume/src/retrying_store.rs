@@ -150,11 +150,7 @@ impl Blobs {
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, VolumeError> {
         match self.get(key).await {
             Ok(b) => Ok(Some(b)),
-            Err(VolumeError::Store { source, .. })
-                if matches!(*source, object_store::Error::NotFound { .. }) =>
-            {
-                Ok(None)
-            }
+            Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -187,11 +183,7 @@ impl Blobs {
             })
             .await;
         match res {
-            Err(VolumeError::Store { source, .. })
-                if matches!(*source, object_store::Error::NotFound { .. }) =>
-            {
-                Ok(())
-            }
+            Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
     }
