@@ -616,16 +616,17 @@ async fn concurrent_requests_on_one_sprite() {
     );
 }
 
-/// With `--require-token yes` (the default when listening beyond loopback)
-/// the API wants the host's token; the CLI sends it from `$WISP_HOME/token`.
+/// By default (on loopback too) the API wants the host's token; the CLI sends it
+/// from `$WISP_HOME/token`. `--require-token no` is the explicit opt-out.
 #[tokio::test]
 async fn a_server_that_requires_its_token() {
     let home = tempfile::tempdir().unwrap();
-    let (_daemon, url) = start_server(home.path(), &["--require-token", "yes"]);
+    let (_daemon, url) = start_server(home.path(), &[]);
     let health = reqwest::get(format!("{url}/v1/health")).await.unwrap();
     assert_eq!(health.status(), 200, "the health check stays open");
-    let (status, body) = call(reqwest::Method::GET, &format!("{url}/v1/sprites"), None).await;
-    assert_eq!(status, 401, "{body}");
+    let anonymous = reqwest::get(format!("{url}/v1/sprites")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let body: serde_json::Value = anonymous.json().await.unwrap();
     assert!(error_of(&body).contains("$WISP_HOME/token"), "{body}");
     let token = std::fs::read_to_string(home.path().join("token")).unwrap();
     let listed = reqwest::Client::new()
@@ -641,4 +642,12 @@ async fn a_server_that_requires_its_token() {
     let (success, _, stderr) = sprite_cmd(home.path(), &url, &["list", "--token", "wrong"]);
     assert!(!success);
     assert!(stderr.contains("wants its token"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_server_can_be_opened_to_anyone_explicitly() {
+    let home = tempfile::tempdir().unwrap();
+    let (_daemon, url) = start_server(home.path(), &["--require-token", "no"]);
+    let anonymous = reqwest::get(format!("{url}/v1/sprites")).await.unwrap();
+    assert_eq!(anonymous.status(), 200);
 }

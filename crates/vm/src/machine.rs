@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use wisp_nbd::{BlockDevice, Listen, NbdError};
 
 use crate::agent::{AgentClient, AgentError};
+use crate::boot_watch::{self, BootStats};
 use crate::qemu::{Accel, DiskSource, Qemu, QemuConfig, QemuError, Qmp};
 use crate::run_dir::RunDir;
 
@@ -38,8 +39,19 @@ pub enum MachineError {
     },
     #[error("the agent did not become ready: {source}; console tail: {console}")]
     Agent { source: AgentError, console: String },
+    #[error("the guest stalled during boot on every attempt: {why}; console tail: {console}")]
+    Stalled { why: Stall, console: String },
     #[error("cannot flush the root disk: {0}")]
     Flush(std::io::Error),
+}
+
+/// How a boot showed it had stalled (see [`crate::boot_watch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Stall {
+    #[error("its console stayed silent for {0:?}")]
+    SilentConsole(Duration),
+    #[error("its agent did not answer within {0:?}")]
+    NoAgent(Duration),
 }
 
 /// What to boot and how.
@@ -57,17 +69,21 @@ pub struct MachineConfig {
     pub http_port: Option<u16>,
     pub accel: Accel,
     pub hostname: String,
-    /// How long one boot may take until the agent answers.
+    /// The longest one boot may take until the agent answers. A boot is given
+    /// less once this process has booted a few: see [`crate::boot_watch`].
     pub boot_timeout: Duration,
-    /// Boots tried before giving up: a guest that does not answer within
-    /// `boot_timeout` is killed (a crash, which the disk is built to survive)
-    /// and booted again. Guest kernels under TCG on a loaded host were seen to
-    /// hang early in boot about once in a few hundred boots.
+    /// Boots tried before giving up: a guest that stalls (its console silent, or
+    /// no agent answer, past the limits of [`crate::boot_watch`]) is killed (a
+    /// crash, which the disk is built to survive) and booted again. Guest kernels
+    /// under TCG on a loaded host were seen to stall early in boot about once in
+    /// fifty boots.
     pub boot_attempts: u32,
+    /// The QEMU binary ([`QemuConfig::default_binary`] unless set).
+    pub qemu_binary: PathBuf,
 }
 
 impl MachineConfig {
-    /// Defaults: 2 vCPUs, 1 GiB, no forward, TCG, hostname `sprite`, 2 boots of
+    /// Defaults: 2 vCPUs, 1 GiB, no forward, TCG, hostname `sprite`, 3 boots of
     /// at most 60 s each.
     pub fn new(
         disk: Arc<dyn BlockDevice>,
@@ -86,7 +102,8 @@ impl MachineConfig {
             accel: Accel::Tcg,
             hostname: "sprite".into(),
             boot_timeout: Duration::from_secs(60),
-            boot_attempts: 2,
+            boot_attempts: 3,
+            qemu_binary: QemuConfig::default_binary(),
         }
     }
 }
@@ -173,7 +190,7 @@ impl Machine {
         }));
 
         let qemu_config = QemuConfig {
-            binary: QemuConfig::default_binary(),
+            binary: config.qemu_binary.clone(),
             accel: config.accel,
             cpus: config.cpus,
             memory_mib: config.memory_mib,
@@ -196,12 +213,12 @@ impl Machine {
             let boot = boot_once(&qemu_config, run, &qemu_log, config.boot_timeout);
             match boot.await {
                 Ok(booted) => break booted,
-                Err(BootFailure::Hung { console, source }) if attempt < attempts => {
+                Err(BootFailure::Hung { console, why }) if attempt < attempts => {
                     tracing::warn!(
                         attempt,
                         console = %console.display(),
-                        error = %source,
-                        "the guest did not answer in time; killed it, booting again"
+                        error = %why,
+                        "the guest stalled during boot; killed it, booting again"
                     );
                     attempt += 1;
                 }
@@ -350,18 +367,15 @@ enum BootFailure {
     /// QEMU could not start, or exited during boot.
     Fatal(MachineError),
     /// The agent did not answer in time; QEMU was killed. `console` is that boot's log.
-    Hung {
-        source: AgentError,
-        console: PathBuf,
-    },
+    Hung { why: Stall, console: PathBuf },
 }
 
 impl From<BootFailure> for MachineError {
     fn from(f: BootFailure) -> MachineError {
         match f {
             BootFailure::Fatal(e) => e,
-            BootFailure::Hung { source, console } => MachineError::Agent {
-                source,
+            BootFailure::Hung { why, console } => MachineError::Stalled {
+                why,
                 console: tail(&console, 2000),
             },
         }
@@ -391,13 +405,40 @@ async fn boot_once(
     for name in [AGENT_SOCKET, QMP_SOCKET] {
         let _ = std::fs::remove_file(run.join(name));
     }
+    let (silence_limit, ready_limit) = {
+        let stats = BootStats::global()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        (stats.silence_limit(), stats.ready_limit(timeout))
+    };
+    let started = Instant::now();
     let mut qemu =
         Qemu::spawn(&config, qemu_log).map_err(|e| BootFailure::Fatal(MachineError::Qemu(e)))?;
     tracing::debug!(pid = qemu.pid(), "qemu started");
     let agent_socket = run.socket(AGENT_SOCKET);
-    let connect = connect_agent(&agent_socket, timeout);
+    let connect = connect_agent(&agent_socket, ready_limit);
+    // The console's first byte, once: a boot that shows none in time has stalled.
+    let console = async {
+        match boot_watch::first_output(&serial_log, started, silence_limit).await {
+            Ok(took) => {
+                BootStats::global()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record_first_output(took);
+                std::future::pending::<Duration>().await
+            }
+            Err(limit) => limit,
+        }
+    };
     let agent = tokio::select! {
         r = connect => r,
+        limit = console => {
+            qemu.kill().await;
+            return Err(BootFailure::Hung {
+                why: Stall::SilentConsole(limit),
+                console: serial_log,
+            });
+        }
         st = qemu.wait() => {
             let status = st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
             return Err(BootFailure::Fatal(MachineError::EarlyExit {
@@ -408,12 +449,18 @@ async fn boot_once(
         }
     };
     match agent {
-        Ok(agent) => Ok((qemu, agent, serial_log)),
+        Ok(agent) => {
+            BootStats::global()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record_ready(started.elapsed());
+            Ok((qemu, agent, serial_log))
+        }
         Err(source) => {
             qemu.kill().await;
             match source {
                 AgentError::HandshakeTimeout(_) => Err(BootFailure::Hung {
-                    source,
+                    why: Stall::NoAgent(ready_limit),
                     console: serial_log,
                 }),
                 source => Err(BootFailure::Fatal(MachineError::Agent {

@@ -47,7 +47,11 @@ async fn a_boot_that_does_not_answer_is_killed_and_tried_again() {
         .err()
         .expect("no boot answers in 300 ms");
     let msg = err.to_string();
-    assert!(msg.contains("did not become ready"), "{msg}");
+    assert!(
+        msg.contains("stalled during boot on every attempt")
+            && msg.contains("agent did not answer within 300ms"),
+        "{msg}"
+    );
     let consoles = std::fs::read_dir(&run)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -62,4 +66,49 @@ async fn a_boot_that_does_not_answer_is_killed_and_tried_again() {
         .filter(|n| n.ends_with(".sock"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A boot that stalls early, its console silent (here QEMU starts with its CPUs
+/// stopped, `-S`), is killed and booted again within seconds, not after the boot
+/// timeout (90 s in these tests); the second boot comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_with_a_silent_console_is_retried_within_seconds() {
+    let _slot = common::vm_slot();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = common::tiny_disk(dir.path()).await;
+    let run = dir.path().join("run");
+    let mut cfg = common::machine_config(Arc::new(dev), run.clone());
+    // A QEMU that stalls on its first start only, and notes when it starts.
+    let starts = dir.path().join("starts");
+    let wrapper = dir.path().join("qemu-stalls-once");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             date +%s.%N >> '{starts}'\n\
+             if [ \"$(wc -l < '{starts}')\" -eq 1 ]; then exec {qemu} -S \"$@\"; fi\n\
+             exec {qemu} \"$@\"\n",
+            starts = starts.display(),
+            qemu = cfg.qemu_binary.display(),
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    cfg.qemu_binary = wrapper;
+    let m = Machine::start(cfg).await.expect("the second boot comes up");
+    let out = m.agent().run(["echo", "up"]).await.unwrap();
+    assert_eq!(out.stdout, b"up\n");
+    m.stop().await.unwrap();
+    let times: Vec<f64> = std::fs::read_to_string(&starts)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(times.len(), 2, "{times:?}");
+    let waited = times[1] - times[0];
+    assert!(
+        waited < 15.0,
+        "the stalled boot was given {waited:.1} s (its console never printed a byte)"
+    );
 }
