@@ -12,6 +12,7 @@ pub mod procs;
 pub mod report;
 pub mod throughput;
 pub mod vm;
+pub mod wakes;
 pub mod wisp;
 
 use std::path::{Path, PathBuf};

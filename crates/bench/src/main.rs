@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 use clap::Parser;
 use wisp_bench::report::{Machine, Report, SectionError};
-use wisp_bench::{api, checkpoint, cold_read, metadata, throughput, vm, wisp, Ctx, GIB, MIB};
+use wisp_bench::{
+    api, checkpoint, cold_read, metadata, throughput, vm, wakes, wisp, Ctx, GIB, MIB,
+};
 
 /// Measures wisp against references in one run and reports ratios and targets.
 #[derive(Debug, Parser)]
@@ -20,7 +22,8 @@ struct Args {
     /// Also run the VM section (`wisp vm run`).
     #[arg(long)]
     vm: bool,
-    /// Run only these sections (comma-separated): fio, checkpoint, cold, metadata, api, vm.
+    /// Run only these sections (comma-separated): fio, checkpoint, cold, metadata, api, vm,
+    /// wakes (`wakes` runs only when named: 200 wakes, about 20 minutes).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The `wisp` binary to measure. Default: the one next to this binary.
@@ -43,7 +46,15 @@ struct Args {
     keep_work: bool,
 }
 
-const SECTIONS: [&str; 6] = ["fio", "checkpoint", "cold", "metadata", "api", "vm"];
+const SECTIONS: [&str; 7] = [
+    "fio",
+    "checkpoint",
+    "cold",
+    "metadata",
+    "api",
+    "vm",
+    "wakes",
+];
 
 fn main() -> ExitCode {
     match run(Args::parse()) {
@@ -66,7 +77,7 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     let wanted = |s: &str| {
         if args.only.is_empty() {
-            s != "vm" || args.vm
+            (s != "vm" || args.vm) && s != "wakes"
         } else {
             args.only.iter().any(|o| o == s)
         }
@@ -101,13 +112,14 @@ fn run(args: Args) -> Result<ExitCode> {
         errors: Vec::new(),
     };
     type Section = fn(&Ctx) -> Result<Vec<wisp_bench::report::Row>>;
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("fio", throughput::run),
         ("checkpoint", checkpoint::run),
         ("cold", cold_read::run),
         ("metadata", metadata::run),
         ("api", api::run),
         ("vm", vm::run),
+        ("wakes", wakes::run),
     ];
     for (name, section) in sections {
         if !wanted(name) {

@@ -441,7 +441,10 @@ async fn timed_gets(
 const MEMORY_SPRITES: usize = 3;
 
 /// Runs `true` through the daemon's exec WebSocket; how long until its exit code came.
-async fn api_exec(client: &wisp_control::client::Client, name: &str) -> Result<Duration> {
+pub(crate) async fn api_exec(
+    client: &wisp_control::client::Client,
+    name: &str,
+) -> Result<Duration> {
     use wisp_control::client::{ExecOptions, ExecOutput};
     let t = Instant::now();
     let options = ExecOptions {
@@ -459,6 +462,22 @@ async fn api_exec(client: &wisp_control::client::Client, name: &str) -> Result<D
     }
 }
 
+/// Waits (at most 120 s) until sprite `name` is asleep; returns how long that took.
+pub(crate) async fn until_asleep(
+    client: &wisp_control::client::Client,
+    name: &str,
+) -> Result<Duration> {
+    let t = Instant::now();
+    while client.get(name).await?.status != "cold" {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(120),
+            "the sprite never went to sleep"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(t.elapsed())
+}
+
 /// Starts `wisp server` (idle timeout 1 s) and measures waking a sprite by an exec,
 /// execs on an awake one, and the way back to sleep.
 pub fn daemon(wisp: &Wisp, dir: &Path) -> Result<DaemonFigures> {
@@ -469,17 +488,7 @@ pub fn daemon(wisp: &Wisp, dir: &Path) -> Result<DaemonFigures> {
         client
             .create(name, wisp_control::registry::UrlAuth::Sprite)
             .await?;
-        let asleep = async || -> Result<Duration> {
-            let t = Instant::now();
-            while client.get(name).await?.status != "cold" {
-                anyhow::ensure!(
-                    t.elapsed() < Duration::from_secs(120),
-                    "the sprite never went to sleep"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok(t.elapsed())
-        };
+        let asleep = async || until_asleep(&client, name).await;
         // A first wake prepares the kernel, initramfs and accelerator: not a sample.
         api_exec(&client, name).await?;
         let (mut wakes, mut sleeps, mut execs) = (Vec::new(), Vec::new(), Vec::new());

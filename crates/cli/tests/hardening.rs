@@ -119,13 +119,7 @@ async fn first_day_and_field_faults_have_their_right_values() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
-    let created = common::client(&url)
-        .post(&sprites)
-        .json(&serde_json::json!({ "name": "box" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    assert_eq!(common::create_sprite(&url, "box").await, 201);
 
     // The accelerator is chosen at server start, with no request asking.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -32,13 +32,7 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     wisp(&home, &["image", "build", "tiny"]);
     let (daemon, url) = start_server(&home);
     let sprites = format!("{url}/v1/sprites");
-    let created = common::client(&url)
-        .post(&sprites)
-        .json(&serde_json::json!({ "name": "box" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    assert_eq!(common::create_sprite(&url, "box").await, 201);
     assert_eq!(status(&url, "box").await, "cold");
 
     // The first exec wakes it: stdout, stderr and the exit code, apart.

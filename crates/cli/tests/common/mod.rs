@@ -242,3 +242,15 @@ pub async fn post(url: &str) -> u16 {
         .status()
         .as_u16()
 }
+
+/// Creates sprite `name` on the server at `url`; returns the HTTP status.
+pub async fn create_sprite(url: &str, name: &str) -> u16 {
+    client(url)
+        .post(format!("{url}/v1/sprites"))
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
