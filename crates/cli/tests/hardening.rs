@@ -234,9 +234,36 @@ async fn first_day_and_field_faults_have_their_right_values() {
     // No session is left behind: the sprite goes to sleep.
     until_asleep(&url, "box").await;
 
-    // The sprite still works after all that.
-    let out = exec(&url, "box", &["echo", "ok"], None).await;
-    assert_eq!((out.stdout.as_str(), out.code), ("ok\n", Some(0)));
+    // Two requests for the sleeping sprite join one wake: both answered, one boot
+    // (each boot writes its own console log in the sprite's run folder).
+    let sprite: serde_json::Value = common::client(&url)
+        .get(format!("{sprites}/box"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run = home
+        .join("run")
+        .join(format!("sprite-{}", sprite["id"].as_str().unwrap()));
+    let boots = || {
+        std::fs::read_dir(&run)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("console-")
+            })
+            .count()
+    };
+    let before = boots();
+    let (a, b) = tokio::join!(
+        exec(&url, "box", &["echo", "a"], None),
+        exec(&url, "box", &["echo", "b"], None)
+    );
+    assert_eq!((a.stdout.as_str(), a.code), ("a\n", Some(0)), "{a:?}");
+    assert_eq!((b.stdout.as_str(), b.code), ("b\n", Some(0)), "{b:?}");
+    assert_eq!(boots(), before + 1, "one boot served both requests");
 }
 
 /// `wisp doctor` and every boot refuse a dynamically linked agent and say how to
