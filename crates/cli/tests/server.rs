@@ -226,9 +226,21 @@ async fn sprites_are_created_listed_updated_and_deleted() {
     assert!(page["next_continuation_token"].is_null());
     let (_, page) = call(Method::GET, &format!("{sprites}?prefix=w"), None).await;
     assert_eq!(names(&page), ["web", "worker"]);
-    let (status, body) = call(Method::GET, &format!("{sprites}?max_results=0"), None).await;
-    assert_eq!(status, 400);
-    assert!(error_of(&body).contains("max_results"), "{body}");
+    // More than a page is a page (the SDKs list everything with 100), `bulk_load`
+    // is accepted; zero or a word is a 400 naming the field.
+    let (status, page) = call(
+        Method::GET,
+        &format!("{sprites}?max_results=100&bulk_load=true"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(names(&page), ["api", "db", "web", "worker"]);
+    for bad in ["0", "many"] {
+        let (status, body) = call(Method::GET, &format!("{sprites}?max_results={bad}"), None).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(error_of(&body).contains("max_results"), "{body}");
+    }
 
     // Update: only url_settings.
     let web_url = format!("{sprites}/web");

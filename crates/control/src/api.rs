@@ -171,6 +171,11 @@ struct ListParams {
     max_results: Option<usize>,
     #[serde(default)]
     continuation_token: Option<String>,
+    /// Sent by the SDKs when listing every sprite; a page here always carries
+    /// whole sprites, so it changes nothing.
+    #[serde(default)]
+    #[allow(dead_code)]
+    bulk_load: Option<bool>,
 }
 
 fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ControlError> {
@@ -209,11 +214,13 @@ async fn list_sprites(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ListView>, ControlError> {
     let Query(params) = params.map_err(|r| ControlError::BadRequest(r.body_text()))?;
-    let limit = params.max_results.unwrap_or(MAX_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ControlError::BadRequest(format!(
-            "max_results must be 1 to {MAX_PAGE}, got {limit}"
-        )));
+    // As Sprites does, a larger page than the largest is the largest (the SDKs
+    // ask for 100 when listing everything); zero is no page at all.
+    let limit = params.max_results.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+    if limit == 0 {
+        return Err(ControlError::BadRequest(
+            "max_results must be at least 1, got 0".into(),
+        ));
     }
     let page = state.sprites.list(
         params.prefix.as_deref().unwrap_or(""),
