@@ -236,14 +236,7 @@ async fn first_day_and_field_faults_have_their_right_values() {
 
     // Two requests for the sleeping sprite join one wake: both answered, one boot
     // (each boot writes its own console log in the sprite's run folder).
-    let sprite: serde_json::Value = common::client(&url)
-        .get(format!("{sprites}/box"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sprite = common::sprite_json(&url, "box").await;
     let run = home
         .join("run")
         .join(format!("sprite-{}", sprite["id"].as_str().unwrap()));

@@ -209,15 +209,20 @@ pub async fn exec(url: &str, name: &str, argv: &[&str], stdin: Option<&[u8]>) ->
     out
 }
 
-pub async fn status(url: &str, name: &str) -> String {
-    let body: serde_json::Value = client(url)
+/// Sprite `name`'s JSON (`GET /v1/sprites/{name}`).
+pub async fn sprite_json(url: &str, name: &str) -> serde_json::Value {
+    client(url)
         .get(format!("{url}/v1/sprites/{name}"))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+pub async fn status(url: &str, name: &str) -> String {
+    let body = sprite_json(url, name).await;
     body["status"].as_str().unwrap_or_default().to_string()
 }
 
