@@ -45,7 +45,8 @@ async fn unknown_route_is_a_json_404_naming_the_path() {
         .unwrap();
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("/v1/nonsense"));
+    assert_eq!(body["error"], "not_found", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("/v1/nonsense"));
 }
 
 #[test]
@@ -114,8 +115,9 @@ async fn call(method: reqwest::Method, url: &str, body: Option<&str>) -> (u16, s
     (status, value)
 }
 
+/// The sentence of an error body (`{"error": "<code>", "message": "..."}`).
 fn error_of(value: &serde_json::Value) -> &str {
-    value["error"]
+    value["message"]
         .as_str()
         .unwrap_or_else(|| panic!("no error message in {value}"))
 }
@@ -167,6 +169,7 @@ async fn sprites_are_created_listed_updated_and_deleted() {
     // The name is taken now.
     let (status, body) = call(Method::POST, &sprites, Some(r#"{"name":"web"}"#)).await;
     assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "conflict", "{body}");
     assert!(
         error_of(&body).contains("sprite `web` already exists"),
         "{body}"
@@ -181,6 +184,7 @@ async fn sprites_are_created_listed_updated_and_deleted() {
     ] {
         let (status, body) = call(Method::POST, &sprites, Some(request)).await;
         assert_eq!(status, 400, "{request}: {body}");
+        assert_eq!(body["error"], "invalid_request", "{body}");
         assert!(error_of(&body).contains(names), "{request}: {body}");
     }
 
@@ -639,6 +643,7 @@ async fn a_server_that_requires_its_token() {
     let anonymous = reqwest::get(format!("{url}/v1/sprites")).await.unwrap();
     assert_eq!(anonymous.status(), 401);
     let body: serde_json::Value = anonymous.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized", "{body}");
     assert!(error_of(&body).contains("$WISP_HOME/token"), "{body}");
     let token = std::fs::read_to_string(home.path().join("token")).unwrap();
     let listed = reqwest::Client::new()

@@ -119,7 +119,7 @@ impl Client {
         }
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .and_then(|v| crate::error::message_of(&v))
             .unwrap_or_else(|| format!("{method} {url} answered {status}: {text}"));
         Err(ClientError::Api {
             status: status.as_u16(),
@@ -440,7 +440,7 @@ impl Client {
                     .unwrap_or_default();
                 let message = serde_json::from_str::<serde_json::Value>(&body)
                     .ok()
-                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .and_then(|v| crate::error::message_of(&v))
                     .unwrap_or_else(|| format!("exec answered {status}: {body}"));
                 return Err(ClientError::Api { status, message });
             }

@@ -1,6 +1,7 @@
 //! Errors of the control plane and their HTTP form: a status code and a
-//! JSON body `{"error": "..."}` (the Sprites API's shape) whose message
-//! names the thing that is wrong and carries the causes.
+//! JSON body `{"error": "<code>", "message": "..."}` (the Sprites SDKs' shape:
+//! a machine code such as `not_found`, and a sentence that names the thing
+//! that is wrong and carries the causes).
 
 use std::net::SocketAddr;
 
@@ -121,6 +122,22 @@ pub(crate) fn chain_of(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The machine-readable code the Sprites SDKs read from an error body's `error`
+/// field, for an HTTP status.
+fn code_of(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "invalid_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::BAD_GATEWAY => "bad_gateway",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "internal_error",
+    }
+}
+
+/// The error body, in the Sprites SDKs' shape: `{"error": "<code>", "message": "<sentence>"}`.
 impl IntoResponse for ControlError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -128,7 +145,15 @@ impl IntoResponse for ControlError {
         if status.is_server_error() {
             tracing::warn!(%status, error = %message, "request failed");
         }
-        let body = serde_json::json!({ "error": message });
+        let body = serde_json::json!({ "error": code_of(status), "message": message });
         (status, axum::Json(body)).into_response()
     }
+}
+
+/// The sentence of an error body: `message` (this shape), else `error` (older wisp).
+pub(crate) fn message_of(body: &serde_json::Value) -> Option<String> {
+    body["message"]
+        .as_str()
+        .or_else(|| body["error"].as_str())
+        .map(str::to_string)
 }
