@@ -82,7 +82,12 @@ impl ExecParams {
                         )))
                     }
                 },
-                // Accepted for compatibility; sessions end with their socket here.
+                // Sent by the Sprites SDKs; accepted (booleans checked) but not acted on
+                // yet: a session ends with its socket here (detachable sessions are a
+                // later part of issue 9).
+                "detachable" | "cc" => {
+                    parse_bool(&key, &value)?;
+                }
                 "max_run_after_disconnect" | "id" => {}
                 other => {
                     return Err(ControlError::BadRequest(format!(
@@ -353,6 +358,9 @@ mod tests {
         assert!(p.stdin, "stdin defaults to on with a tty");
         let p = ExecParams::parse("cmd=true").unwrap();
         assert_eq!(p.request.tty, None);
+        // What the SDKs send besides: accepted.
+        ExecParams::parse("cmd=true&detachable=false&cc=true&max_run_after_disconnect=10s&id=7")
+            .unwrap();
         assert!(!p.stdin, "and off without");
     }
 
@@ -364,6 +372,10 @@ mod tests {
             ("cmd=x&rows=0", "bad `rows` value `0`"),
             ("cmd=x&env=NOEQUALS", "bad `env` value `NOEQUALS`"),
             ("cmd=x&color=red", "unknown exec parameter `color`"),
+            (
+                "cmd=x&detachable=sometimes",
+                "bad `detachable` value `sometimes`",
+            ),
         ] {
             let err = ExecParams::parse(query).unwrap_err().to_string();
             assert!(err.contains(names), "{query}: {err}");
