@@ -14,10 +14,12 @@ use crate::{engine, median, Ctx};
 const SECTION: &str = "wakes";
 
 pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
-    let count: usize = std::env::var("WISP_BENCH_WAKES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let count: usize = match std::env::var("WISP_BENCH_WAKES") {
+        Err(_) => 200,
+        Ok(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            anyhow::anyhow!("WISP_BENCH_WAKES=`{v}` is not a count of wakes (1 or more)")
+        })?,
+    };
     let dir = ctx.scratch(SECTION)?;
     let wisp = Wisp::new(&ctx.wisp, &dir.join("home"))?;
     wisp.run(&["image", "build", "tiny"])?;
