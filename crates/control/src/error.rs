@@ -85,7 +85,9 @@ impl ControlError {
             ControlError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ControlError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ControlError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Unavailable(_) | ControlError::Wake { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ControlError::Registry(RegistryError::AlreadyExists(_)) => StatusCode::CONFLICT,
             ControlError::Volume {
                 source: VolumeError::InUse { .. } | VolumeError::DeleteRefused { .. },
@@ -122,6 +124,10 @@ pub(crate) fn chain_of(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Seconds a client should wait before retrying a 503 (a sprite that could
+/// not wake, a host not ready to run sprites).
+const RETRY_AFTER_SECS: u32 = 5;
+
 /// The machine-readable code the Sprites SDKs read from an error body's `error`
 /// field, for an HTTP status.
 fn code_of(status: StatusCode) -> &'static str {
@@ -146,7 +152,15 @@ impl IntoResponse for ControlError {
             tracing::warn!(%status, error = %message, "request failed");
         }
         let body = serde_json::json!({ "error": code_of(status), "message": message });
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // The SDKs read it to pace their retries.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 

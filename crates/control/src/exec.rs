@@ -41,7 +41,7 @@ pub(crate) struct ExecParams {
     pub stdin: bool,
 }
 
-fn parse_bool(key: &str, value: &str) -> Result<bool, ControlError> {
+pub(crate) fn parse_bool(key: &str, value: &str) -> Result<bool, ControlError> {
     match value {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),

@@ -16,6 +16,7 @@ use wisp_vm::agent::AgentClient;
 use wisp_vm::{Machine, Runtime};
 use wisp_volume::{Store, Volume};
 
+use crate::registry::SpriteRecord;
 use crate::ControlError;
 
 /// One awake sprite.
@@ -153,9 +154,10 @@ impl Machines {
             .map_err(|e| ControlError::Unavailable(format!("cannot run sprites on this host: {e}")))
     }
 
-    /// Wakes sprite `name` (whose disk is `volume`) unless it is awake, and
-    /// marks a request in progress on it.
-    pub async fn wake(&self, name: &str, volume: &str) -> Result<Activity, ControlError> {
+    /// Wakes sprite `record` unless it is awake (its VM sized by its
+    /// `config`), and marks a request in progress on it.
+    pub async fn wake(&self, record: &SpriteRecord) -> Result<Activity, ControlError> {
+        let name = record.name.as_str();
         let awake = match self.get(name) {
             Some(awake) if !awake.is_dead() => awake,
             Some(dead) => {
@@ -164,15 +166,16 @@ impl Machines {
                 drop(dead);
                 tracing::warn!(sprite = %name, "the sprite's VM had stopped by itself; booting it again");
                 self.sleep(name).await?;
-                self.boot(name, volume).await?
+                self.boot(record).await?
             }
-            None => self.boot(name, volume).await?,
+            None => self.boot(record).await?,
         };
         awake.sessions.fetch_add(1, Ordering::SeqCst);
         Ok(Activity(awake))
     }
 
-    async fn boot(&self, name: &str, volume_name: &str) -> Result<Arc<Awake>, ControlError> {
+    async fn boot(&self, record: &SpriteRecord) -> Result<Arc<Awake>, ControlError> {
+        let (name, volume_name) = (record.name.as_str(), record.volume.as_str());
         let runtime = self.runtime().await?;
         let started = Instant::now();
         let volume = Arc::new(
@@ -189,6 +192,12 @@ impl Machines {
         // Sockets and logs under run/<volume>: the volume name is unique and short.
         let mut config = runtime.machine_config(volume.clone(), volume_name).await;
         config.hostname = name.to_string();
+        if let Some(cpus) = record.settings.config.cpus {
+            config.cpus = cpus;
+        }
+        if let Some(ram) = record.settings.config.ram_mb {
+            config.memory_mib = ram;
+        }
         let http_port = free_loopback_port().map_err(ControlError::Io)?;
         config.http_port = Some(http_port);
         let machine = match Machine::start(config).await {

@@ -18,11 +18,39 @@ pub struct SpriteView {
     /// RFC 3339, UTC.
     pub created_at: String,
     pub updated_at: String,
+    /// Free-form tags (`GET /v1/sprites?label=x` filters by them).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// The machine the sprite runs on: what it asked for, else the host's defaults.
+    #[serde(default)]
+    pub config: ConfigView,
+    /// Variables every command in the sprite gets.
+    #[serde(default)]
+    pub environment: std::collections::BTreeMap<String, String>,
+    /// `default` or `dev`, when given at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UrlSettingsView {
     pub auth: UrlAuth,
+    /// `admins` or `org_users`, when set (recorded: one token opens a wisp host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_access: Option<String>,
+}
+
+/// A sprite's machine, Sprites' `config` shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigView {
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub ram_mb: u64,
+    /// Root disk in GB.
+    pub storage_gb: u64,
+    /// Where it runs: `local` unless given.
+    pub region: String,
 }
 
 /// One page of `GET /v1/sprites`.

@@ -92,6 +92,48 @@ pub struct SpriteRecord {
     pub created_at: String,
     /// RFC 3339, UTC.
     pub updated_at: String,
+    /// What the API's create and update calls set besides the URL auth.
+    pub settings: SpriteSettings,
+}
+
+/// A sprite's settings as Sprites names them (stored as one JSON column).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpriteSettings {
+    /// Free-form tags, kept in the order given, without repeats; `GET
+    /// /v1/sprites?label=x` filters by them.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub config: SpriteConfig,
+    /// Variables every command in the sprite gets (exec, services), under the
+    /// ones a request gives.
+    #[serde(default)]
+    pub environment: std::collections::BTreeMap<String, String>,
+    /// `default` or `dev` in Sprites; recorded.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Sprites' `url_settings.private_access` (`admins`, `org_users`): recorded;
+    /// a wisp host has one token, so both mean its holders.
+    #[serde(default)]
+    pub private_access: Option<String>,
+}
+
+/// The machine a sprite gets (`config` on create). Absent fields take the
+/// host's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpriteConfig {
+    /// Virtual CPUs of the sprite's VM.
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    /// Memory of the sprite's VM, in MiB.
+    #[serde(default)]
+    pub ram_mb: Option<u64>,
+    /// Root disk size in GB (10^9 bytes) the sprite asked for.
+    #[serde(default)]
+    pub storage_gb: Option<u64>,
+    /// Recorded: a wisp host is one place.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 /// One page of [`Registry::list`].
@@ -114,6 +156,8 @@ const MIGRATIONS: &[&str] = &[
          created_at TEXT NOT NULL,
          updated_at TEXT NOT NULL
      ) STRICT;",
+    // 2: labels, config, environment, runtime, private access (JSON).
+    "ALTER TABLE sprites ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';",
 ];
 
 /// The SQLite registry. Calls are short single statements; one connection
@@ -184,15 +228,16 @@ impl Registry {
     /// is taken.
     pub fn insert(&self, sprite: &SpriteRecord) -> Result<(), RegistryError> {
         let result = self.conn().execute(
-            "INSERT INTO sprites (name, id, volume, url_auth, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO sprites (name, id, volume, url_auth, created_at, updated_at, settings)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 sprite.name,
                 sprite.id,
                 sprite.volume,
                 sprite.url_auth.as_str(),
                 sprite.created_at,
-                sprite.updated_at
+                sprite.updated_at,
+                settings_json(&sprite.settings),
             ],
         );
         match result {
@@ -211,7 +256,7 @@ impl Registry {
         let row = self
             .conn()
             .query_row(
-                "SELECT name, id, volume, url_auth, created_at, updated_at
+                "SELECT name, id, volume, url_auth, created_at, updated_at, settings
                  FROM sprites WHERE name = ?1",
                 params![name],
                 raw_row,
@@ -220,24 +265,31 @@ impl Registry {
         row.map(RawRow::into_record).transpose()
     }
 
-    /// Up to `limit` sprites whose names start with `prefix`, in name order,
-    /// after the name `after` (exclusive) when given.
+    /// Up to `limit` sprites whose names start with `prefix` and that carry
+    /// every label in `labels`, in name order, after the name `after`
+    /// (exclusive) when given.
     pub fn list(
         &self,
         prefix: &str,
+        labels: &[String],
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page, RegistryError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT name, id, volume, url_auth, created_at, updated_at
+            "SELECT name, id, volume, url_auth, created_at, updated_at, settings
              FROM sprites
              WHERE substr(name, 1, length(?1)) = ?1 AND name > ?2
+               AND NOT EXISTS (
+                   SELECT 1 FROM json_each(?4) AS wanted
+                   WHERE wanted.value NOT IN (
+                       SELECT value FROM json_each(sprites.settings, '$.labels')))
              ORDER BY name LIMIT ?3",
         )?;
+        let wanted = serde_json::to_string(labels).unwrap_or_else(|_| "[]".into());
         // One more than asked tells whether another page exists.
         let rows = stmt.query_map(
-            params![prefix, after.unwrap_or(""), limit as i64 + 1],
+            params![prefix, after.unwrap_or(""), limit as i64 + 1, wanted],
             raw_row,
         )?;
         let mut sprites = Vec::new();
@@ -264,14 +316,45 @@ impl Registry {
         url_auth: UrlAuth,
         now: &str,
     ) -> Result<Option<SpriteRecord>, RegistryError> {
-        let changed = self.conn().execute(
-            "UPDATE sprites SET url_auth = ?2, updated_at = ?3 WHERE name = ?1",
-            params![name, url_auth.as_str(), now],
-        )?;
-        if changed == 0 {
+        self.update(name, now, |record| record.url_auth = url_auth)
+    }
+
+    /// Changes sprite `name`'s URL auth and settings with `change`, in one
+    /// transaction; the updated record, or `None` if no such sprite. The
+    /// name, id, volume and creation time stay as they are.
+    pub fn update(
+        &self,
+        name: &str,
+        now: &str,
+        change: impl FnOnce(&mut SpriteRecord),
+    ) -> Result<Option<SpriteRecord>, RegistryError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let row = tx
+            .query_row(
+                "SELECT name, id, volume, url_auth, created_at, updated_at, settings
+                 FROM sprites WHERE name = ?1",
+                params![name],
+                raw_row,
+            )
+            .optional()?;
+        let Some(row) = row else {
             return Ok(None);
-        }
-        self.get(name)
+        };
+        let mut record = row.into_record()?;
+        change(&mut record);
+        record.updated_at = now.to_string();
+        tx.execute(
+            "UPDATE sprites SET url_auth = ?2, settings = ?3, updated_at = ?4 WHERE name = ?1",
+            params![
+                name,
+                record.url_auth.as_str(),
+                settings_json(&record.settings),
+                now
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Some(record))
     }
 
     /// Removes sprite `name`; false if it was not registered.
@@ -300,6 +383,13 @@ struct RawRow {
     url_auth: String,
     created_at: String,
     updated_at: String,
+    settings: String,
+}
+
+/// The `settings` column: JSON of [`SpriteSettings`].
+fn settings_json(settings: &SpriteSettings) -> String {
+    // A struct of strings, numbers and lists always serialises.
+    serde_json::to_string(settings).unwrap_or_else(|_| "{}".into())
 }
 
 fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -310,6 +400,7 @@ fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         url_auth: row.get(3)?,
         created_at: row.get(4)?,
         updated_at: row.get(5)?,
+        settings: row.get(6)?,
     })
 }
 
@@ -319,6 +410,11 @@ impl RawRow {
             name: self.name.clone(),
             what: format!("url_auth `{}`", self.url_auth),
         })?;
+        let settings =
+            serde_json::from_str(&self.settings).map_err(|e| RegistryError::Corrupt {
+                name: self.name.clone(),
+                what: format!("settings `{}`: {e}", self.settings),
+            })?;
         Ok(SpriteRecord {
             id: self.id,
             name: self.name,
@@ -326,6 +422,7 @@ impl RawRow {
             url_auth,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            settings,
         })
     }
 }
@@ -342,6 +439,7 @@ mod tests {
             url_auth: UrlAuth::Sprite,
             created_at: "2026-11-29T00:00:00Z".into(),
             updated_at: "2026-11-29T00:00:00Z".into(),
+            settings: SpriteSettings::default(),
         }
     }
 
@@ -369,15 +467,64 @@ mod tests {
             registry.insert(&record(name)).unwrap();
         }
         let names = |p: &Page| p.sprites.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
-        let first = registry.list("web-", None, 2).unwrap();
+        let first = registry.list("web-", &[], None, 2).unwrap();
         assert_eq!(names(&first), ["web-1", "web-2"]);
         assert_eq!(first.next_after.as_deref(), Some("web-2"));
-        let second = registry.list("web-", Some("web-2"), 2).unwrap();
+        let second = registry.list("web-", &[], Some("web-2"), 2).unwrap();
         assert_eq!(names(&second), ["web-3"]);
         assert_eq!(second.next_after, None);
         // `_` and `%` are not wildcards in a prefix.
-        assert_eq!(names(&registry.list("web_", None, 50).unwrap()), ["web_x"]);
-        assert_eq!(registry.list("", None, 50).unwrap().sprites.len(), 5);
+        assert_eq!(names(&registry.list("web_", &[], None, 50).unwrap()), ["web_x"]);
+        assert_eq!(registry.list("", &[], None, 50).unwrap().sprites.len(), 5);
+    }
+
+    #[test]
+    fn labels_are_kept_and_filter_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("r.db")).unwrap();
+        for (name, labels) in [("a", &["web", "prod"][..]), ("b", &["web"]), ("c", &[])] {
+            let mut r = record(name);
+            r.settings.labels = labels.iter().map(|l| l.to_string()).collect();
+            registry.insert(&r).unwrap();
+        }
+        let names = |labels: &[&str]| {
+            let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+            let page = registry.list("", &labels, None, 50).unwrap();
+            page.sprites.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        };
+        assert_eq!(names(&[]), ["a", "b", "c"]);
+        assert_eq!(names(&["web"]), ["a", "b"]);
+        assert_eq!(names(&["web", "prod"]), ["a"]);
+        assert_eq!(names(&["nope"]), Vec::<String>::new());
+        let updated = registry
+            .update("b", "2026-12-01T00:00:00Z", |r| {
+                r.settings.labels = vec!["prod".into()]
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(updated.settings.labels, ["prod"]);
+        assert_eq!(names(&["prod"]), ["a", "b"]);
+        assert_eq!(registry.get("b").unwrap().unwrap(), updated);
+    }
+
+    #[test]
+    fn a_registry_of_schema_1_gets_empty_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO sprites VALUES ('old', 'id-old', 'sprite-old', 'public', 't0', 't1')",
+                [],
+            )
+            .unwrap();
+        }
+        let registry = Registry::open(&path).unwrap();
+        let old = registry.get("old").unwrap().unwrap();
+        assert_eq!(old.url_auth, UrlAuth::Public);
+        assert_eq!(old.settings, SpriteSettings::default());
     }
 
     #[test]

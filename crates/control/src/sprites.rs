@@ -13,7 +13,7 @@ use wisp_vm::image::{self, ImageKind};
 use wisp_volume::{CheckpointInfo, Store, Volume, VolumeError};
 
 use crate::machines::{Activity, Awake, Machines};
-use crate::registry::{Page, Registry, RegistryError, SpriteRecord, UrlAuth};
+use crate::registry::{Page, Registry, RegistryError, SpriteRecord, SpriteSettings, UrlAuth};
 use crate::ControlError;
 
 /// Sprite names are DNS labels: they become the first label of the
@@ -33,6 +33,79 @@ pub fn validate_name(name: &str) -> Result<(), ControlError> {
              starting and ending with a letter or digit"
         )))
     }
+}
+
+/// Largest `config.cpus` a sprite may ask for.
+pub const MAX_CPUS: u32 = 64;
+/// `config.ram_mb` bounds, in MiB: a guest kernel needs 128 to boot.
+pub const RAM_MB: std::ops::RangeInclusive<u64> = 128..=262_144;
+/// Largest `config.storage_gb`: a sprite's disk is its image's (100 GB).
+pub const MAX_STORAGE_GB: u64 = 100;
+/// Labels per sprite, and bytes per label.
+const MAX_LABELS: usize = 64;
+const MAX_LABEL_LEN: usize = 128;
+
+/// Checks settings from a create or update; the error names the field.
+pub fn validate_settings(settings: &SpriteSettings) -> Result<(), ControlError> {
+    let bad = |field: &str, why: String| Err(ControlError::BadRequest(format!("bad `{field}`: {why}")));
+    let config = &settings.config;
+    if let Some(cpus) = config.cpus.filter(|c| !(1..=MAX_CPUS).contains(c)) {
+        return bad("config.cpus", format!("{cpus}; use 1 to {MAX_CPUS}"));
+    }
+    if let Some(ram) = config.ram_mb.filter(|r| !RAM_MB.contains(r)) {
+        return bad(
+            "config.ram_mb",
+            format!("{ram}; use {} to {} (MiB)", RAM_MB.start(), RAM_MB.end()),
+        );
+    }
+    if let Some(gb) = config.storage_gb.filter(|g| !(1..=MAX_STORAGE_GB).contains(g)) {
+        return bad(
+            "config.storage_gb",
+            format!("{gb}; a sprite's disk here is at most {MAX_STORAGE_GB} GB"),
+        );
+    }
+    if settings.labels.len() > MAX_LABELS {
+        return bad("labels", format!("{} labels; at most {MAX_LABELS}", settings.labels.len()));
+    }
+    for label in &settings.labels {
+        if label.is_empty() || label.len() > MAX_LABEL_LEN || label.chars().any(char::is_control) {
+            return bad(
+                "labels",
+                format!("`{label}`: a label is 1 to {MAX_LABEL_LEN} bytes without control characters"),
+            );
+        }
+    }
+    for key in settings.environment.keys() {
+        let ok = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            return bad(
+                "environment",
+                format!("variable name `{key}`: use letters, digits and `_`, not starting with a digit"),
+            );
+        }
+    }
+    if let Some(runtime) = settings.runtime.as_deref().filter(|r| !["default", "dev"].contains(r)) {
+        return bad("runtime", format!("`{runtime}`; use `default` or `dev`"));
+    }
+    if let Some(access) = settings
+        .private_access
+        .as_deref()
+        .filter(|a| !["admins", "org_users"].contains(a))
+    {
+        return bad(
+            "url_settings.private_access",
+            format!("`{access}`; use `admins` or `org_users`"),
+        );
+    }
+    Ok(())
+}
+
+/// Labels as given, each kept once, in first-seen order.
+pub fn dedup_labels(labels: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    labels.into_iter().filter(|l| seen.insert(l.clone())).collect()
 }
 
 /// Now, as the registry stores times: RFC 3339, UTC, whole seconds.
@@ -130,7 +203,7 @@ impl Sprites {
         tokio::spawn(async move {
             let _turn = sprites.turn(&name).await;
             let record = sprites.get(&name)?;
-            sprites.machines.wake(&name, &record.volume).await
+            sprites.machines.wake(&record).await
         })
     }
 
@@ -172,8 +245,10 @@ impl Sprites {
         &self,
         name: &str,
         url_auth: UrlAuth,
+        settings: SpriteSettings,
     ) -> Result<SpriteRecord, ControlError> {
         validate_name(name)?;
+        validate_settings(&settings)?;
         if self.registry.get(name)?.is_some() {
             return Err(RegistryError::AlreadyExists(name.to_string()).into());
         }
@@ -203,6 +278,7 @@ impl Sprites {
             url_auth,
             created_at: at.clone(),
             updated_at: at,
+            settings,
         };
         if let Err(e) = self.registry.insert(&record) {
             // Lost a race for the name (or the registry failed): the fork
@@ -224,10 +300,35 @@ impl Sprites {
     pub fn list(
         &self,
         prefix: &str,
+        labels: &[String],
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page, ControlError> {
-        Ok(self.registry.list(prefix, after, limit)?)
+        Ok(self.registry.list(prefix, labels, after, limit)?)
+    }
+
+    /// Applies `change` to sprite `name`'s URL auth and settings (checked
+    /// after the change); the updated record. A new `config` takes effect at
+    /// the sprite's next wake.
+    pub fn update(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut SpriteRecord),
+    ) -> Result<SpriteRecord, ControlError> {
+        let mut invalid = None;
+        let updated = self.registry.update(name, &now(), |record| {
+            let before = record.clone();
+            change(record);
+            if let Err(e) = validate_settings(&record.settings) {
+                // Leave the row as it was: the caller sees the error.
+                *record = before;
+                invalid = Some(e);
+            }
+        })?;
+        if let Some(e) = invalid {
+            return Err(e);
+        }
+        updated.ok_or_else(|| not_found(name))
     }
 
     pub fn set_url_auth(

@@ -54,6 +54,11 @@ pub enum Stall {
     NoAgent(Duration),
 }
 
+/// Virtual CPUs of a machine unless its config says otherwise.
+pub const DEFAULT_CPUS: u32 = 2;
+/// Memory of a machine unless its config says otherwise, in MiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 1024;
+
 /// What to boot and how.
 pub struct MachineConfig {
     /// The root disk (a `wisp_volume::Volume`, or any block device).
@@ -93,8 +98,8 @@ impl MachineConfig {
     ) -> Self {
         MachineConfig {
             disk,
-            cpus: 2,
-            memory_mib: 1024,
+            cpus: DEFAULT_CPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
             kernel,
             initramfs,
             run_dir,

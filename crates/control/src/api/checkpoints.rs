@@ -1,0 +1,110 @@
+//! `/v1/sprites/{name}/checkpoint(s)`: create, list, get and restore a
+//! sprite's checkpoints. Create and restore answer a progress stream (NDJSON).
+
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+
+use super::AppState;
+use crate::model::{CheckpointView, ProgressEvent};
+use crate::sprites::{rfc3339, rfc3339_from_unix};
+use crate::ControlError;
+
+fn checkpoint_view(c: wisp_volume::CheckpointInfo) -> CheckpointView {
+    CheckpointView {
+        id: c.id,
+        create_time: rfc3339_from_unix(c.created),
+        comment: c.comment.unwrap_or_default(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointBody {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// A progress stream as Sprites sends it for checkpoint and restore: one
+/// JSON event per line. wisp's operations finish before the answer starts
+/// (they take milliseconds), so the stream is whole; a failure is an HTTP
+/// error status instead of an `error` event.
+fn progress_stream(info: &str, complete: String) -> axum::response::Response {
+    let time = rfc3339(std::time::SystemTime::now());
+    let mut body = String::new();
+    for (kind, data) in [("info", info.to_string()), ("complete", complete)] {
+        let event = ProgressEvent {
+            kind: kind.to_string(),
+            data: Some(data),
+            error: None,
+            time: time.clone(),
+        };
+        // Serialising a struct of strings cannot fail.
+        body.push_str(&serde_json::to_string(&event).unwrap_or_default());
+        body.push('\n');
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        body,
+    )
+        .into_response()
+}
+
+pub(super) async fn create_checkpoint(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    raw: axum::body::Bytes,
+) -> Result<axum::response::Response, ControlError> {
+    // The body is optional: `curl -X POST .../checkpoint` is a checkpoint without a comment.
+    let request: CheckpointBody = if raw.iter().all(u8::is_ascii_whitespace) {
+        CheckpointBody::default()
+    } else {
+        serde_json::from_slice(&raw)
+            .map_err(|e| ControlError::BadRequest(format!("bad checkpoint request: {e}")))?
+    };
+    let info = state.sprites.checkpoint(&name, request.comment).await?;
+    Ok(progress_stream(
+        "Creating checkpoint...",
+        format!("Checkpoint {} created", info.id),
+    ))
+}
+
+pub(super) async fn list_checkpoints(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<CheckpointView>>, ControlError> {
+    let list = state.sprites.checkpoints(&name).await?;
+    Ok(Json(list.into_iter().map(checkpoint_view).collect()))
+}
+
+pub(super) async fn get_checkpoint(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<CheckpointView>, ControlError> {
+    state
+        .sprites
+        .checkpoints(&name)
+        .await?
+        .into_iter()
+        .find(|c| c.id == id)
+        .map(|c| Json(checkpoint_view(c)))
+        .ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "checkpoint `{id}` of sprite `{name}` does not exist"
+            ))
+        })
+}
+
+pub(super) async fn restore_checkpoint(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<axum::response::Response, ControlError> {
+    state.sprites.restore(&name, &id).await?;
+    Ok(progress_stream(
+        &format!("Restoring to {id}..."),
+        format!("Restored to {id}"),
+    ))
+}
+
+

@@ -1,0 +1,274 @@
+//! `/v1/sprites` and `/v1/sprites/{name}`: create, list, get, update and
+//! delete sprites, as the Sprites SDKs call them.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::{body, AppState};
+use crate::model::{ConfigView, ListView, SpriteView, UrlSettingsView};
+use crate::registry::{SpriteConfig, SpriteRecord, SpriteSettings, UrlAuth};
+use crate::sprites::{dedup_labels, MAX_STORAGE_GB};
+use crate::{ControlError, HealthReport};
+
+/// Largest page of `GET /v1/sprites`, as in Sprites.
+const MAX_PAGE: usize = 50;
+/// wisp runs one organisation per daemon; this is its slug.
+const ORGANIZATION: &str = "personal";
+
+impl AppState {
+    /// A sprite as the API shows it.
+    pub(crate) fn view(&self, record: SpriteRecord) -> SpriteView {
+        // "warm" (memory kept across sleep) is a later stage.
+        let status = if self.sprites.is_awake(&record.name) {
+            "running"
+        } else {
+            "cold"
+        };
+        let settings = record.settings;
+        let config = &settings.config;
+        SpriteView {
+            url: self.sprite_url(&record.name),
+            id: record.id,
+            name: record.name,
+            organization: ORGANIZATION.to_string(),
+            url_settings: UrlSettingsView {
+                auth: record.url_auth,
+                private_access: settings.private_access,
+            },
+            status: status.to_string(),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            labels: settings.labels,
+            config: ConfigView {
+                cpus: config.cpus.unwrap_or(wisp_vm::machine::DEFAULT_CPUS),
+                ram_mb: config.ram_mb.unwrap_or(wisp_vm::machine::DEFAULT_MEMORY_MIB),
+                storage_gb: config.storage_gb.unwrap_or(MAX_STORAGE_GB),
+                region: config.region.clone().unwrap_or_else(|| "local".into()),
+            },
+            environment: settings.environment,
+            runtime: settings.runtime,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UrlSettings {
+    auth: Option<UrlAuth>,
+    private_access: Option<String>,
+}
+
+/// `POST /v1/sprites`, Sprites' fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateBody {
+    name: String,
+    #[serde(default)]
+    url_settings: Option<UrlSettings>,
+    #[serde(default)]
+    config: Option<ConfigBody>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    environment: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    runtime: Option<String>,
+    /// Accepted: a wisp host creates a sprite without waiting for capacity
+    /// (creating is a fork; nothing boots).
+    #[serde(default)]
+    #[allow(dead_code)]
+    wait_for_capacity: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConfigBody {
+    cpus: Option<u32>,
+    ram_mb: Option<u64>,
+    storage_gb: Option<u64>,
+    region: Option<String>,
+}
+
+/// `PUT /v1/sprites/{name}`: any of these, alone or together.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateBody {
+    #[serde(default)]
+    url_settings: Option<UrlSettings>,
+    #[serde(default)]
+    labels: Option<Vec<String>>,
+    #[serde(default)]
+    clear_labels: bool,
+}
+
+pub(super) async fn health(
+    State(state): State<AppState>,
+) -> Result<Json<HealthReport>, ControlError> {
+    let registry = state.sprites.registry();
+    Ok(Json(HealthReport {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        home: state.config.home.display().to_string(),
+        store: state.config.store.clone(),
+        registry: registry.path().display().to_string(),
+        sprites: registry.count()?,
+    }))
+}
+
+pub(super) async fn create_sprite(
+    State(state): State<AppState>,
+    request: Result<Json<CreateBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<SpriteView>), ControlError> {
+    let request = body(request)?;
+    let url_settings = request.url_settings.unwrap_or_default();
+    let config = request.config.unwrap_or_default();
+    let settings = SpriteSettings {
+        labels: dedup_labels(request.labels),
+        config: SpriteConfig {
+            cpus: config.cpus,
+            ram_mb: config.ram_mb,
+            storage_gb: config.storage_gb,
+            region: config.region,
+        },
+        environment: request.environment,
+        runtime: request.runtime,
+        private_access: url_settings.private_access,
+    };
+    let auth = url_settings.auth.unwrap_or(UrlAuth::Sprite);
+    let record = state.sprites.create(&request.name, auth, settings).await?;
+    Ok((StatusCode::CREATED, Json(state.view(record))))
+}
+
+/// `GET /v1/sprites`: `prefix`, `max_results` (a larger page than 50 is 50, as
+/// in Sprites), `continuation_token`, `label` (repeated: all must match),
+/// `bulk_load` (accepted; a page here always carries whole sprites).
+#[derive(Debug, Default)]
+struct ListParams {
+    prefix: String,
+    labels: Vec<String>,
+    max_results: usize,
+    continuation_token: Option<String>,
+}
+
+impl ListParams {
+    fn parse(query: &str) -> Result<ListParams, ControlError> {
+        let mut params = ListParams {
+            max_results: MAX_PAGE,
+            ..ListParams::default()
+        };
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "prefix" => params.prefix = value.into_owned(),
+                "label" | "labels" => params.labels.push(value.into_owned()),
+                "continuation_token" => params.continuation_token = Some(value.into_owned()),
+                "max_results" => {
+                    params.max_results = value.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(
+                        || {
+                            ControlError::BadRequest(format!(
+                                "bad `max_results` value `{value}`: use a count of at least 1"
+                            ))
+                        },
+                    )?
+                }
+                "bulk_load" => {
+                    crate::exec::parse_bool("bulk_load", &value)?;
+                }
+                other => {
+                    return Err(ControlError::BadRequest(format!(
+                        "unknown list parameter `{other}`"
+                    )))
+                }
+            }
+        }
+        params.max_results = params.max_results.min(MAX_PAGE);
+        Ok(params)
+    }
+}
+
+pub(super) async fn list_sprites(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<ListView>, ControlError> {
+    let params = ListParams::parse(query.as_deref().unwrap_or(""))?;
+    let page = state.sprites.list(
+        &params.prefix,
+        &params.labels,
+        params.continuation_token.as_deref(),
+        params.max_results,
+    )?;
+    Ok(Json(ListView {
+        has_more: page.next_after.is_some(),
+        next_continuation_token: page.next_after,
+        sprites: page.sprites.into_iter().map(|r| state.view(r)).collect(),
+    }))
+}
+
+pub(super) async fn get_sprite(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<SpriteView>, ControlError> {
+    Ok(Json(state.view(state.sprites.get(&name)?)))
+}
+
+pub(super) async fn update_sprite(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Result<Json<UpdateBody>, JsonRejection>,
+) -> Result<Json<SpriteView>, ControlError> {
+    let request = body(request)?;
+    if request.url_settings.is_none() && request.labels.is_none() && !request.clear_labels {
+        return Err(ControlError::BadRequest(
+            "nothing to update: give `url_settings`, `labels` or `clear_labels`".into(),
+        ));
+    }
+    let record = state.sprites.update(&name, |record| {
+        if let Some(url_settings) = request.url_settings {
+            if let Some(auth) = url_settings.auth {
+                record.url_auth = auth;
+            }
+            if url_settings.private_access.is_some() {
+                record.settings.private_access = url_settings.private_access;
+            }
+        }
+        if request.clear_labels {
+            record.settings.labels.clear();
+        }
+        if let Some(labels) = request.labels {
+            record.settings.labels = dedup_labels(labels);
+        }
+    })?;
+    Ok(Json(state.view(record)))
+}
+
+pub(super) async fn delete_sprite(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ControlError> {
+    state.sprites.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_parameters_clamp_and_name_bad_values() {
+        let p = ListParams::parse("max_results=100&bulk_load=true&label=a&label=b&prefix=w").unwrap();
+        assert_eq!(p.max_results, MAX_PAGE);
+        assert_eq!(p.labels, ["a", "b"]);
+        assert_eq!(p.prefix, "w");
+        for (query, names) in [
+            ("max_results=0", "bad `max_results` value `0`"),
+            ("max_results=many", "bad `max_results` value `many`"),
+            ("bulk_load=perhaps", "bad `bulk_load` value `perhaps`"),
+            ("colour=red", "unknown list parameter `colour`"),
+        ] {
+            let err = ListParams::parse(query).unwrap_err().to_string();
+            assert!(err.contains(names), "{query}: {err}");
+        }
+    }
+}
