@@ -93,10 +93,12 @@ pub struct Plan {
     switch_user: bool,
 }
 
-/// Resolves `argv` as `user` with the agent's default environment plus `env`.
+/// Resolves `argv` as `user` with the agent's default environment plus `env`, or with
+/// `env` alone when `replace_env`.
 pub fn plan(
     argv: &[String],
     env: &[(String, String)],
+    replace_env: bool,
     cwd: Option<&str>,
     user: Option<&str>,
     tty: bool,
@@ -136,6 +138,9 @@ pub fn plan(
     ];
     if tty {
         vars.push(("TERM".into(), "xterm-256color".into()));
+    }
+    if replace_env {
+        vars.clear();
     }
     for (k, v) in env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
@@ -250,6 +255,7 @@ pub fn start(agent: &Arc<Agent>, session: u32, req: &ExecRequest) -> io::Result<
     let plan = plan(
         &req.argv,
         &req.env,
+        req.replace_env,
         req.cwd.as_deref(),
         req.user.as_deref(),
         req.tty.is_some(),

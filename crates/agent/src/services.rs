@@ -265,7 +265,7 @@ impl Services {
         let log = self.open_log(&s.name)?;
         // The fork path: services start rarely.
         let mut cmd =
-            crate::exec::plan(&s.argv, &s.env, s.cwd.as_deref(), s.user.as_deref(), false)?
+            crate::exec::plan(&s.argv, &s.env, false, s.cwd.as_deref(), s.user.as_deref(), false)?
                 .command(false);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))

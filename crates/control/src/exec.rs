@@ -21,11 +21,19 @@
 //! that stops reading its input still delivers its output and exit status.
 
 use axum::extract::ws::{Message, WebSocket};
+use axum::response::IntoResponse;
 use serde::Deserialize;
 use wisp_vm::agent::{ExecEvent, ExecInput, ExecRequest, TtySize};
 
 use crate::machines::Activity;
 use crate::ControlError;
+
+/// What `X-Sprite-Capabilities` announces on the exec upgrade: the client may
+/// send `{"type":"signal"}`.
+pub(crate) const CAPABILITIES: &str = "signal";
+
+/// Session ids, unique in this daemon's life.
+static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 pub(crate) const STDIN: u8 = 0;
 pub(crate) const STDOUT: u8 = 1;
@@ -97,10 +105,14 @@ impl ExecParams {
             }
         }
         if cmd.is_empty() && path.is_none() {
-            return Err(ControlError::BadRequest(
-                "exec needs a command: give `cmd` (repeated for arguments)".into(),
-            ));
+            // As in Sprites, no command is a shell: the user's login shell.
+            cmd = ["/bin/sh", "-c", "exec \"${SHELL:-/bin/sh}\" -l"]
+                .map(String::from)
+                .to_vec();
         }
+        // As Sprites documents it, a request's `env` replaces the default
+        // environment (the program is still found on the default PATH).
+        let replace_env = !env.is_empty();
         // `path` is the program; `cmd` is its argv, whose first entry is the
         // program's name as the program sees it.
         if let Some(path) = path {
@@ -117,18 +129,82 @@ impl ExecParams {
                 cwd: dir,
                 user: None,
                 tty: tty.then_some(TtySize { rows, cols }),
+                replace_env,
             },
             stdin: stdin.unwrap_or(tty),
         })
     }
+
+    /// Gives the command the sprite's `environment` under the default one,
+    /// unless the request's `env` replaces it all.
+    pub fn with_sprite_environment(
+        mut self,
+        environment: &std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        if !self.request.replace_env {
+            let given = std::mem::take(&mut self.request.env);
+            self.request.env = environment
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(given)
+                .collect();
+        }
+        self
+    }
 }
 
+/// A signal by name (`TERM`, `SIGTERM`, any case) or number (`15`), as the
+/// SDKs send it: its Linux number.
+pub(crate) fn signal_number(signal: &str) -> Option<i32> {
+    if let Ok(n) = signal.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let upper = signal.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let n = match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ILL" => 4,
+        "TRAP" => 5,
+        "ABRT" | "IOT" => 6,
+        "BUS" => 7,
+        "FPE" => 8,
+        "KILL" => 9,
+        "USR1" => 10,
+        "SEGV" => 11,
+        "USR2" => 12,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        "STKFLT" => 16,
+        "CHLD" => 17,
+        "CONT" => 18,
+        "STOP" => 19,
+        "TSTP" => 20,
+        "TTIN" => 21,
+        "TTOU" => 22,
+        "URG" => 23,
+        "XCPU" => 24,
+        "XFSZ" => 25,
+        "VTALRM" => 26,
+        "PROF" => 27,
+        "WINCH" => 28,
+        "IO" | "POLL" => 29,
+        "PWR" => 30,
+        "SYS" => 31,
+        _ => return None,
+    };
+    Some(n)
+}
+
+/// A text message from the client: `{"type":"resize","rows":R,"cols":C}` or
+/// `{"type":"signal","signal":"TERM"}` (a name, `SIGTERM`, or a number).
 #[derive(Deserialize)]
-struct Resize {
-    #[serde(rename = "type")]
-    kind: String,
-    rows: u16,
-    cols: u16,
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    Resize { rows: u16, cols: u16 },
+    Signal { signal: serde_json::Value },
 }
 
 /// A message that ends the exchange: an `error` event the SDKs print.
@@ -182,13 +258,28 @@ async fn incoming(message: Message, input: &ExecInput, tty: bool, stdin: bool) {
             // stdin the command was not given, or an unknown stream: dropped.
             _ => {}
         },
-        Message::Text(text) => {
-            if let Ok(resize) = serde_json::from_str::<Resize>(&text) {
-                if resize.kind == "resize" && tty {
-                    let _ = input.resize(resize.rows, resize.cols).await;
+        Message::Text(text) => match serde_json::from_str::<ClientMessage>(&text) {
+            Ok(ClientMessage::Resize { rows, cols }) if tty => {
+                let _ = input.resize(rows, cols).await;
+            }
+            Ok(ClientMessage::Signal { signal }) => {
+                let number = match &signal {
+                    serde_json::Value::String(name) => signal_number(name),
+                    serde_json::Value::Number(n) => n
+                        .as_i64()
+                        .and_then(|n| signal_number(&n.to_string())),
+                    _ => None,
+                };
+                match number {
+                    Some(number) => {
+                        let _ = input.signal(number).await;
+                    }
+                    None => tracing::debug!(%signal, "unknown signal from an exec client"),
                 }
             }
-        }
+            // Unknown messages (and a resize without a terminal) are ignored.
+            _ => {}
+        },
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
     }
 }
@@ -254,6 +345,21 @@ pub(crate) async fn run(
     if !params.stdin {
         let _ = input.close_stdin().await;
     }
+    // First, as in Sprites: which session this is and whether it has a terminal.
+    let info = serde_json::json!({
+        "type": "session_info",
+        "session_id": NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string(),
+        "tty": tty,
+        "pid": session.pid,
+    });
+    if to_client
+        .send(Message::Text(info.to_string().into()))
+        .await
+        .is_err()
+    {
+        let _ = input.signal(SIGHUP).await;
+        return;
+    }
     let mut output = Box::pin(async {
         loop {
             let (message, last) = match session.recv().await {
@@ -303,6 +409,78 @@ pub(crate) async fn run(
     drop(session);
     drop(activity);
     let _ = tokio::time::timeout(CLOSE_LINGER, pump).await;
+}
+
+/// Runs the command of a `POST .../exec`: `body` is its stdin (when the query
+/// asks for stdin, else it is closed at once), and the answer streams its
+/// output as the WebSocket's non-TTY frames, one HTTP chunk each, ending with
+/// the exit frame. A client that goes away drops the stream, which ends the
+/// command.
+pub(crate) async fn run_http(
+    activity: Activity,
+    name: String,
+    params: ExecParams,
+    body: axum::body::Body,
+) -> Result<axum::response::Response, ControlError> {
+    use futures::StreamExt;
+    let session = activity
+        .agent()
+        .exec(params.request)
+        .await
+        .map_err(|source| ControlError::Exec {
+            name: name.clone(),
+            source,
+        })?;
+    let input = session.input();
+    if params.stdin {
+        let mut chunks = body.into_data_stream();
+        tokio::spawn(async move {
+            while let Some(Ok(chunk)) = chunks.next().await {
+                if input.write(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = input.close_stdin().await;
+        });
+    } else {
+        let _ = input.close_stdin().await;
+    }
+    // The activity lives in the stream: the sprite stays awake while it runs.
+    let frames = futures::stream::unfold(
+        Some((session, activity, name)),
+        |state| async move {
+            let (mut session, activity, name) = state?;
+            match session.recv().await {
+                Ok(Some(ExecEvent::Stdout(data))) => Some((
+                    Ok(axum::body::Bytes::from(framed(STDOUT, &data))),
+                    Some((session, activity, name)),
+                )),
+                Ok(Some(ExecEvent::Stderr(data))) => Some((
+                    Ok(axum::body::Bytes::from(framed(STDERR, &data))),
+                    Some((session, activity, name)),
+                )),
+                Ok(Some(ExecEvent::Exit(status))) => Some((
+                    Ok(axum::body::Bytes::from(vec![
+                        EXIT,
+                        (status.shell_code() & 0xff) as u8,
+                    ])),
+                    None,
+                )),
+                Ok(None) => None,
+                Err(source) => Some((
+                    Err(std::io::Error::other(
+                        ControlError::Exec { name, source }.chain(),
+                    )),
+                    None,
+                )),
+            }
+        },
+    );
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        axum::body::Body::from_stream(frames),
+    )
+        .into_response())
 }
 
 /// Sends `error` as an `error` message, then closes with 1011 (internal error).
@@ -365,9 +543,34 @@ mod tests {
     }
 
     #[test]
+    fn no_command_is_a_login_shell_and_env_replaces_the_default() {
+        let p = ExecParams::parse("tty=true").unwrap();
+        assert_eq!(p.request.argv[..2], ["/bin/sh", "-c"]);
+        assert!(p.request.argv[2].contains("${SHELL:-/bin/sh}\" -l"));
+        let sprite_env = [("A".to_string(), "sprite".to_string())].into_iter().collect();
+        let p = ExecParams::parse("cmd=env").unwrap().with_sprite_environment(&sprite_env);
+        assert!(!p.request.replace_env);
+        assert_eq!(p.request.env, [("A".to_string(), "sprite".to_string())]);
+        let p = ExecParams::parse("cmd=env&env=B%3D1")
+            .unwrap()
+            .with_sprite_environment(&sprite_env);
+        assert!(p.request.replace_env, "a request's env is the whole environment");
+        assert_eq!(p.request.env, [("B".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn signals_by_name_or_number() {
+        for (given, number) in [("TERM", 15), ("SIGKILL", 9), ("sigint", 2), ("HUP", 1), ("10", 10)] {
+            assert_eq!(signal_number(given), Some(number), "{given}");
+        }
+        for bad in ["", "SIGFOO", "0", "65", "-1"] {
+            assert_eq!(signal_number(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn bad_queries_are_named() {
         for (query, names) in [
-            ("", "give `cmd`"),
             ("cmd=x&tty=maybe", "bad `tty` value `maybe`"),
             ("cmd=x&rows=0", "bad `rows` value `0`"),
             ("cmd=x&env=NOEQUALS", "bad `env` value `NOEQUALS`"),

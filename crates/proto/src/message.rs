@@ -120,6 +120,10 @@ pub struct ExecRequest {
     /// Allocate a PTY of this size; stdout carries the terminal output, no stderr.
     #[serde(default)]
     pub tty: Option<TtySize>,
+    /// `env` is the whole environment instead of additions to the agent's default
+    /// (the program is still looked up in the default `PATH` when `env` has none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace_env: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +216,7 @@ mod tests {
                 cwd: Some("/tmp".into()),
                 user: Some("root".into()),
                 tty: Some(TtySize { rows: 24, cols: 80 }),
+                replace_env: true,
             }),
             Control::Exit(ExitStatus {
                 code: None,

@@ -92,7 +92,10 @@ pub(crate) fn router(state: AppState) -> Router {
                 .put(sprites::update_sprite)
                 .delete(sprites::delete_sprite),
         )
-        .route("/v1/sprites/{name}/exec", get(exec::exec_sprite))
+        .route(
+            "/v1/sprites/{name}/exec",
+            get(exec::exec_sprite).post(exec::exec_http),
+        )
         .route("/v1/sprites/{name}/services", get(services::list_services))
         .route(
             "/v1/sprites/{name}/services/{service}",
