@@ -37,6 +37,18 @@ impl Out {
             session,
             &Control::Error {
                 message: message.into(),
+                errno: None,
+            },
+        );
+    }
+
+    /// An error from a system call: `context: error`, with the errno name.
+    pub fn error_io(&self, session: u32, context: &str, error: &io::Error) {
+        self.control(
+            session,
+            &Control::Error {
+                message: format!("{context}: {error}"),
+                errno: crate::fsops::errno_name(error).map(str::to_string),
             },
         );
     }

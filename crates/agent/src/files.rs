@@ -31,19 +31,42 @@ pub struct Writer {
     bytes: u64,
 }
 
+/// How [`open_write`] treats what is already there.
+pub struct WriteOptions {
+    /// Create missing parent folders; without, only a missing immediate parent is made
+    /// (what the SDKs' `mkdir` of one folder needs), and a missing grandparent is `ENOENT`.
+    pub mkdir_parents: bool,
+    /// An existing file keeps its mode and owner.
+    pub keep_existing: bool,
+}
+
 pub fn open_write(
     session: u32,
     path: &str,
-    mode: u32,
-    uid: Option<u32>,
-    gid: Option<u32>,
+    mut mode: u32,
+    mut uid: Option<u32>,
+    mut gid: Option<u32>,
+    options: WriteOptions,
 ) -> io::Result<Writer> {
     let path = check_path(path)?;
     let parent = path.parent().unwrap_or(Path::new("/"));
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    std::fs::create_dir_all(parent)?;
+    if options.mkdir_parents {
+        std::fs::create_dir_all(parent)?;
+    } else if !parent.exists() {
+        std::fs::create_dir(parent)?;
+    }
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_dir() => return Err(io::Error::from_raw_os_error(libc::EISDIR)),
+        Ok(meta) if options.keep_existing => {
+            mode = meta.mode() & 0o7777;
+            uid = Some(meta.uid());
+            gid = Some(meta.gid());
+        }
+        _ => {}
+    }
     let tmp = parent.join(format!(
         ".{}.wisp-{}-{session}",
         name.to_string_lossy(),
@@ -108,22 +131,33 @@ pub fn start_read(
     let mut file = File::open(&path)?;
     let meta = file.metadata()?;
     if meta.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("`{}` is a directory", path.display()),
-        ));
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
     }
     let size = meta.len();
     if let Some(t) = tail {
         file.seek(SeekFrom::Start(size.saturating_sub(t)))?;
     }
-    agent.out.control(
+    start_stream(
+        agent,
         session,
-        &Control::FileInfo {
-            size,
-            mode: meta.mode() & 0o7777,
-        },
-    );
+        file,
+        size,
+        meta.mode() & 0o7777,
+        path.display().to_string(),
+    )
+}
+
+/// Streams `source` from a thread under flow control: `file_info` (`size`, `mode`), data
+/// chunks, `Eof`, `done`. `what` names the source in a read error.
+pub fn start_stream(
+    agent: &Arc<Agent>,
+    session: u32,
+    mut source: impl Read + Send + 'static,
+    size: u64,
+    mode: u32,
+    what: String,
+) -> io::Result<Arc<Credit>> {
+    agent.out.control(session, &Control::FileInfo { size, mode });
     let credit = Arc::new(Credit::default());
     let c = credit.clone();
     let a = agent.clone();
@@ -138,7 +172,7 @@ pub fn start_read(
                     a.finish(session);
                     return;
                 };
-                match file.read(&mut buf[..n]) {
+                match source.read(&mut buf[..n]) {
                     Ok(0) => break,
                     Ok(got) => {
                         c.give_back(n - got);
@@ -150,8 +184,7 @@ pub fn start_read(
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => c.give_back(n),
                     Err(e) => {
-                        a.out
-                            .error(session, format!("reading `{}`: {e}", path.display()));
+                        a.out.error_io(session, &format!("reading `{what}`"), &e);
                         a.finish(session);
                         return;
                     }

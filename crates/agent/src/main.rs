@@ -9,6 +9,7 @@
 mod channel;
 mod exec;
 mod files;
+mod fsops;
 mod init;
 mod net;
 mod reaper;

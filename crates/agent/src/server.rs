@@ -10,6 +10,7 @@ use wisp_proto::{Control, Frame, FrameReader, Kind, CAPABILITIES, PROTOCOL_VERSI
 use crate::channel::{Credit, Out};
 use crate::exec::{self, ExecHandle};
 use crate::files::{self, Writer};
+use crate::fsops;
 use crate::reaper::Reaper;
 use crate::services::Services;
 
@@ -243,32 +244,43 @@ impl Agent {
         }
         // A new session. The map stays locked while it starts so that a session that ends
         // at once cannot be removed before it is inserted.
-        let started: Result<Option<Session>, String> = match msg {
+        // Errors are a sentence and, for a failed system call, the error itself.
+        let io_err = |context: String| move |e: std::io::Error| (context, Some(e));
+        let started: Result<Option<Session>, (String, Option<std::io::Error>)> = match msg {
             Control::Exec(req) => exec::start(self, s, &req)
                 .map(|h| Some(Session::Exec(h)))
-                .map_err(|e| {
-                    format!(
-                        "exec `{}`: {e}",
-                        req.argv.first().map(String::as_str).unwrap_or("")
-                    )
-                }),
+                .map_err(io_err(format!(
+                    "exec `{}`",
+                    req.argv.first().map(String::as_str).unwrap_or("")
+                ))),
             Control::FileWrite {
                 path,
                 mode,
                 uid,
                 gid,
-            } => files::open_write(s, &path, mode, uid, gid)
-                .map(|w| Some(Session::Write(w)))
-                .map_err(|e| format!("open `{path}` for writing: {e}")),
+                mkdir_parents,
+                keep_existing,
+            } => {
+                let options = files::WriteOptions {
+                    mkdir_parents,
+                    keep_existing,
+                };
+                files::open_write(s, &path, mode, uid, gid, options)
+                    .map(|w| Some(Session::Write(w)))
+                    .map_err(io_err(format!("open `{path}` for writing")))
+            }
             Control::FileRead { path } => files::start_read(self, s, &path, None)
                 .map(|c| Some(Session::Read(c)))
-                .map_err(|e| format!("read `{path}`: {e}")),
+                .map_err(io_err(format!("read `{path}`"))),
+            Control::Fs(op) => fsops::start(self, s, op)
+                .map(|()| None)
+                .map_err(io_err("filesystem operation".to_string())),
             Control::ServiceLogs { name, tail } => self
                 .services
                 .log_path(&name)
                 .and_then(|p| files::start_read(self, s, &p.to_string_lossy(), tail))
                 .map(|c| Some(Session::Read(c)))
-                .map_err(|e| format!("logs of service `{name}`: {e}")),
+                .map_err(io_err(format!("logs of service `{name}`"))),
             Control::ServiceDefine(spec) => {
                 let name = spec.name.clone();
                 self.services
@@ -277,7 +289,7 @@ impl Agent {
                         self.out.control(s, &Control::Ok);
                         None
                     })
-                    .map_err(|e| format!("define service `{name}`: {e}"))
+                    .map_err(io_err(format!("define service `{name}`")))
             }
             Control::ServiceRemove { name } => self
                 .services
@@ -286,7 +298,7 @@ impl Agent {
                     self.out.control(s, &Control::Ok);
                     None
                 })
-                .map_err(|e| format!("remove service `{name}`: {e}")),
+                .map_err(io_err(format!("remove service `{name}`"))),
             Control::ServiceList => {
                 let services = self.services.list();
                 self.out.control(s, &Control::Services { services });
@@ -301,16 +313,21 @@ impl Agent {
             }
             // Closing a session that already ended is not an error.
             Control::Close => Ok(None),
-            other => Err(format!("unexpected {other:?} to open session `{s}`")),
+            other => Err((format!("unexpected {other:?} to open session `{s}`"), None)),
         };
         match started {
             Ok(Some(sess)) => {
                 sessions.insert(s, sess);
             }
             Ok(None) => {}
-            Err(e) => {
+            Err((context, Some(e))) => {
+                let context: String = context;
                 drop(sessions);
-                self.out.error(s, e);
+                self.out.error_io(s, &context, &e);
+            }
+            Err((message, None)) => {
+                drop(sessions);
+                self.out.error(s, message);
             }
         }
     }

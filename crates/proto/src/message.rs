@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Capabilities the agent announces in its `hello` answer.
-pub const CAPABILITIES: &[&str] = &["exec", "pty", "files", "services", "shutdown", "clock"];
+pub const CAPABILITIES: &[&str] = &[
+    "exec", "pty", "files", "services", "shutdown", "clock", "fs",
+];
 
 /// A control message. Serialised as JSON with a `type` field (`{"type":"ping"}`).
 /// Unknown fields are rejected so that a typo is an error, not a silent default.
@@ -57,6 +59,13 @@ pub enum Control {
         uid: Option<u32>,
         #[serde(default)]
         gid: Option<u32>,
+        /// Create missing parent folders (mode 0755); without, only a missing immediate
+        /// parent is made and a missing grandparent is `ENOENT`.
+        #[serde(default = "yes")]
+        mkdir_parents: bool,
+        /// When the file exists, keep its mode and owner instead of `mode`/`uid`/`gid`.
+        #[serde(default)]
+        keep_existing: bool,
     },
     /// Opens a file-read session: the agent answers `file_info`, then `Data` chunks,
     /// `Eof`, and `done`.
@@ -67,6 +76,10 @@ pub enum Control {
         size: u64,
         mode: u32,
     },
+    /// Filesystem operations (capability "fs"), answered with `ok` or an `error` that
+    /// carries the errno name. `list` is answered like `file_read`: `file_info`, data
+    /// chunks holding a JSON array of [`FsEntry`], `eof`, `done`.
+    Fs(FsOp),
     /// A transfer (file write, file read, service log read) finished.
     Done {
         bytes: u64,
@@ -98,9 +111,87 @@ pub enum Control {
     /// could not be decoded.
     Error {
         message: String,
+        /// The errno name (`ENOENT`, `EISDIR`, ...) when a system call failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        errno: Option<String>,
     },
     /// Host to agent: abandon this session (kill its process, stop its transfer).
     Close,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A filesystem operation in the guest. Paths are absolute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FsOp {
+    /// A folder's entries (all below it with `recursive`), or the one entry of a file;
+    /// `pattern` (a shell glob) filters on entry names.
+    List {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
+        #[serde(default)]
+        pattern: Option<String>,
+    },
+    /// Removes a file, a symlink, or a folder (with its contents when `recursive`, else
+    /// only an empty one).
+    Delete {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// `rename(2)`: `to` is replaced if it exists.
+    Rename { from: String, to: String },
+    /// Copies a file (or, with `recursive`, a folder) to exactly `to`; with `preserve`
+    /// owners and times are copied too (modes always are).
+    Copy {
+        from: String,
+        to: String,
+        #[serde(default)]
+        recursive: bool,
+        #[serde(default)]
+        preserve: bool,
+    },
+    /// Sets permission bits (`mode & 0o7777`), of everything below with `recursive`.
+    Chmod {
+        path: String,
+        mode: u32,
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// Sets owner and/or group, each a name or a number; symlinks themselves, not their
+    /// targets.
+    Chown {
+        path: String,
+        #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
+        group: Option<String>,
+        #[serde(default)]
+        recursive: bool,
+    },
+}
+
+/// One entry of an [`FsOp::List`] answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsEntry {
+    /// The path below the listed folder (`a/b.txt` in a recursive listing), or the
+    /// file's name when a file was listed.
+    pub name: String,
+    /// Absolute path.
+    pub path: String,
+    /// `file`, `directory`, `symlink` or `other`.
+    pub kind: String,
+    /// Bytes (of the link itself for a symlink).
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Last modification, seconds since the Unix epoch.
+    pub mtime: i64,
 }
 
 /// What to run.

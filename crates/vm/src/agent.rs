@@ -16,7 +16,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 use wisp_proto::{encode, Frame, FrameReader, CHUNK, INITIAL_WINDOW, PROTOCOL_VERSION};
 
-pub use wisp_proto::{Control, ExecRequest, ExitStatus, Kind, ServiceSpec, ServiceStatus, TtySize};
+mod fs;
+pub use fs::{FileStream, WriteOptions, MAX_LISTING};
+
+pub use wisp_proto::{
+    Control, ExecRequest, ExitStatus, FsEntry, FsOp, Kind, ServiceSpec, ServiceStatus, TtySize,
+};
 
 /// Default time [`AgentClient::connect`] waits for the agent's `hello` (covers a TCG boot).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -37,6 +42,9 @@ pub enum AgentError {
     Version(String),
     #[error("agent: {0}")]
     Remote(String),
+    /// A system call in the guest failed: `errno` is its name (`ENOENT`, ...).
+    #[error("agent: {message}")]
+    Os { errno: String, message: String },
     #[error("agent protocol violation: {0}")]
     Protocol(String),
     /// The session's process exited or the session was dropped: its input is no longer
@@ -251,7 +259,7 @@ impl Inner {
                 }
                 self.hello_notify.notify_waiters();
             }
-            Control::Error { message } => {
+            Control::Error { message, .. } => {
                 tracing::warn!(%message, "agent reported a connection error");
                 let mut h = self.hello.lock().unwrap_or_else(|e| e.into_inner());
                 if h.is_none() && message.contains("protocol version") {
@@ -333,9 +341,9 @@ impl Session {
     /// The next control message; data frames are unexpected here.
     async fn next_control(&mut self) -> Result<Control, AgentError> {
         match self.next().await? {
-            Event::Control(Control::Error { message }) => {
+            Event::Control(Control::Error { message, errno }) => {
                 self.finished = true;
-                Err(AgentError::Remote(message))
+                Err(remote(message, errno))
             }
             Event::Control(c) => Ok(c),
             _ => Err(AgentError::Protocol(format!(
@@ -637,35 +645,41 @@ impl AgentClient {
     }
 
     /// Writes a file of any size from `reader`, streamed; replaces `path` atomically when
-    /// complete. Returns the number of bytes written.
+    /// complete (creating missing parent folders). Returns the number of bytes written.
     pub async fn write_file<R: AsyncRead + Unpin>(
         &self,
         path: &str,
         mode: u32,
         uid: Option<u32>,
         gid: Option<u32>,
+        reader: R,
+    ) -> Result<u64, AgentError> {
+        let options = WriteOptions {
+            mode,
+            uid,
+            gid,
+            mkdir_parents: true,
+            keep_existing: false,
+        };
+        self.write_file_with(path, options, reader).await
+    }
+
+    /// Sends `request` (a `file_write`), then `reader`'s bytes, then the end.
+    async fn write_stream<R: AsyncRead + Unpin>(
+        &self,
+        request: Control,
         mut reader: R,
     ) -> Result<u64, AgentError> {
         let mut s = self.open();
-        self.inner
-            .send_control(
-                s.id,
-                &Control::FileWrite {
-                    path: path.to_string(),
-                    mode,
-                    uid,
-                    gid,
-                },
-            )
-            .await?;
+        self.inner.send_control(s.id, &request).await?;
         let mut buf = vec![0u8; CHUNK];
         loop {
             // An early refusal (cannot create the file) arrives as an error event.
             if let Ok(ev) = s.events.try_recv() {
                 return match ev {
-                    Event::Control(Control::Error { message }) => {
+                    Event::Control(Control::Error { message, errno }) => {
                         s.finished = true;
-                        Err(AgentError::Remote(message))
+                        Err(remote(message, errno))
                     }
                     Event::Closed(e) => Err(e),
                     _ => Err(AgentError::Protocol(
@@ -738,9 +752,9 @@ impl AgentClient {
                     }
                     return Ok(got);
                 }
-                Event::Control(Control::Error { message }) => {
+                Event::Control(Control::Error { message, errno }) => {
                     s.finished = true;
-                    return Err(AgentError::Remote(message));
+                    return Err(remote(message, errno));
                 }
                 Event::Control(other) => return Err(unexpected(&other)),
                 Event::Stderr(_) => {
@@ -795,6 +809,14 @@ impl AgentClient {
             Ok(other) => Err(unexpected(&other)),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The error of an `error` answer.
+fn remote(message: String, errno: Option<String>) -> AgentError {
+    match errno {
+        Some(errno) => AgentError::Os { errno, message },
+        None => AgentError::Remote(message),
     }
 }
 
@@ -897,9 +919,9 @@ impl ExecSession {
                     self.session.finished = true;
                     return Ok(Some(ExecEvent::Exit(st)));
                 }
-                Event::Control(Control::Error { message }) => {
+                Event::Control(Control::Error { message, errno }) => {
                     self.session.finished = true;
-                    return Err(AgentError::Remote(message));
+                    return Err(remote(message, errno));
                 }
                 Event::Control(other) => return Err(unexpected(&other)),
                 Event::Closed(e) => return Err(e),
