@@ -69,6 +69,13 @@ pub enum ControlError {
         #[source]
         source: wisp_vm::MachineError,
     },
+    /// A filesystem call in a sprite failed with `errno` (`ENOENT`, ...).
+    #[error("{message}")]
+    Fs {
+        errno: String,
+        message: String,
+        path: String,
+    },
     #[error("exec in sprite `{name}` failed")]
     Exec {
         name: String,
@@ -89,6 +96,15 @@ impl ControlError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ControlError::Registry(RegistryError::AlreadyExists(_)) => StatusCode::CONFLICT,
+            ControlError::Fs { errno, .. } => match errno.as_str() {
+                "ENOENT" => StatusCode::NOT_FOUND,
+                "EACCES" | "EPERM" | "EROFS" => StatusCode::FORBIDDEN,
+                "EEXIST" => StatusCode::CONFLICT,
+                "EISDIR" | "ENOTDIR" | "ENOTEMPTY" | "EINVAL" | "ELOOP" | "ENAMETOOLONG"
+                | "EXDEV" => StatusCode::BAD_REQUEST,
+                "ENOSPC" => StatusCode::INSUFFICIENT_STORAGE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ControlError::Volume {
                 source: VolumeError::InUse { .. } | VolumeError::DeleteRefused { .. },
                 ..
@@ -135,6 +151,8 @@ fn code_of(status: StatusCode) -> &'static str {
         StatusCode::BAD_REQUEST => "invalid_request",
         StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::NOT_FOUND => "not_found",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_IMPLEMENTED => "not_implemented",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::CONFLICT => "conflict",
         StatusCode::BAD_GATEWAY => "bad_gateway",
@@ -148,6 +166,13 @@ impl IntoResponse for ControlError {
     fn into_response(self) -> Response {
         let status = self.status();
         let message = self.chain();
+        if let ControlError::Fs { errno, path, .. } = &self {
+            // The filesystem SDKs' shape: the sentence in `error`, the errno in `code`.
+            let body = serde_json::json!({
+                "error": message, "code": errno, "path": path, "message": message,
+            });
+            return (status, axum::Json(body)).into_response();
+        }
         if status.is_server_error() {
             tracing::warn!(%status, error = %message, "request failed");
         }

@@ -12,6 +12,7 @@ mod api;
 pub mod client;
 mod error;
 mod exec;
+pub mod files;
 pub mod machines;
 pub mod model;
 pub mod registry;

@@ -6,6 +6,7 @@
 
 mod checkpoints;
 mod exec;
+mod fs;
 mod services;
 mod sprites;
 
@@ -96,6 +97,17 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/sprites/{name}/exec",
             get(exec::exec_sprite).post(exec::exec_http),
         )
+        .route("/v1/sprites/{name}/fs/read", get(fs::read))
+        .route("/v1/sprites/{name}/fs/write", axum::routing::put(fs::write))
+        .route("/v1/sprites/{name}/fs/list", get(fs::list))
+        .route(
+            "/v1/sprites/{name}/fs/delete",
+            axum::routing::delete(fs::delete),
+        )
+        .route("/v1/sprites/{name}/fs/rename", post(fs::rename))
+        .route("/v1/sprites/{name}/fs/copy", post(fs::copy))
+        .route("/v1/sprites/{name}/fs/chmod", post(fs::chmod))
+        .route("/v1/sprites/{name}/fs/chown", post(fs::chown))
         .route("/v1/sprites/{name}/services", get(services::list_services))
         .route(
             "/v1/sprites/{name}/services/{service}",
