@@ -55,7 +55,12 @@ run_commands=(
 )
 test_commands=(
   "fio:fio" "nbdinfo:libnbd-bin" "nbdcopy:libnbd-bin" "nbdkit:nbdkit" "python3:python3"
+  "node:nodejs" "npm:npm"
 )
+# Installed only when their command is missing: a machine may carry a newer Node.js
+# from elsewhere (nodesource ships npm inside its nodejs). The JS SDK conformance test
+# (crates/cli/tests/sdk_js.rs) runs the public Sprites SDK with them.
+test_packages_if_missing=("node:nodejs" "npm:npm")
 
 packages=("${run_packages[@]}")
 commands=("${run_commands[@]}")
@@ -96,6 +101,11 @@ missing=()
 for p in "${packages[@]}"; do
   installed "$p" || missing+=("$p")
 done
+if (( want_test )); then
+  for entry in "${test_packages_if_missing[@]}"; do
+    command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry#*:}")
+  done
+fi
 if (( ${#missing[@]} )); then
   log "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq

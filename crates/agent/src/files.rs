@@ -157,7 +157,9 @@ pub fn start_stream(
     mode: u32,
     what: String,
 ) -> io::Result<Arc<Credit>> {
-    agent.out.control(session, &Control::FileInfo { size, mode });
+    agent
+        .out
+        .control(session, &Control::FileInfo { size, mode });
     let credit = Arc::new(Credit::default());
     let c = credit.clone();
     let a = agent.clone();

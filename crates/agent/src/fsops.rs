@@ -86,7 +86,7 @@ fn run(agent: &Arc<Agent>, session: u32, op: FsOp) -> io::Result<bool> {
             pattern,
         } => {
             let path = absolute(&path)?;
-            let pattern = pattern.map(|p| CString::new(p)).transpose()?;
+            let pattern = pattern.map(CString::new).transpose()?;
             let entries = list(&path, recursive, pattern.as_ref())?;
             let json = serde_json::to_vec(&entries).map_err(io::Error::other)?;
             crate::files::start_stream(
@@ -191,7 +191,9 @@ fn resolve_group(spec: &str) -> io::Result<u32> {
         .lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 3 && f[0] == spec).then(|| f[2].parse().ok()).flatten()
+            (f.len() >= 3 && f[0] == spec)
+                .then(|| f[2].parse().ok())
+                .flatten()
         })
         .ok_or_else(|| {
             io::Error::new(
@@ -391,11 +393,17 @@ mod tests {
         let root = dir.path();
         fs::create_dir_all(root.join("src/inner")).unwrap();
         fs::write(root.join("src/inner/run.sh"), b"#!/bin/sh\n").unwrap();
-        fs::set_permissions(root.join("src/inner/run.sh"), fs::Permissions::from_mode(0o750))
-            .unwrap();
+        fs::set_permissions(
+            root.join("src/inner/run.sh"),
+            fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("inner/run.sh", root.join("src/link")).unwrap();
         copy(&root.join("src"), &root.join("dst"), false).unwrap();
-        assert_eq!(fs::read(root.join("dst/inner/run.sh")).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(
+            fs::read(root.join("dst/inner/run.sh")).unwrap(),
+            b"#!/bin/sh\n"
+        );
         let mode = fs::metadata(root.join("dst/inner/run.sh")).unwrap().mode();
         assert_eq!(mode & 0o7777, 0o750);
         assert_eq!(
@@ -406,7 +414,10 @@ mod tests {
 
     #[test]
     fn errno_names() {
-        assert_eq!(errno_name(&io::Error::from_raw_os_error(libc::EISDIR)), Some("EISDIR"));
+        assert_eq!(
+            errno_name(&io::Error::from_raw_os_error(libc::EISDIR)),
+            Some("EISDIR")
+        );
         assert_eq!(errno_name(&io::Error::other("x")), None);
     }
 }

@@ -264,9 +264,15 @@ impl Services {
         let s = &svc.spec;
         let log = self.open_log(&s.name)?;
         // The fork path: services start rarely.
-        let mut cmd =
-            crate::exec::plan(&s.argv, &s.env, false, s.cwd.as_deref(), s.user.as_deref(), false)?
-                .command(false);
+        let mut cmd = crate::exec::plan(
+            &s.argv,
+            &s.env,
+            false,
+            s.cwd.as_deref(),
+            s.user.as_deref(),
+            false,
+        )?
+        .command(false);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));

@@ -20,7 +20,7 @@
 //! code 1011. Stdin is copied beside the output, never in its way: a command
 //! that stops reading its input still delivers its output and exit status.
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use wisp_vm::agent::{ExecEvent, ExecInput, ExecRequest, TtySize};
@@ -216,28 +216,44 @@ fn error_message(error: String) -> Message {
     )
 }
 
-/// What the server sends for one event of the command, and whether it is
-/// the last (the exit).
-fn outgoing(event: ExecEvent, tty: bool) -> (Message, bool) {
+/// What the server sends for one event of the command, and after the last
+/// one (the exit) the close frame that ends the socket.
+fn outgoing(event: ExecEvent, tty: bool) -> (Message, Option<CloseFrame>) {
     match event {
         ExecEvent::Stdout(data) | ExecEvent::Stderr(data) if tty => {
-            (Message::Binary(data.into()), false)
+            (Message::Binary(data.into()), None)
         }
-        ExecEvent::Stdout(data) => (Message::Binary(framed(STDOUT, &data).into()), false),
-        ExecEvent::Stderr(data) => (Message::Binary(framed(STDERR, &data).into()), false),
+        ExecEvent::Stdout(data) => (Message::Binary(framed(STDOUT, &data).into()), None),
+        ExecEvent::Stderr(data) => (Message::Binary(framed(STDERR, &data).into()), None),
         ExecEvent::Exit(status) => {
             let code = status.shell_code();
-            let message = if tty {
-                Message::Text(
+            if tty {
+                let message = Message::Text(
                     serde_json::json!({ "type": "exit", "exit_code": code })
                         .to_string()
                         .into(),
-                )
+                );
+                (message, Some(tty_close(code)))
             } else {
-                Message::Binary(vec![EXIT, (code & 0xff) as u8].into())
-            };
-            (message, true)
+                let message = Message::Binary(vec![EXIT, (code & 0xff) as u8].into());
+                (message, Some(normal_close()))
+            }
         }
+    }
+}
+
+/// The close after a terminal's exit: 1000 for exit code 0, else 4000 + the
+/// code (an application close code). The JS SDK reads a terminal's exit code
+/// from the close code alone (1000 is 0, anything else 1); the Go and Python
+/// SDKs read the `exit` message.
+fn tty_close(code: i32) -> CloseFrame {
+    CloseFrame {
+        code: if code == 0 {
+            axum::extract::ws::close_code::NORMAL
+        } else {
+            4000 + (code & 0xff) as u16
+        },
+        reason: "".into(),
     }
 }
 
@@ -265,9 +281,9 @@ async fn incoming(message: Message, input: &ExecInput, tty: bool, stdin: bool) {
             Ok(ClientMessage::Signal { signal }) => {
                 let number = match &signal {
                     serde_json::Value::String(name) => signal_number(name),
-                    serde_json::Value::Number(n) => n
-                        .as_i64()
-                        .and_then(|n| signal_number(&n.to_string())),
+                    serde_json::Value::Number(n) => {
+                        n.as_i64().and_then(|n| signal_number(&n.to_string()))
+                    }
                     _ => None,
                 };
                 match number {
@@ -310,6 +326,10 @@ async fn pump_input(
 /// way to the client.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Longest silence on an exec socket: after it an empty binary frame goes out.
+/// The JS SDK drops a connection with no message for 45 s.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Wakes the sprite (a wake started here runs to completion even if the client
 /// goes away), runs the command, and pumps it to and from `socket` until it
 /// exits or the client goes away. A sprite that cannot wake gets an `error`
@@ -334,7 +354,7 @@ pub(crate) async fn run(
         }
     };
     let tty = params.request.tty.is_some();
-    let mut session = match activity.agent().exec(params.request).await {
+    let session = match activity.agent().exec(params.request).await {
         Ok(session) => session,
         Err(source) => {
             let error = ControlError::Exec { name, source }.chain();
@@ -360,17 +380,37 @@ pub(crate) async fn run(
         let _ = input.signal(SIGHUP).await;
         return;
     }
+    // The session's events as a stream: polling it again after a keepalive tick
+    // resumes the same read (a read cancelled half-way could lose output).
+    let mut events = Box::pin(futures::stream::unfold(session, |mut session| async move {
+        let event = session.recv().await;
+        Some((event, session))
+    }));
     let mut output = Box::pin(async {
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.reset();
         loop {
-            let (message, last) = match session.recv().await {
-                Ok(Some(event)) => outgoing(event, tty),
-                Ok(None) => (
+            let event = tokio::select! {
+                event = events.next() => event,
+                _ = keepalive.tick() => {
+                    // An empty binary frame: every SDK skips it, and it tells the JS
+                    // SDK (which sees no pings) that the connection is alive.
+                    if to_client.send(Message::Binary(Vec::new().into())).await.is_err() {
+                        return false;
+                    }
+                    continue;
+                }
+            };
+            keepalive.reset();
+            let (message, close) = match event {
+                Some(Ok(Some(event))) => outgoing(event, tty),
+                Some(Ok(None)) | None => (
                     error_message(format!(
                         "the command in sprite `{name}` ended without an exit status"
                     )),
-                    true,
+                    Some(normal_close()),
                 ),
-                Err(source) => (
+                Some(Err(source)) => (
                     error_message(
                         ControlError::Exec {
                             name: name.clone(),
@@ -378,12 +418,12 @@ pub(crate) async fn run(
                         }
                         .chain(),
                     ),
-                    true,
+                    Some(normal_close()),
                 ),
             };
             let sent = to_client.send(message).await.is_ok();
-            if last {
-                let _ = to_client.send(Message::Close(Some(normal_close()))).await;
+            if let Some(close) = close {
+                let _ = to_client.send(Message::Close(Some(close))).await;
                 return true;
             }
             if !sent {
@@ -406,7 +446,7 @@ pub(crate) async fn run(
     // The exit and the close frame are sent: the sprite is free to sleep while the
     // client's close comes (see CLOSE_LINGER).
     drop(output);
-    drop(session);
+    drop(events);
     drop(activity);
     let _ = tokio::time::timeout(CLOSE_LINGER, pump).await;
 }
@@ -446,41 +486,114 @@ pub(crate) async fn run_http(
         let _ = input.close_stdin().await;
     }
     // The activity lives in the stream: the sprite stays awake while it runs.
-    let frames = futures::stream::unfold(
-        Some((session, activity, name)),
-        |state| async move {
-            let (mut session, activity, name) = state?;
-            match session.recv().await {
-                Ok(Some(ExecEvent::Stdout(data))) => Some((
-                    Ok(axum::body::Bytes::from(framed(STDOUT, &data))),
-                    Some((session, activity, name)),
-                )),
-                Ok(Some(ExecEvent::Stderr(data))) => Some((
-                    Ok(axum::body::Bytes::from(framed(STDERR, &data))),
-                    Some((session, activity, name)),
-                )),
-                Ok(Some(ExecEvent::Exit(status))) => Some((
-                    Ok(axum::body::Bytes::from(vec![
-                        EXIT,
-                        (status.shell_code() & 0xff) as u8,
-                    ])),
-                    None,
-                )),
-                Ok(None) => None,
-                Err(source) => Some((
-                    Err(std::io::Error::other(
-                        ControlError::Exec { name, source }.chain(),
-                    )),
-                    None,
-                )),
-            }
-        },
-    );
+    let frames = HttpFrames {
+        events: Box::pin(futures::stream::unfold(session, |mut session| async move {
+            let event = session.recv().await;
+            Some((event, session))
+        })),
+        queue: std::collections::VecDeque::new(),
+        last_sent: None,
+        ended: false,
+        _activity: activity,
+        name,
+    };
+    let frames = futures::stream::unfold(frames, |mut frames| async move {
+        let next = frames.next_frame().await?;
+        Some((next, frames))
+    });
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
         axum::body::Body::from_stream(frames),
     )
         .into_response())
+}
+
+/// Least time between two frames of an HTTP exec answer. The protocol has no
+/// lengths: a client must see each HTTP chunk apart, and the JS SDK's fetch
+/// merges chunks that reach it together (seen here: 2 answers in 30 merged
+/// when the frames were written back to back), which loses the exit frame or
+/// puts frame bytes into the output. Output that comes meanwhile joins the
+/// frame waiting to go (up to `HTTP_FRAME_MAX`), so the pause costs latency
+/// (this long before the exit frame) but little throughput.
+const HTTP_FRAME_GAP: std::time::Duration = std::time::Duration::from_millis(25);
+const HTTP_FRAME_MAX: usize = 1 << 20;
+
+type Events = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<Option<ExecEvent>, wisp_vm::agent::AgentError>> + Send>,
+>;
+
+/// The frames of an HTTP exec answer, paced by [`HTTP_FRAME_GAP`].
+struct HttpFrames {
+    events: Events,
+    /// Frames ready to go: `[stream, bytes...]`.
+    queue: std::collections::VecDeque<Vec<u8>>,
+    last_sent: Option<tokio::time::Instant>,
+    /// The exit (or a failure) was queued: no more events.
+    ended: bool,
+    /// Keeps the sprite awake while the answer streams.
+    _activity: Activity,
+    name: String,
+}
+
+impl HttpFrames {
+    /// Queues `data` on `stream`, joining the frame at the back when it is of the same
+    /// stream and has room.
+    fn push(&mut self, stream: u8, data: &[u8]) {
+        match self.queue.back_mut() {
+            Some(back) if back[0] == stream && back.len() + data.len() <= HTTP_FRAME_MAX => {
+                back.extend_from_slice(data)
+            }
+            _ => self.queue.push_back(framed(stream, data)),
+        }
+    }
+
+    /// The next frame, once the gap since the last one has passed; `None` at the end.
+    async fn next_frame(&mut self) -> Option<Result<axum::body::Bytes, std::io::Error>> {
+        use futures::StreamExt;
+        loop {
+            let due = self.last_sent.map(|t| t + HTTP_FRAME_GAP);
+            let ready = due.is_none_or(|due| tokio::time::Instant::now() >= due);
+            if ready {
+                if let Some(frame) = self.queue.pop_front() {
+                    self.last_sent = Some(tokio::time::Instant::now());
+                    return Some(Ok(frame.into()));
+                }
+            }
+            if self.ended {
+                if self.queue.is_empty() {
+                    return None;
+                }
+                tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await;
+                continue;
+            }
+            let wait = async {
+                match (due, self.queue.is_empty()) {
+                    (Some(due), false) => tokio::time::sleep_until(due).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                event = self.events.next() => event,
+                () = wait => continue,
+            };
+            match event {
+                Some(Ok(Some(ExecEvent::Stdout(data)))) => self.push(STDOUT, &data),
+                Some(Ok(Some(ExecEvent::Stderr(data)))) => self.push(STDERR, &data),
+                Some(Ok(Some(ExecEvent::Exit(status)))) => {
+                    self.queue
+                        .push_back(vec![EXIT, (status.shell_code() & 0xff) as u8]);
+                    self.ended = true;
+                }
+                Some(Ok(None)) | None => self.ended = true,
+                Some(Err(source)) => {
+                    let name = self.name.clone();
+                    return Some(Err(std::io::Error::other(
+                        ControlError::Exec { name, source }.chain(),
+                    )));
+                }
+            }
+        }
+    }
 }
 
 /// Sends `error` as an `error` message, then closes with 1011 (internal error).
@@ -495,8 +608,8 @@ async fn fail(to_client: &mut futures::stream::SplitSink<WebSocket, Message>, er
 }
 
 /// Close code 1000 after the exit.
-fn normal_close() -> axum::extract::ws::CloseFrame {
-    axum::extract::ws::CloseFrame {
+fn normal_close() -> CloseFrame {
+    CloseFrame {
         code: axum::extract::ws::close_code::NORMAL,
         reason: "".into(),
     }
@@ -547,20 +660,33 @@ mod tests {
         let p = ExecParams::parse("tty=true").unwrap();
         assert_eq!(p.request.argv[..2], ["/bin/sh", "-c"]);
         assert!(p.request.argv[2].contains("${SHELL:-/bin/sh}\" -l"));
-        let sprite_env = [("A".to_string(), "sprite".to_string())].into_iter().collect();
-        let p = ExecParams::parse("cmd=env").unwrap().with_sprite_environment(&sprite_env);
+        let sprite_env = [("A".to_string(), "sprite".to_string())]
+            .into_iter()
+            .collect();
+        let p = ExecParams::parse("cmd=env")
+            .unwrap()
+            .with_sprite_environment(&sprite_env);
         assert!(!p.request.replace_env);
         assert_eq!(p.request.env, [("A".to_string(), "sprite".to_string())]);
         let p = ExecParams::parse("cmd=env&env=B%3D1")
             .unwrap()
             .with_sprite_environment(&sprite_env);
-        assert!(p.request.replace_env, "a request's env is the whole environment");
+        assert!(
+            p.request.replace_env,
+            "a request's env is the whole environment"
+        );
         assert_eq!(p.request.env, [("B".to_string(), "1".to_string())]);
     }
 
     #[test]
     fn signals_by_name_or_number() {
-        for (given, number) in [("TERM", 15), ("SIGKILL", 9), ("sigint", 2), ("HUP", 1), ("10", 10)] {
+        for (given, number) in [
+            ("TERM", 15),
+            ("SIGKILL", 9),
+            ("sigint", 2),
+            ("HUP", 1),
+            ("10", 10),
+        ] {
             assert_eq!(signal_number(given), Some(number), "{given}");
         }
         for bad in ["", "SIGFOO", "0", "65", "-1"] {

@@ -66,7 +66,11 @@ fn fs_error<'a>(name: &'a str, path: &'a str) -> impl FnOnce(AgentError) -> Cont
 
 impl Sprites {
     /// Opens `path` in sprite `name` for reading.
-    pub async fn read_file(self: &Arc<Self>, name: &str, path: &str) -> Result<Download, ControlError> {
+    pub async fn read_file(
+        self: &Arc<Self>,
+        name: &str,
+        path: &str,
+    ) -> Result<Download, ControlError> {
         let activity = self.activity(name).await?;
         let stream = activity
             .agent()
@@ -111,7 +115,12 @@ impl Sprites {
     }
 
     /// Runs `op` in sprite `name`; `path` names it in errors.
-    pub async fn file_op(self: &Arc<Self>, name: &str, path: &str, op: FsOp) -> Result<(), ControlError> {
+    pub async fn file_op(
+        self: &Arc<Self>,
+        name: &str,
+        path: &str,
+        op: FsOp,
+    ) -> Result<(), ControlError> {
         let activity = self.activity(name).await?;
         activity.agent().fs(op).await.map_err(fs_error(name, path))
     }

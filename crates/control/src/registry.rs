@@ -474,7 +474,10 @@ mod tests {
         assert_eq!(names(&second), ["web-3"]);
         assert_eq!(second.next_after, None);
         // `_` and `%` are not wildcards in a prefix.
-        assert_eq!(names(&registry.list("web_", &[], None, 50).unwrap()), ["web_x"]);
+        assert_eq!(
+            names(&registry.list("web_", &[], None, 50).unwrap()),
+            ["web_x"]
+        );
         assert_eq!(registry.list("", &[], None, 50).unwrap().sprites.len(), 5);
     }
 

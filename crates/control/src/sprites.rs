@@ -47,7 +47,8 @@ const MAX_LABEL_LEN: usize = 128;
 
 /// Checks settings from a create or update; the error names the field.
 pub fn validate_settings(settings: &SpriteSettings) -> Result<(), ControlError> {
-    let bad = |field: &str, why: String| Err(ControlError::BadRequest(format!("bad `{field}`: {why}")));
+    let bad =
+        |field: &str, why: String| Err(ControlError::BadRequest(format!("bad `{field}`: {why}")));
     let config = &settings.config;
     if let Some(cpus) = config.cpus.filter(|c| !(1..=MAX_CPUS).contains(c)) {
         return bad("config.cpus", format!("{cpus}; use 1 to {MAX_CPUS}"));
@@ -58,20 +59,28 @@ pub fn validate_settings(settings: &SpriteSettings) -> Result<(), ControlError> 
             format!("{ram}; use {} to {} (MiB)", RAM_MB.start(), RAM_MB.end()),
         );
     }
-    if let Some(gb) = config.storage_gb.filter(|g| !(1..=MAX_STORAGE_GB).contains(g)) {
+    if let Some(gb) = config
+        .storage_gb
+        .filter(|g| !(1..=MAX_STORAGE_GB).contains(g))
+    {
         return bad(
             "config.storage_gb",
             format!("{gb}; a sprite's disk here is at most {MAX_STORAGE_GB} GB"),
         );
     }
     if settings.labels.len() > MAX_LABELS {
-        return bad("labels", format!("{} labels; at most {MAX_LABELS}", settings.labels.len()));
+        return bad(
+            "labels",
+            format!("{} labels; at most {MAX_LABELS}", settings.labels.len()),
+        );
     }
     for label in &settings.labels {
         if label.is_empty() || label.len() > MAX_LABEL_LEN || label.chars().any(char::is_control) {
             return bad(
                 "labels",
-                format!("`{label}`: a label is 1 to {MAX_LABEL_LEN} bytes without control characters"),
+                format!(
+                    "`{label}`: a label is 1 to {MAX_LABEL_LEN} bytes without control characters"
+                ),
             );
         }
     }
@@ -82,11 +91,17 @@ pub fn validate_settings(settings: &SpriteSettings) -> Result<(), ControlError> 
         if !ok {
             return bad(
                 "environment",
-                format!("variable name `{key}`: use letters, digits and `_`, not starting with a digit"),
+                format!(
+                    "variable name `{key}`: use letters, digits and `_`, not starting with a digit"
+                ),
             );
         }
     }
-    if let Some(runtime) = settings.runtime.as_deref().filter(|r| !["default", "dev"].contains(r)) {
+    if let Some(runtime) = settings
+        .runtime
+        .as_deref()
+        .filter(|r| !["default", "dev"].contains(r))
+    {
         return bad("runtime", format!("`{runtime}`; use `default` or `dev`"));
     }
     if let Some(access) = settings
@@ -105,7 +120,10 @@ pub fn validate_settings(settings: &SpriteSettings) -> Result<(), ControlError> 
 /// Labels as given, each kept once, in first-seen order.
 pub fn dedup_labels(labels: Vec<String>) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
-    labels.into_iter().filter(|l| seen.insert(l.clone())).collect()
+    labels
+        .into_iter()
+        .filter(|l| seen.insert(l.clone()))
+        .collect()
 }
 
 /// Now, as the registry stores times: RFC 3339, UTC, whole seconds.

@@ -321,7 +321,14 @@ mod tests {
             Control::Shutdown,
             Control::Error {
                 message: "no".into(),
+                errno: Some("ENOENT".into()),
             },
+            Control::Fs(FsOp::Chown {
+                path: "/a".into(),
+                user: Some("root".into()),
+                group: None,
+                recursive: true,
+            }),
         ];
         for m in msgs {
             let j = serde_json::to_vec(&m).unwrap();

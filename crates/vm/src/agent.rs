@@ -1173,6 +1173,7 @@ mod tests {
             let _ = read_frame(&mut peer, &mut buf).await;
             let err = Control::Error {
                 message: "protocol version `1` is not supported; this agent speaks 2".into(),
+                errno: None,
             };
             send(&mut peer, &Frame::control(0, &err)).await;
             tokio::time::sleep(Duration::from_secs(5)).await;

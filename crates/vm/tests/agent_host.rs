@@ -105,7 +105,8 @@ async fn hello_and_exec_with_stdout_stderr_and_exit_codes() {
     for _ in 0..40 {
         let err = a.client.run(["/nonexistent/program"]).await.unwrap_err();
         assert!(
-            matches!(err, AgentError::Remote(ref m) if m.contains("/nonexistent/program")),
+            matches!(err, AgentError::Os { ref errno, ref message }
+                if errno == "ENOENT" && message.contains("/nonexistent/program")),
             "{err}"
         );
     }
@@ -408,7 +409,8 @@ async fn file_write_and_read_over_100_mib() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, AgentError::Remote(ref m) if m.contains("/nonexistent/x")),
+        matches!(err, AgentError::Os { ref errno, ref message }
+            if errno == "ENOENT" && message.contains("/nonexistent/x")),
         "{err}"
     );
     let err = a
@@ -639,5 +641,161 @@ async fn dropping_a_session_kills_its_process() {
         (st.is_empty() || st.contains(") Z")).then_some(())
     })
     .await;
+    a.client.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn filesystem_operations_answer_with_errno_names() {
+    use wisp_vm::agent::{FsOp, WriteOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+    let root = dir.path().join("fs");
+    let at = |p: &str| root.join(p).to_string_lossy().into_owned();
+    let errno = |e: AgentError| match e {
+        AgentError::Os { errno, .. } => errno,
+        other => panic!("expected an errno, got {other}"),
+    };
+
+    // Without mkdir_parents only the immediate parent is made.
+    let options = |mkdir_parents, keep_existing| WriteOptions {
+        mode: 0o640,
+        uid: None,
+        gid: None,
+        mkdir_parents,
+        keep_existing,
+    };
+    let w = a
+        .client
+        .write_file_with(&at("a/b/c.txt"), options(false, false), &b"x"[..])
+        .await
+        .unwrap_err();
+    assert_eq!(errno(w), "ENOENT");
+    a.client
+        .write_file_with(&at("a/b/c.txt"), options(true, false), &b"hello"[..])
+        .await
+        .unwrap();
+    a.client
+        .write_file_with(&at("a/d/e.txt"), options(false, false), &b""[..])
+        .await
+        .unwrap();
+    // An existing file keeps its mode when asked.
+    std::fs::set_permissions(
+        root.join("a/b/c.txt"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    a.client
+        .write_file_with(&at("a/b/c.txt"), options(true, true), &b"again"[..])
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(root.join("a/b/c.txt")).unwrap().mode();
+    assert_eq!(mode & 0o777, 0o700);
+
+    // Listings: a folder's entries, recursive, by pattern; a file's own entry.
+    let names = |entries: Vec<wisp_vm::agent::FsEntry>| {
+        entries.into_iter().map(|e| e.name).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(a.client.list(&at("a"), false, None).await.unwrap()),
+        ["b", "d"]
+    );
+    assert_eq!(
+        names(a.client.list(&at("a"), true, Some("*.txt")).await.unwrap()),
+        ["b/c.txt", "d/e.txt"]
+    );
+    let file = a.client.list(&at("a/b/c.txt"), false, None).await.unwrap();
+    assert_eq!((file[0].kind.as_str(), file[0].size), ("file", 5));
+    assert_eq!(
+        errno(a.client.list(&at("zz"), false, None).await.unwrap_err()),
+        "ENOENT"
+    );
+    let read = a.client.open_read(&at("a")).await.err().unwrap();
+    assert_eq!(errno(read), "EISDIR");
+
+    // One-answer operations.
+    let op = |op| a.client.fs(op);
+    op(FsOp::Copy {
+        from: at("a"),
+        to: at("copy"),
+        recursive: true,
+        preserve: true,
+    })
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(root.join("copy/b/c.txt")).unwrap(), b"again");
+    let not_recursive = op(FsOp::Copy {
+        from: at("a"),
+        to: at("copy2"),
+        recursive: false,
+        preserve: false,
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(errno(not_recursive), "EISDIR");
+    op(FsOp::Rename {
+        from: at("copy/b/c.txt"),
+        to: at("copy/moved.txt"),
+    })
+    .await
+    .unwrap();
+    assert!(root.join("copy/moved.txt").exists() && !root.join("copy/b/c.txt").exists());
+    op(FsOp::Chmod {
+        path: at("copy"),
+        mode: 0o750,
+        recursive: true,
+    })
+    .await
+    .unwrap();
+    let mode = std::fs::metadata(root.join("copy/moved.txt"))
+        .unwrap()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o750);
+    op(FsOp::Chown {
+        path: at("copy"),
+        user: Some("4321".into()),
+        group: Some("8765".into()),
+        recursive: true,
+    })
+    .await
+    .unwrap();
+    let meta = std::fs::metadata(root.join("copy/moved.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4321, 8765));
+    let unknown = op(FsOp::Chown {
+        path: at("copy"),
+        user: Some("no-such-user".into()),
+        group: None,
+        recursive: false,
+    })
+    .await
+    .unwrap_err();
+    assert!(unknown.to_string().contains("no-such-user"), "{unknown}");
+    let not_empty = op(FsOp::Delete {
+        path: at("copy"),
+        recursive: false,
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(errno(not_empty), "ENOTEMPTY");
+    op(FsOp::Delete {
+        path: at("copy"),
+        recursive: true,
+    })
+    .await
+    .unwrap();
+    assert!(!root.join("copy").exists());
+    let gone = op(FsOp::Delete {
+        path: at("copy"),
+        recursive: true,
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(errno(gone), "ENOENT");
+    let relative = op(FsOp::Delete {
+        path: "relative".into(),
+        recursive: false,
+    })
+    .await
+    .unwrap_err();
+    assert!(relative.to_string().contains("not absolute"), "{relative}");
     a.client.ping().await.unwrap();
 }

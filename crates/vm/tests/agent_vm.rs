@@ -79,7 +79,8 @@ async fn agent_as_pid1_in_a_real_vm() {
     assert_eq!(out.status.code, Some(7));
     let err = a.run(["no-such-program"]).await.unwrap_err();
     assert!(
-        matches!(&err, AgentError::Remote(m) if m.contains("No such file")),
+        matches!(&err, AgentError::Os { errno, message }
+            if errno == "ENOENT" && message.contains("No such file")),
         "{err}"
     );
     sh(

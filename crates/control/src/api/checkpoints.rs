@@ -106,5 +106,3 @@ pub(super) async fn restore_checkpoint(
         format!("Restored to {id}"),
     ))
 }
-
-

@@ -164,4 +164,3 @@ async fn not_found(uri: axum::http::Uri) -> ControlError {
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ControlError {
     ControlError::MethodNotAllowed(format!("{method} {}", uri.path()))
 }
-

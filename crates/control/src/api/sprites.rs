@@ -44,7 +44,9 @@ impl AppState {
             labels: settings.labels,
             config: ConfigView {
                 cpus: config.cpus.unwrap_or(wisp_vm::machine::DEFAULT_CPUS),
-                ram_mb: config.ram_mb.unwrap_or(wisp_vm::machine::DEFAULT_MEMORY_MIB),
+                ram_mb: config
+                    .ram_mb
+                    .unwrap_or(wisp_vm::machine::DEFAULT_MEMORY_MIB),
                 storage_gb: config.storage_gb.unwrap_or(MAX_STORAGE_GB),
                 region: config.region.clone().unwrap_or_else(|| "local".into()),
             },
@@ -165,13 +167,16 @@ impl ListParams {
                 "label" | "labels" => params.labels.push(value.into_owned()),
                 "continuation_token" => params.continuation_token = Some(value.into_owned()),
                 "max_results" => {
-                    params.max_results = value.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(
-                        || {
-                            ControlError::BadRequest(format!(
-                                "bad `max_results` value `{value}`: use a count of at least 1"
-                            ))
-                        },
-                    )?
+                    params.max_results =
+                        value
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| {
+                                ControlError::BadRequest(format!(
+                                    "bad `max_results` value `{value}`: use a count of at least 1"
+                                ))
+                            })?
                 }
                 "bulk_load" => {
                     crate::exec::parse_bool("bulk_load", &value)?;
@@ -257,7 +262,8 @@ mod tests {
 
     #[test]
     fn list_parameters_clamp_and_name_bad_values() {
-        let p = ListParams::parse("max_results=100&bulk_load=true&label=a&label=b&prefix=w").unwrap();
+        let p =
+            ListParams::parse("max_results=100&bulk_load=true&label=a&label=b&prefix=w").unwrap();
         assert_eq!(p.max_results, MAX_PAGE);
         assert_eq!(p.labels, ["a", "b"]);
         assert_eq!(p.prefix, "w");

@@ -1,0 +1,377 @@
+// Runs the public Sprites JavaScript SDK (@fly/sprites, pinned in package.json) against
+// a wisp server: every public method of SpritesClient and Sprite that wisp serves, each
+// checked for the right answer. Prints one line per check and a JSON summary last;
+// exits 1 when any check failed.
+//
+// Environment: WISP_URL (the API), WISP_TOKEN (the host token), WISP_SPRITE (a name
+// this run may create and delete).
+//
+// Run by crates/cli/tests/sdk_js.rs; by hand:
+//   WISP_URL=http://127.0.0.1:7070 WISP_TOKEN=$(cat .wisp/token) WISP_SPRITE=sdk \
+//     node --experimental-websocket tests/sdk-js/conformance.mjs
+
+import { createHash, randomBytes } from 'node:crypto';
+
+// The SDK needs a global WebSocket that takes headers: Node 22+ has one, Node 20 with
+// --experimental-websocket; on older ones the `ws` package stands in.
+if (typeof globalThis.WebSocket === 'undefined') {
+  const { WebSocket } = await import('ws');
+  globalThis.WebSocket = WebSocket;
+}
+
+const { SpritesClient, ExecError, APIError } = await import('@fly/sprites');
+
+const url = process.env.WISP_URL;
+const token = process.env.WISP_TOKEN;
+const name = process.env.WISP_SPRITE || 'sdk';
+if (!url || !token) {
+  console.error('set WISP_URL and WISP_TOKEN');
+  process.exit(2);
+}
+
+const client = new SpritesClient(token, { baseURL: url, timeout: 120000 });
+const results = [];
+
+function assert(cond, message) {
+  if (!cond) throw new Error(`assertion failed: ${message}`);
+}
+
+function equal(got, want, what) {
+  const g = JSON.stringify(got);
+  const w = JSON.stringify(want);
+  if (g !== w) throw new Error(`${what}: got ${g}, want ${w}`);
+}
+
+async function check(label, fn) {
+  const started = Date.now();
+  try {
+    await fn();
+    results.push({ check: label, ok: true, ms: Date.now() - started });
+    console.log(`ok   ${label}`);
+  } catch (e) {
+    results.push({ check: label, ok: false, error: String(e?.stack || e) });
+    console.log(`FAIL ${label}: ${e?.stack || e}`);
+  }
+}
+
+/** A rejection of `promise`, or a failure when it resolves. */
+async function rejection(promise, what) {
+  try {
+    await promise;
+  } catch (e) {
+    return e;
+  }
+  throw new Error(`${what} should have failed`);
+}
+
+/** Collects a spawned command's output and exit code (and text messages). */
+function collect(cmd) {
+  return new Promise((resolve, reject) => {
+    const out = { stdout: '', stderr: '', messages: [] };
+    cmd.stdout.on('data', (d) => { out.stdout += d.toString(); });
+    cmd.stderr.on('data', (d) => { out.stderr += d.toString(); });
+    cmd.on('message', (m) => out.messages.push(m));
+    cmd.on('error', reject);
+    cmd.on('exit', (code) => { out.code = code; resolve(out); });
+  });
+}
+
+const sha = (buf) => createHash('sha256').update(buf).digest('hex');
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+let sprite;
+
+// ---- sprite management (SpritesClient) ----
+await check('createSprite with config and labels', async () => {
+  sprite = await client.createSprite(name, {
+    config: { cpus: 1, ramMB: 512 },
+    labels: ['sdk', 'js'],
+    environment: { SPRITE_VAR: 'from-sprite' },
+  });
+  equal(sprite.name, name, 'name');
+  equal(sprite.labels, ['sdk', 'js'], 'labels');
+  equal(sprite.config.cpus, 1, 'config.cpus');
+  equal(sprite.config.ramMB, 512, 'config.ramMB');
+  assert(sprite.createdAt instanceof Date && !isNaN(sprite.createdAt), 'createdAt is a date');
+});
+
+await check('createSprite of a taken name is an APIError 409', async () => {
+  const e = await rejection(client.createSprite(name), 'a second create');
+  assert(e instanceof APIError, `APIError, got ${e}`);
+  equal(e.statusCode, 409, 'status');
+  equal(e.errorCode, 'conflict', 'error code');
+});
+
+await check('getSprite', async () => {
+  const s = await client.getSprite(name);
+  equal(s.name, name, 'name');
+  assert(['cold', 'warm', 'running'].includes(s.status), `status ${s.status}`);
+  equal(s.environment, { SPRITE_VAR: 'from-sprite' }, 'environment');
+});
+
+await check('getSprite of a missing sprite is an APIError 404', async () => {
+  const e = await rejection(client.getSprite('no-such-sprite'), 'get of a missing sprite');
+  assert(e instanceof APIError, `APIError, got ${e}`);
+  equal(e.statusCode, 404, 'status');
+  equal(e.errorCode, 'not_found', 'error code');
+});
+
+await check('listSprites with maxResults 100 and a prefix', async () => {
+  const page = await client.listSprites({ maxResults: 100, prefix: name });
+  assert(page.sprites.some((s) => s.name === name), 'lists the sprite');
+  equal(page.hasMore, false, 'hasMore');
+});
+
+await check('listSprites with bulkLoad', async () => {
+  const page = await client.listSprites({ bulkLoad: true });
+  assert(page.sprites.some((s) => s.name === name), 'lists the sprite');
+});
+
+await check('listAllSprites', async () => {
+  const all = await client.listAllSprites();
+  assert(all.some((s) => s.name === name), 'lists the sprite');
+});
+
+await check('updateSprite labels, then updateURLSettings', async () => {
+  const updated = await client.updateSprite(name, { labels: ['sdk', 'updated'] });
+  equal(updated.labels, ['sdk', 'updated'], 'labels');
+  await client.updateURLSettings(name, { auth: 'public' });
+  const s = await client.getSprite(name);
+  equal(s.urlSettings.auth, 'public', 'url auth');
+  equal(s.labels, ['sdk', 'updated'], 'labels kept');
+  await sprite.updateURLSettings({ auth: 'sprite' });
+  const back = await sprite.update({ labels: ['sdk'] });
+  equal(back.urlSettings.auth, 'sprite', 'url auth back');
+  equal(back.labels, ['sdk'], 'labels back');
+});
+
+// ---- exec ----
+await check('execFile (wakes the sprite)', async () => {
+  const r = await sprite.execFile('echo', ['hello', 'sdk']);
+  equal(r.stdout, 'hello sdk\n', 'stdout');
+  equal(r.exitCode, 0, 'exit code');
+});
+
+await check('exec splits its command', async () => {
+  const r = await sprite.exec('echo one two');
+  equal(r.stdout, 'one two\n', 'stdout');
+});
+
+await check('execFile exit code, stdout and stderr of a failing command', async () => {
+  const e = await rejection(sprite.execFile('sh', ['-c', 'echo out; echo err >&2; exit 7']), 'exit 7');
+  assert(e instanceof ExecError, `ExecError, got ${e}`);
+  equal(e.exitCode, 7, 'exit code');
+  equal(e.stdout, 'out\n', 'stdout');
+  equal(e.stderr, 'err\n', 'stderr');
+});
+
+await check('exit codes 0..255 and 128+N for a signal', async () => {
+  for (const code of [1, 2, 127, 128, 200, 255]) {
+    const e = await rejection(sprite.execFile('sh', ['-c', `exit ${code}`]), `exit ${code}`);
+    equal(e.exitCode, code, `exit ${code}`);
+  }
+  const e = await rejection(sprite.execFile('sh', ['-c', 'kill -9 $$']), 'kill -9');
+  equal(e.exitCode, 137, 'killed by SIGKILL');
+});
+
+await check('env replaces the environment, cwd sets the folder', async () => {
+  const r = await sprite.execFile('sh', ['-c', 'echo "$FOO|$SPRITE_VAR"; pwd'], {
+    env: { FOO: 'bar' },
+    cwd: '/tmp',
+  });
+  equal(r.stdout, 'bar|\n/tmp\n', 'stdout');
+  const d = await sprite.execFile('sh', ['-c', 'echo "$SPRITE_VAR|$HOME"']);
+  equal(d.stdout, 'from-sprite|/root\n', 'default environment with the sprite\'s');
+});
+
+await check('spawn with stdin', async () => {
+  const cmd = sprite.spawn('tr', ['a-z', 'A-Z']);
+  const done = collect(cmd);
+  await new Promise((resolve) => cmd.once('spawn', resolve));
+  cmd.stdin.write('shout ');
+  cmd.stdin.end('quietly\n');
+  const out = await done;
+  equal(out.stdout, 'SHOUT QUIETLY\n', 'stdout');
+  equal(out.code, 0, 'exit code');
+});
+
+await check('kill delivers the signal (SIGTERM: 143)', async () => {
+  const cmd = sprite.spawn('sh', ['-c', 'echo ready; exec sleep 60']);
+  const done = collect(cmd);
+  await new Promise((resolve) => cmd.stdout.once('data', resolve));
+  cmd.kill('SIGTERM');
+  const out = await done;
+  equal(out.code, 143, 'exit code');
+});
+
+await check('signal by name without SIG (INT: 130)', async () => {
+  const cmd = sprite.spawn('sh', ['-c', 'echo ready; exec sleep 60']);
+  const done = collect(cmd);
+  await new Promise((resolve) => cmd.stdout.once('data', resolve));
+  cmd.signal('INT');
+  equal((await done).code, 130, 'exit code');
+});
+
+await check('TTY: exit 0 is 0, a failure is non-zero, the exit message has the code', async () => {
+  const ok = await collect(sprite.spawn('sh', ['-c', 'tty >/dev/null && exit 0'], { tty: true }));
+  equal(ok.code, 0, 'exit 0');
+  const bad = await collect(sprite.spawn('sh', ['-c', 'exit 3'], { tty: true }));
+  // The JS SDK reads a terminal's exit code from the close code: 1 for any failure.
+  equal(bad.code, 1, 'a failing terminal command');
+  const exit = bad.messages.find((m) => m && m.type === 'exit');
+  equal(exit && exit.exit_code, 3, 'the exit message');
+  const info = bad.messages.find((m) => m && m.type === 'session_info');
+  assert(info && info.tty === true && typeof info.session_id === 'string', 'session_info first');
+});
+
+await check('TTY resize', async () => {
+  const cmd = sprite.spawn('sh', ['-c', 'sleep 2; stty size'], { tty: true, rows: 24, cols: 80 });
+  const done = collect(cmd);
+  await new Promise((resolve) => cmd.once('spawn', resolve));
+  cmd.resize(100, 40);
+  const out = await done;
+  assert(out.stdout.includes('40 100'), `stty size after resize: ${JSON.stringify(out.stdout)}`);
+});
+
+await check('execFileHTTP with input', async () => {
+  const r = await sprite.execFileHTTP('sh', ['-c', 'cat; echo done'], { input: 'piped\n' });
+  equal(r.stdout, 'piped\ndone\n', 'stdout');
+  const e = await rejection(
+    sprite.execFileHTTP('sh', ['-c', 'echo err >&2; exit 4']),
+    'HTTP exec of exit 4',
+  );
+  equal(e.exitCode, 4, 'exit code');
+  equal(e.stderr, 'err\n', 'stderr');
+});
+
+await check('16 MiB through exec stdout, byte-exact', async () => {
+  const r = await sprite.execFile('sh', ['-c', 'head -c 16777216 /dev/urandom | tee /tmp/big | wc -c >&2; cat /tmp/big'], {
+    encoding: 'buffer',
+    maxBuffer: 64 << 20,
+  });
+  equal(r.stdout.length, 16 << 20, 'bytes');
+  const want = await sprite.execFile('sh', ['-c', 'sha256sum /tmp/big']);
+  equal(sha(r.stdout), want.stdout.split(' ')[0], 'sha256');
+});
+
+// ---- filesystem ----
+const fs = () => sprite.filesystem('/root');
+
+await check('filesystem writeFile/readFile/stat', async () => {
+  await fs().writeFile('dir/a.txt', 'hello', { mode: 0o640 });
+  equal(await fs().readFile('dir/a.txt', 'utf8'), 'hello', 'contents');
+  const st = await fs().stat('dir/a.txt');
+  equal(st.size, 5, 'size');
+  equal(st.mode & 0o777, 0o640, 'mode');
+  assert(st.isFile() && !st.isDirectory(), 'a file');
+  const sh = await sprite.execFile('cat', ['/root/dir/a.txt']);
+  equal(sh.stdout, 'hello', 'seen by a command');
+});
+
+await check('filesystem exists, and errors with errno codes', async () => {
+  equal(await fs().exists('dir/a.txt'), true, 'exists');
+  equal(await fs().exists('dir/missing'), false, 'missing');
+  const e = await rejection(fs().readFile('dir/missing'), 'read of a missing file');
+  equal(e.code, 'ENOENT', 'code');
+  const d = await rejection(fs().readFile('dir'), 'read of a folder');
+  equal(d.code, 'EISDIR', 'code');
+});
+
+await check('filesystem readdir, recursive and with a pattern', async () => {
+  await fs().writeFile('dir/sub/b.md', '# b');
+  equal(await fs().readdir('dir'), ['a.txt', 'sub'], 'entries');
+  equal(await fs().readdir('dir', { recursive: true }), ['a.txt', 'sub', 'sub/b.md'], 'recursive');
+  equal(await fs().readdir('dir', { recursive: true, pattern: '*.md' }), ['sub/b.md'], 'pattern');
+  const typed = await fs().readdir('dir', { withFileTypes: true });
+  equal(typed.map((d) => [d.name, d.isDirectory()]), [['a.txt', false], ['sub', true]], 'dirents');
+});
+
+await check('filesystem mkdir (recursive and not), rm', async () => {
+  await fs().mkdir('made/deep/er', { recursive: true });
+  await fs().mkdir('single');
+  const ls = await sprite.execFile('sh', ['-c', 'cd /root && ls -d made/deep/er single && ls -A single | wc -l']);
+  equal(ls.stdout, 'made/deep/er\nsingle\n0\n', 'folders made, no .keep left');
+  const e = await rejection(fs().rm('made'), 'rm of a non-empty folder');
+  equal(e.code, 'ENOTEMPTY', 'code');
+  await fs().rm('made', { recursive: true });
+  await fs().rm('made', { force: true });
+  equal(await fs().exists('made'), false, 'removed');
+});
+
+await check('filesystem rename, copyFile (file and folder), chmod, chown', async () => {
+  await fs().rename('dir/a.txt', 'dir/b.txt');
+  equal(await fs().exists('dir/a.txt'), false, 'old name gone');
+  await fs().copyFile('dir/b.txt', 'dir/c.txt');
+  equal(await fs().readFile('dir/c.txt', 'utf8'), 'hello', 'copy');
+  await fs().copyFile('dir', 'dir2', { recursive: true });
+  equal(await fs().readFile('dir2/sub/b.md', 'utf8'), '# b', 'folder copy');
+  await fs().chmod('dir/c.txt', 0o755);
+  equal((await fs().stat('dir/c.txt')).mode & 0o777, 0o755, 'chmod');
+  await fs().chown('dir/c.txt', { uid: 1234, gid: 5678 });
+  const owner = await sprite.execFile('stat', ['-c', '%u:%g', '/root/dir/c.txt']);
+  equal(owner.stdout, '1234:5678\n', 'chown');
+  await fs().chown('dir/c.txt', { uid: 'root', gid: 0 });
+  const back = await sprite.execFile('stat', ['-c', '%u:%g', '/root/dir/c.txt']);
+  equal(back.stdout, '0:0\n', 'chown by name');
+});
+
+await check('filesystem appendFile, writeJSON/readJSON', async () => {
+  await fs().appendFile('log.txt', 'one\n');
+  await fs().appendFile('log.txt', 'two\n');
+  equal(await fs().readFile('log.txt', 'utf8'), 'one\ntwo\n', 'appended');
+  await fs().writeJSON('conf.json', { a: [1, 2], b: 'x' });
+  equal(await fs().readJSON('conf.json'), { a: [1, 2], b: 'x' }, 'json');
+});
+
+await check('filesystem 16 MiB write and read, byte-exact', async () => {
+  const data = randomBytes(16 << 20);
+  await fs().writeFile('big.bin', data);
+  const back = await fs().readFile('big.bin');
+  equal(back.length, data.length, 'bytes');
+  equal(sha(back), sha(data), 'sha256');
+  const inside = await sprite.execFile('sha256sum', ['/root/big.bin']);
+  equal(inside.stdout.split(' ')[0], sha(data), 'sha256 inside the sprite');
+});
+
+// ---- checkpoints ----
+let checkpointId;
+await check('createCheckpoint streams to completion, listCheckpoints, getCheckpoint', async () => {
+  await fs().writeFile('state.txt', 'before');
+  const stream = await sprite.createCheckpoint('from the sdk');
+  const events = [];
+  for (let m = await stream.next(); m; m = await stream.next()) events.push(m);
+  assert(events.some((m) => m.type === 'complete'), `a complete event: ${JSON.stringify(events)}`);
+  const list = await sprite.listCheckpoints();
+  const mine = list.find((c) => c.comment === 'from the sdk');
+  assert(mine, `listed: ${JSON.stringify(list)}`);
+  checkpointId = mine.id;
+  const one = await sprite.getCheckpoint(checkpointId);
+  equal(one.id, checkpointId, 'id');
+  assert(one.createTime instanceof Date && !isNaN(one.createTime), 'createTime');
+});
+
+await check('restoreCheckpoint brings the disk back', async () => {
+  await fs().writeFile('state.txt', 'after');
+  const stream = await sprite.restoreCheckpoint(checkpointId);
+  const events = [];
+  for (let m = await stream.next(); m; m = await stream.next()) events.push(m);
+  assert(events.some((m) => m.type === 'complete'), `a complete event: ${JSON.stringify(events)}`);
+  equal(await fs().readFile('state.txt', 'utf8'), 'before', 'restored');
+});
+
+// ---- services ----
+await check('listServices', async () => {
+  const list = await sprite.listServices();
+  assert(Array.isArray(list), 'an array');
+});
+
+// ---- the end ----
+await check('deleteSprite', async () => {
+  await sprite.delete();
+  const e = await rejection(client.getSprite(name), 'get after delete');
+  equal(e.statusCode, 404, 'gone');
+});
+
+const failed = results.filter((r) => !r.ok);
+console.log(JSON.stringify({ summary: { checks: results.length, failed: failed.map((r) => r.check) } }));
+process.exit(failed.length ? 1 : 0);
