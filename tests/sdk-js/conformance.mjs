@@ -365,6 +365,37 @@ await check('listServices', async () => {
   assert(Array.isArray(list), 'an array');
 });
 
+// ---- the rest of the surface ----
+await check('check (awake: healthy), restart, upgrade', async () => {
+  await sprite.execFile('true');
+  const health = await sprite.check();
+  equal(health.status, 'healthy', 'status');
+  equal(health.spriteName, name, 'spriteName');
+  assert(health.checkedAt instanceof Date && !isNaN(health.checkedAt), 'checkedAt');
+  await fs().writeFile('/tmp/gone-after-restart', 'x');
+  const restarted = await sprite.restart();
+  equal(restarted.spriteName, name, 'spriteName');
+  equal(await fs().exists('/root/state.txt'), true, 'the disk survives a restart');
+  equal(await fs().exists('/tmp/gone-after-restart'), false, 'a restart is a new boot (tmpfs /tmp)');
+  await sprite.upgrade();
+});
+
+await check('watchSprites streams the list, then changes', async () => {
+  const stream = await client.watchSprites({ prefix: name });
+  const first = await stream.next();
+  equal(first.name, name, 'first line');
+  assert(first.organization && typeof first.organization.running === 'number', 'org counts');
+  await client.updateSprite(name, { labels: ['watched'] });
+  const change = await stream.next();
+  equal(change.name, name, 'a change line');
+  stream.close();
+});
+
+await check('policy calls fail at once, naming what is missing (501)', async () => {
+  const e = await rejection(sprite.getNetworkPolicy(), 'getNetworkPolicy');
+  assert(String(e).includes('501') && String(e).includes('not implemented'), String(e));
+});
+
 // ---- the end ----
 await check('deleteSprite', async () => {
   await sprite.delete();

@@ -49,6 +49,9 @@ pub enum ControlError {
     Unauthorized(String),
     #[error("{0}")]
     BadGateway(String),
+    /// A Sprites call wisp does not serve yet.
+    #[error("{0}")]
+    NotImplemented(String),
     /// The request is fine but the host cannot serve it yet (for example
     /// the standard image is not built).
     #[error("{0}")]
@@ -92,6 +95,7 @@ impl ControlError {
             ControlError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ControlError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ControlError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ControlError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ControlError::Unavailable(_) | ControlError::Wake { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

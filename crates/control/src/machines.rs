@@ -108,6 +108,8 @@ pub struct Machines {
     awake: Mutex<HashMap<String, Arc<Awake>>>,
     /// A sprite with no request for this long is put to sleep.
     pub idle_timeout: Duration,
+    /// The name of each sprite that woke or fell asleep (see [`Machines::changes`]).
+    changes: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Machines {
@@ -118,7 +120,20 @@ impl Machines {
             runtime: tokio::sync::OnceCell::new(),
             awake: Mutex::default(),
             idle_timeout,
+            changes: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    /// Names of sprites as they wake or fall asleep (and as [`Machines::changed`]
+    /// reports other changes). A receiver that falls behind skips what it missed.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// Tells [`Machines::changes`] receivers that sprite `name` changed.
+    pub fn changed(&self, name: &str) {
+        // No receiver is not an error.
+        let _ = self.changes.send(name.to_string());
     }
 
     fn awake_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Awake>>> {
@@ -223,6 +238,7 @@ impl Machines {
             last_active: Mutex::new(Instant::now()),
         });
         self.awake_map().insert(name.to_string(), awake.clone());
+        self.changed(name);
         Ok(awake)
     }
 
@@ -251,6 +267,7 @@ impl Machines {
             }
         };
         tracing::info!(sprite = %name, "sprite asleep");
+        self.changed(name);
         stopped.map_err(|source| ControlError::Wake {
             name: name.to_string(),
             source,

@@ -289,7 +289,12 @@ impl Registry {
         let wanted = serde_json::to_string(labels).unwrap_or_else(|_| "[]".into());
         // One more than asked tells whether another page exists.
         let rows = stmt.query_map(
-            params![prefix, after.unwrap_or(""), limit as i64 + 1, wanted],
+            params![
+                prefix,
+                after.unwrap_or(""),
+                (limit as i64).saturating_add(1),
+                wanted
+            ],
             raw_row,
         )?;
         let mut sprites = Vec::new();

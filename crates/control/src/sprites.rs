@@ -193,6 +193,11 @@ impl Sprites {
         &self.store
     }
 
+    /// How many sprites are awake.
+    pub fn awake_count(&self) -> usize {
+        self.machines.names().len()
+    }
+
     /// Whether sprite `name`'s VM is running.
     pub fn is_awake(&self, name: &str) -> bool {
         self.machines.get(name).is_some()
@@ -307,6 +312,7 @@ impl Sprites {
             return Err(e.into());
         }
         tracing::info!(sprite = %name, volume = %record.volume, "sprite created");
+        self.machines.changed(name);
         Ok(record)
     }
 
@@ -346,7 +352,46 @@ impl Sprites {
         if let Some(e) = invalid {
             return Err(e);
         }
-        updated.ok_or_else(|| not_found(name))
+        let updated = updated.ok_or_else(|| not_found(name))?;
+        self.machines.changed(name);
+        Ok(updated)
+    }
+
+    /// Names of sprites as they are created, changed, woken, put to sleep or
+    /// deleted (for `watchSprites`).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.machines.changes()
+    }
+
+    /// Stops sprite `name`'s VM if it runs and boots it again (its disk, its
+    /// services; memory is lost). Returns once it is up.
+    pub async fn restart(self: &Arc<Self>, name: &str) -> Result<(), ControlError> {
+        {
+            let _turn = self.turn(name).await;
+            self.get(name)?;
+            self.machines.sleep(name).await?;
+        }
+        drop(self.activity(name).await?);
+        tracing::info!(sprite = %name, "sprite restarted");
+        Ok(())
+    }
+
+    /// Whether sprite `name` answers: its agent's round trip when awake, or
+    /// `None` when it sleeps (a check does not wake it).
+    pub async fn check(
+        &self,
+        name: &str,
+    ) -> Result<Option<Result<Duration, String>>, ControlError> {
+        self.get(name)?;
+        let Some(awake) = self.machines.get(name) else {
+            return Ok(None);
+        };
+        let ping = tokio::time::timeout(Duration::from_secs(10), awake.agent().ping()).await;
+        Ok(Some(match ping {
+            Ok(Ok(rtt)) => Ok(rtt),
+            Ok(Err(e)) => Err(format!("its agent did not answer: {e}")),
+            Err(_) => Err("its agent did not answer within 10 s".to_string()),
+        }))
     }
 
     pub fn set_url_auth(
@@ -377,6 +422,7 @@ impl Sprites {
         }
         self.registry.remove(name)?;
         tracing::info!(sprite = %name, "sprite deleted");
+        self.machines.changed(name);
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 mod checkpoints;
 mod exec;
 mod fs;
+mod policy;
 mod services;
 mod sprites;
 
@@ -92,6 +93,15 @@ pub(crate) fn router(state: AppState) -> Router {
             get(sprites::get_sprite)
                 .put(sprites::update_sprite)
                 .delete(sprites::delete_sprite),
+        )
+        .route("/v1/sprites/{name}/upgrade", post(sprites::upgrade_sprite))
+        .route("/v1/sprites/{name}/restart", post(sprites::restart_sprite))
+        .route("/v1/sprites/{name}/check", get(sprites::check_sprite))
+        .route(
+            "/v1/sprites/{name}/policy/{kind}",
+            get(policy::not_yet)
+                .post(policy::not_yet)
+                .delete(policy::not_yet),
         )
         .route(
             "/v1/sprites/{name}/exec",

@@ -4,6 +4,7 @@
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 
@@ -196,8 +197,16 @@ impl ListParams {
 pub(super) async fn list_sprites(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-) -> Result<Json<ListView>, ControlError> {
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ControlError> {
     let params = ListParams::parse(query.as_deref().unwrap_or(""))?;
+    let ndjson = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    if ndjson {
+        return Ok(watch_sprites(state, params));
+    }
     let page = state.sprites.list(
         &params.prefix,
         &params.labels,
@@ -208,7 +217,150 @@ pub(super) async fn list_sprites(
         has_more: page.next_after.is_some(),
         next_continuation_token: page.next_after,
         sprites: page.sprites.into_iter().map(|r| state.view(r)).collect(),
-    }))
+    })
+    .into_response())
+}
+
+/// Most sprites a watch lists at its start.
+const WATCH_MAX: usize = 100_000;
+
+/// How often `watchSprites` sends a heartbeat line when nothing changed.
+const WATCH_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `GET /v1/sprites` with `Accept: application/x-ndjson` (the JS SDK's
+/// `watchSprites`): a line per matching sprite now, then a line each time one
+/// is created, changes, wakes, sleeps or is deleted (`status: "deleted"`), and
+/// a `heartbeat` line every 15 s; it lasts until the client goes away.
+fn watch_sprites(state: AppState, params: ListParams) -> axum::response::Response {
+    let changes = state.sprites.changes();
+    let first = state
+        .sprites
+        .list(&params.prefix, &params.labels, None, WATCH_MAX)
+        .map(|page| page.sprites.into_iter().map(|r| r.name).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let lines = futures::stream::unfold(
+        (state, params, changes, first.into_iter()),
+        |(state, params, mut changes, mut first)| async move {
+            let line = loop {
+                if let Some(name) = first.next() {
+                    break watch_line(&state, &name);
+                }
+                let changed = tokio::time::timeout(WATCH_HEARTBEAT, changes.recv()).await;
+                match changed {
+                    Err(_) => break heartbeat(&state),
+                    Ok(Ok(name)) if name.starts_with(&params.prefix) => {
+                        break watch_line(&state, &name)
+                    }
+                    Ok(Ok(_)) => {}
+                    // Missed changes: send the whole list again.
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                        first = state
+                            .sprites
+                            .list(&params.prefix, &params.labels, None, WATCH_MAX)
+                            .map(|p| p.sprites.into_iter().map(|r| r.name).collect::<Vec<_>>())
+                            .unwrap_or_default()
+                            .into_iter();
+                    }
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+                }
+            };
+            let mut text = line.to_string();
+            text.push('\n');
+            Some((
+                Ok::<_, std::convert::Infallible>(text),
+                (state, params, changes, first),
+            ))
+        },
+    );
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+/// Counts of this host's sprites by status, in the `org` shape of a watch line.
+fn org_counts(state: &AppState) -> serde_json::Value {
+    let total = state.sprites.registry().count().unwrap_or(0);
+    let running = state.sprites.awake_count() as u64;
+    serde_json::json!({
+        "name": ORGANIZATION,
+        "running": running,
+        "warm": 0,
+        "cold": total.saturating_sub(running),
+    })
+}
+
+fn watch_line(state: &AppState, name: &str) -> serde_json::Value {
+    let status = match state.sprites.get(name) {
+        Ok(record) => state.view(record).status,
+        Err(_) => "deleted".to_string(),
+    };
+    serde_json::json!({
+        "name": name,
+        "status": status,
+        "timestamp": crate::sprites::rfc3339(std::time::SystemTime::now()),
+        "org": org_counts(state),
+    })
+}
+
+fn heartbeat(state: &AppState) -> serde_json::Value {
+    serde_json::json!({
+        "type": "heartbeat",
+        "timestamp": crate::sprites::rfc3339(std::time::SystemTime::now()),
+        "org": org_counts(state),
+    })
+}
+
+/// `POST /v1/sprites/{name}/upgrade`: a wisp sprite boots the host's kernel and
+/// agent at every wake, so it always runs the latest this host has; 204.
+pub(super) async fn upgrade_sprite(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ControlError> {
+    state.sprites.get(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/sprites/{name}/restart`: stops the sprite's VM and boots it again.
+pub(super) async fn restart_sprite(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ControlError> {
+    let record = state.sprites.get(&name)?;
+    state.sprites.restart(&name).await?;
+    Ok(Json(serde_json::json!({
+        "sprite_name": name,
+        "machine_id": record.volume,
+        "message": format!("sprite `{name}` restarted"),
+    })))
+}
+
+/// `GET /v1/sprites/{name}/check`: `healthy` when its agent answers (with the
+/// round trip in ms as `elapsed`), `unhealthy` with a `reason` when it does
+/// not, `sleeping` when it sleeps (a check does not wake it).
+pub(super) async fn check_sprite(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ControlError> {
+    let record = state.sprites.get(&name)?;
+    let (status, reason, elapsed) = match state.sprites.check(&name).await? {
+        None => (
+            "sleeping",
+            Some("asleep; it wakes on its next request".to_string()),
+            None,
+        ),
+        Some(Ok(rtt)) => ("healthy", None, Some(rtt.as_millis() as u64)),
+        Some(Err(why)) => ("unhealthy", Some(why), None),
+    };
+    Ok(Json(serde_json::json!({
+        "sprite_name": name,
+        "sprite_id": record.id,
+        "status": status,
+        "reason": reason,
+        "checked_at": crate::sprites::rfc3339(std::time::SystemTime::now()),
+        "elapsed": elapsed,
+    })))
 }
 
 pub(super) async fn get_sprite(
