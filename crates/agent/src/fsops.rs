@@ -32,6 +32,11 @@ pub fn errno_name(error: &io::Error) -> Option<&'static str> {
         libc::ELOOP => "ELOOP",
         libc::ENAMETOOLONG => "ENAMETOOLONG",
         libc::EBUSY => "EBUSY",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
         _ => return None,
     };
     Some(name)

@@ -12,11 +12,13 @@ mod files;
 mod fsops;
 mod init;
 mod net;
+mod ports;
 mod reaper;
 mod server;
 mod services;
 mod spawn;
 mod sys;
+mod tunnel;
 mod users;
 
 use std::io;

@@ -10,14 +10,17 @@ use wisp_proto::{Control, Frame, FrameReader, Kind, CAPABILITIES, PROTOCOL_VERSI
 use crate::channel::{Credit, Out};
 use crate::exec::{self, ExecHandle};
 use crate::files::{self, Writer};
-use crate::fsops;
 use crate::reaper::Reaper;
 use crate::services::Services;
+use crate::{fsops, ports, tunnel};
 
 enum Session {
     Exec(Arc<ExecHandle>),
     Write(Writer),
     Read(Arc<Credit>),
+    Tunnel(Arc<tunnel::Tunnel>),
+    /// A port watch: closing it stops its thread.
+    Ports(Arc<std::sync::atomic::AtomicBool>),
 }
 
 /// What `shutdown` does after services are stopped and data synced.
@@ -127,6 +130,7 @@ impl Agent {
                 match sessions.get(&s) {
                     Some(Session::Exec(h)) => h.credit.grant(f.window_bytes()),
                     Some(Session::Read(c)) => c.grant(f.window_bytes()),
+                    Some(Session::Tunnel(t)) => t.credit.grant(f.window_bytes()),
                     // A grant racing with the end of a session is normal.
                     _ => {}
                 }
@@ -147,6 +151,8 @@ impl Agent {
                 Err(e) => Some(format!("writing file: {e}")),
             },
             Some(Session::Read(_)) => Some("data frame on a read session".into()),
+            Some(Session::Tunnel(t)) => t.send(payload).err(),
+            Some(Session::Ports(_)) => Some("data frame on a port watch".into()),
             None => Some(format!("data frame for session `{s}`, which is not open")),
         };
         drop(sessions);
@@ -161,6 +167,10 @@ impl Agent {
             Some(Session::Exec(h)) => {
                 h.close_stdin();
                 sessions.insert(s, Session::Exec(h));
+            }
+            Some(Session::Tunnel(t)) => {
+                t.close_write();
+                sessions.insert(s, Session::Tunnel(t));
             }
             Some(Session::Write(w)) => {
                 drop(sessions);
@@ -272,6 +282,12 @@ impl Agent {
             Control::FileRead { path } => files::start_read(self, s, &path, None)
                 .map(|c| Some(Session::Read(c)))
                 .map_err(io_err(format!("read `{path}`"))),
+            Control::Connect { host, port } => tunnel::open(self, s, &host, port)
+                .map(|t| Some(Session::Tunnel(t)))
+                .map_err(io_err(format!("connect to `{host}:{port}`"))),
+            Control::WatchPorts => ports::watch(self, s)
+                .map(|stop| Some(Session::Ports(stop)))
+                .map_err(io_err("watch ports".to_string())),
             Control::Fs(op) => fsops::start(self, s, op)
                 .map(|()| None)
                 .map_err(io_err("filesystem operation".to_string())),
@@ -365,5 +381,7 @@ fn close_session(s: Session) {
         Session::Exec(h) => h.close(),
         Session::Write(w) => w.abort(),
         Session::Read(c) => c.close(),
+        Session::Tunnel(t) => t.close(),
+        Session::Ports(stop) => stop.store(true, std::sync::atomic::Ordering::SeqCst),
     }
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Capabilities the agent announces in its `hello` answer.
 pub const CAPABILITIES: &[&str] = &[
-    "exec", "pty", "files", "services", "shutdown", "clock", "fs",
+    "exec", "pty", "files", "services", "shutdown", "clock", "fs", "tunnel", "ports",
 ];
 
 /// A control message. Serialised as JSON with a `type` field (`{"type":"ping"}`).
@@ -80,6 +80,23 @@ pub enum Control {
     /// carries the errno name. `list` is answered like `file_read`: `file_info`, data
     /// chunks holding a JSON array of [`FsEntry`], `eof`, `done`.
     Fs(FsOp),
+    /// Opens a TCP tunnel to `host:port` in the guest (capability "tunnel"): the agent
+    /// answers `ok` once connected (or `error`, with the errno), then both sides send
+    /// `Data` under flow control; the host's `Eof` half-closes the connection; when the
+    /// guest side closes, the agent sends `Eof` and `done`.
+    Connect {
+        host: String,
+        port: u16,
+    },
+    /// Watches the guest's listening TCP ports (capability "ports"): the agent answers
+    /// `ports` with every port listening now, then another `ports` whenever ports open or
+    /// close, until the host closes the session.
+    WatchPorts,
+    Ports {
+        opened: Vec<ListeningPort>,
+        #[serde(default)]
+        closed: Vec<ListeningPort>,
+    },
     /// A transfer (file write, file read, service log read) finished.
     Done {
         bytes: u64,
@@ -173,6 +190,18 @@ pub enum FsOp {
         #[serde(default)]
         recursive: bool,
     },
+}
+
+/// A TCP port a process in the guest listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListeningPort {
+    pub port: u16,
+    /// The address it is bound to (`0.0.0.0`, `127.0.0.1`, `::`, ...).
+    pub address: String,
+    /// The listening process, when the agent could find it.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 /// One entry of an [`FsOp::List`] answer.

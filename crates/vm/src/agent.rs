@@ -17,10 +17,13 @@ use tokio::sync::{mpsc, Notify};
 use wisp_proto::{encode, Frame, FrameReader, CHUNK, INITIAL_WINDOW, PROTOCOL_VERSION};
 
 mod fs;
+mod net;
 pub use fs::{FileStream, WriteOptions, MAX_LISTING};
+pub use net::{PortWatch, Tunnel, TunnelReader, TunnelWriter};
 
 pub use wisp_proto::{
-    Control, ExecRequest, ExitStatus, FsEntry, FsOp, Kind, ServiceSpec, ServiceStatus, TtySize,
+    Control, ExecRequest, ExitStatus, FsEntry, FsOp, Kind, ListeningPort, ServiceSpec,
+    ServiceStatus, TtySize,
 };
 
 /// Default time [`AgentClient::connect`] waits for the agent's `hello` (covers a TCG boot).

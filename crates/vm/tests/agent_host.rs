@@ -799,3 +799,68 @@ async fn filesystem_operations_answer_with_errno_names() {
     assert!(relative.to_string().contains("not absolute"), "{relative}");
     a.client.ping().await.unwrap();
 }
+
+#[tokio::test]
+async fn tunnels_carry_bytes_both_ways_and_ports_are_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+    // An echo server that upper-cases what it reads until end of file.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut all = Vec::new();
+        conn.read_to_end(&mut all).unwrap();
+        conn.write_all(&all.to_ascii_uppercase()).unwrap();
+    });
+    let (mut reader, writer) = a.client.connect_tcp("localhost", port).await.unwrap().split();
+    // More than a window's worth each way.
+    let data = common::pattern(7, 3 << 20)
+        .iter()
+        .map(|b| b'a' + b % 26)
+        .collect::<Vec<u8>>();
+    let sent = data.clone();
+    let send = tokio::spawn(async move {
+        writer.write(&sent).await.unwrap();
+        writer.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    while let Some(chunk) = reader.read().await.unwrap() {
+        back.extend_from_slice(&chunk);
+    }
+    send.await.unwrap();
+    assert_eq!(back, data.to_ascii_uppercase());
+
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap().port();
+    drop(closed);
+    match a.client.connect_tcp("127.0.0.1", dead).await {
+        Err(AgentError::Os { errno, .. }) => assert_eq!(errno, "ECONNREFUSED"),
+        other => panic!("expected ECONNREFUSED, got {:?}", other.err()),
+    }
+
+    // Port watch: a listener opening and closing is reported with its pid.
+    let mut watch = a.client.watch_ports().await.unwrap();
+    let (first, _) = watch.next().await.unwrap();
+    let extra = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra_port = extra.local_addr().unwrap().port();
+    assert!(!first.iter().any(|p| p.port == extra_port));
+    let opened = loop {
+        let (opened, _) = watch.next().await.unwrap();
+        if let Some(p) = opened.into_iter().find(|p| p.port == extra_port) {
+            break p;
+        }
+    };
+    assert_eq!(opened.address, "127.0.0.1");
+    assert_eq!(opened.pid, Some(std::process::id()));
+    drop(extra);
+    loop {
+        let (_, closed) = watch.next().await.unwrap();
+        if closed.iter().any(|p| p.port == extra_port) {
+            break;
+        }
+    }
+    a.client.ping().await.unwrap();
+}
