@@ -365,6 +365,35 @@ await check('listServices', async () => {
   assert(Array.isArray(list), 'an array');
 });
 
+// ---- ports ----
+await check('watchPorts, proxyPort, and port notifications on exec', async () => {
+  await fs().writeFile('/root/www/index.html', 'served from the sprite\n');
+  const watcher = await sprite.watchPorts();
+  const list = await watcher.next();
+  equal(list.type, 'port_list', 'first message');
+  const server = sprite.spawn('httpd', ['-f', '-p', '3000', '-h', '/root/www']);
+  const serverDone = collect(server);
+  let opened;
+  for (let m = await watcher.next(); m; m = await watcher.next()) {
+    if (m.type === 'port_opened' && m.port === 3000) { opened = m; break; }
+  }
+  assert(opened && typeof opened.pid === 'number', `port_opened 3000 with a pid: ${JSON.stringify(opened)}`);
+  const proxy = await sprite.proxyPort(0, 3000);
+  const local = proxy.localAddr();
+  const page = await (await fetch(`http://${local}/index.html`)).text();
+  equal(page, 'served from the sprite\n', 'a page through the proxy');
+  proxy.close();
+  server.kill('SIGTERM');
+  await serverDone;
+  for (let m = await watcher.next(); m; m = await watcher.next()) {
+    if (m.type === 'port_closed' && m.port === 3000) break;
+  }
+  watcher.close();
+  const tty = await collect(sprite.spawn('sh', ['-c', 'httpd -f -p 3001 -h /root/www & sleep 2; kill $!'], { tty: true }));
+  const note = tty.messages.find((m) => m && m.type === 'port_opened' && m.port === 3001);
+  assert(note, `a port_opened message during exec: ${JSON.stringify(tty.messages)}`);
+});
+
 // ---- the rest of the surface ----
 await check('check (awake: healthy), restart, upgrade', async () => {
   await sprite.execFile('true');

@@ -25,7 +25,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use wisp_vm::agent::{ExecEvent, ExecInput, ExecRequest, TtySize};
 
-use crate::machines::Activity;
+use crate::machines::{Activity, PortEvent};
 use crate::ControlError;
 
 /// What `X-Sprite-Capabilities` announces on the exec upgrade: the client may
@@ -386,12 +386,34 @@ pub(crate) async fn run(
         let event = session.recv().await;
         Some((event, session))
     }));
+    // Ports that open or close while the command runs, as Sprites reports them.
+    let awake = activity.awake();
+    let mut ports = Box::pin(futures::stream::unfold(None, move |rx| async move {
+        let mut rx: tokio::sync::broadcast::Receiver<PortEvent> = match rx {
+            Some(rx) => rx,
+            None => awake.ports().await.ok()?.1,
+        };
+        loop {
+            match rx.recv().await {
+                Ok(event) => return Some((event, Some(rx))),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }));
     let mut output = Box::pin(async {
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.reset();
         loop {
             let event = tokio::select! {
                 event = events.next() => event,
+                Some(port) = ports.next() => {
+                    let text = crate::api::port_message(&port).to_string();
+                    if to_client.send(Message::Text(text.into())).await.is_err() {
+                        return false;
+                    }
+                    continue;
+                }
                 _ = keepalive.tick() => {
                     // An empty binary frame: every SDK skips it, and it tells the JS
                     // SDK (which sees no pings) that the connection is alive.
@@ -447,6 +469,7 @@ pub(crate) async fn run(
     // client's close comes (see CLOSE_LINGER).
     drop(output);
     drop(events);
+    drop(ports);
     drop(activity);
     let _ = tokio::time::timeout(CLOSE_LINGER, pump).await;
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wisp_vm::agent::AgentClient;
+use wisp_vm::agent::{AgentClient, ListeningPort};
 use wisp_vm::{Machine, Runtime};
 use wisp_volume::{Store, Volume};
 
@@ -33,6 +33,22 @@ pub struct Awake {
     sessions: AtomicUsize,
     /// When the last request ended (or the sprite woke).
     last_active: Mutex<Instant>,
+    /// The guest's listening ports, watched from the first time someone asks.
+    ports: Mutex<Option<Ports>>,
+}
+
+/// A port that started (`opened`) or stopped listening in a sprite.
+#[derive(Debug, Clone)]
+pub struct PortEvent {
+    pub opened: bool,
+    pub port: ListeningPort,
+}
+
+/// The shared watch on one sprite's listening ports.
+struct Ports {
+    /// The ports listening now; `None` until the agent's first answer.
+    now: tokio::sync::watch::Receiver<Option<Vec<ListeningPort>>>,
+    events: tokio::sync::broadcast::Sender<PortEvent>,
 }
 
 impl Awake {
@@ -51,6 +67,66 @@ impl Awake {
     /// How long ago the machine finished booting.
     pub fn awake_for(&self) -> Duration {
         self.woke_at.elapsed()
+    }
+
+    /// The ports listening in the guest now and the changes from then on. The
+    /// first caller starts one watch in the guest that every later one shares;
+    /// it ends with the machine.
+    pub async fn ports(
+        &self,
+    ) -> Result<
+        (
+            Vec<ListeningPort>,
+            tokio::sync::broadcast::Receiver<PortEvent>,
+        ),
+        ControlError,
+    > {
+        let (mut now, events) = {
+            let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+            if ports.is_none() {
+                let (set_now, now) = tokio::sync::watch::channel(None);
+                let events = tokio::sync::broadcast::channel(256).0;
+                let agent = self.agent.clone();
+                let tx = events.clone();
+                tokio::spawn(async move {
+                    let Ok(mut watch) = agent.watch_ports().await else {
+                        return;
+                    };
+                    let mut current: Vec<ListeningPort> = Vec::new();
+                    while let Ok((opened, closed)) = watch.next().await {
+                        current.retain(|p| !closed.contains(p));
+                        current.extend(opened.iter().cloned());
+                        current.sort();
+                        let first = set_now.borrow().is_none();
+                        let _ = set_now.send(Some(current.clone()));
+                        if first {
+                            continue;
+                        }
+                        for port in closed {
+                            let _ = tx.send(PortEvent {
+                                opened: false,
+                                port,
+                            });
+                        }
+                        for port in opened {
+                            let _ = tx.send(PortEvent { opened: true, port });
+                        }
+                    }
+                });
+                *ports = Some(Ports { now, events });
+            }
+            let ports = ports.as_ref().expect("set above");
+            (ports.now.clone(), ports.events.subscribe())
+        };
+        let snapshot = tokio::time::timeout(Duration::from_secs(10), now.wait_for(Option::is_some))
+            .await
+            .map_err(|_| {
+                ControlError::Unavailable("the sprite's agent did not report its ports".into())
+            })?
+            .map_err(|_| ControlError::Unavailable("the sprite's port watch ended".into()))?
+            .clone()
+            .unwrap_or_default();
+        Ok((snapshot, events))
     }
 
     /// Whether the guest is gone by itself (powered off, crashed): its agent
@@ -236,6 +312,7 @@ impl Machines {
             machine: tokio::sync::Mutex::new(Some(machine)),
             sessions: AtomicUsize::new(0),
             last_active: Mutex::new(Instant::now()),
+            ports: Mutex::new(None),
         });
         self.awake_map().insert(name.to_string(), awake.clone());
         self.changed(name);

@@ -814,7 +814,12 @@ async fn tunnels_carry_bytes_both_ways_and_ports_are_watched() {
         conn.read_to_end(&mut all).unwrap();
         conn.write_all(&all.to_ascii_uppercase()).unwrap();
     });
-    let (mut reader, writer) = a.client.connect_tcp("localhost", port).await.unwrap().split();
+    let (mut reader, writer) = a
+        .client
+        .connect_tcp("localhost", port)
+        .await
+        .unwrap()
+        .split();
     // More than a window's worth each way.
     let data = common::pattern(7, 3 << 20)
         .iter()

@@ -8,6 +8,8 @@ mod checkpoints;
 mod exec;
 mod fs;
 mod policy;
+mod proxy;
+pub(crate) use proxy::port_message;
 mod services;
 mod sprites;
 
@@ -94,6 +96,8 @@ pub(crate) fn router(state: AppState) -> Router {
                 .put(sprites::update_sprite)
                 .delete(sprites::delete_sprite),
         )
+        .route("/v1/sprites/{name}/proxy", get(proxy::proxy))
+        .route("/v1/sprites/{name}/ports/watch", get(proxy::ports_watch))
         .route("/v1/sprites/{name}/upgrade", post(sprites::upgrade_sprite))
         .route("/v1/sprites/{name}/restart", post(sprites::restart_sprite))
         .route("/v1/sprites/{name}/check", get(sprites::check_sprite))
