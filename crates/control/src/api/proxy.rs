@@ -123,11 +123,7 @@ async fn run_proxy(state: AppState, name: String, socket: WebSocket) {
     let upstream = async {
         while let Some(Ok(message)) = from_client.next().await {
             match message {
-                Message::Binary(data) => {
-                    if writer.write(&data).await.is_err() {
-                        return;
-                    }
-                }
+                Message::Binary(data) if writer.write(&data).await.is_err() => return,
                 Message::Close(_) => break,
                 // Text after the handshake is ignored, as the SDKs expect.
                 _ => {}
