@@ -116,6 +116,13 @@ pub struct SpriteSettings {
     /// a wisp host has one token, so both mean its holders.
     #[serde(default)]
     pub private_access: Option<String>,
+    /// The guest port the sprite's URL reaches (a service's `http_port`); 8080
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_port: Option<u16>,
+    /// The service that set `url_port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_service: Option<String>,
 }
 
 /// The machine a sprite gets (`config` on create). Absent fields take the

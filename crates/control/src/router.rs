@@ -13,14 +13,13 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
+use hyper_util::rt::TokioIo;
 
 use crate::api::AppState;
+use crate::machines::Activity;
 use crate::registry::UrlAuth;
 use crate::ControlError;
 
-/// Largest request body passed to a sprite. Bodies are held whole so that
-/// a request can be sent again while a freshly woken sprite's server starts.
-const MAX_BODY: usize = 64 << 20;
 /// How long a just-woken sprite may take to listen on its port.
 const LISTEN_GRACE: Duration = Duration::from_secs(15);
 
@@ -124,7 +123,11 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-async fn proxy(state: AppState, name: String, request: Request) -> Result<Response, ControlError> {
+async fn proxy(
+    state: AppState,
+    name: String,
+    mut request: Request,
+) -> Result<Response, ControlError> {
     let peer = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -137,24 +140,37 @@ async fn proxy(state: AppState, name: String, request: Request) -> Result<Respon
              or make it public"
         )));
     }
-    let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
-        ControlError::BadRequest(format!(
-            "cannot read the request body for sprite `{name}` (at most {MAX_BODY} bytes): {e}"
-        ))
-    })?;
+    let upgrade = is_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let activity = state.sprites.activity(&name).await?;
-    let port = activity.awake().http_port();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let mut headers = parts.headers.clone();
-    for h in HOP_BY_HOP {
-        headers.remove(h);
-    }
+    let port = record
+        .settings
+        .url_port
+        .unwrap_or(wisp_vm::machine::GUEST_HTTP_PORT);
+    // A sprite that just woke may not listen yet (its services start with the
+    // boot): the request waits for the port, not in a buffer and a retry loop.
+    wait_listening(&activity, port).await;
+    let bad_gateway = |what: &str, e: &dyn std::error::Error| {
+        ControlError::BadGateway(format!(
+            "sprite `{name}` did not answer on port {port}: {what}: {}",
+            crate::error::chain_of(e)
+        ))
+    };
+    let io = connect(&activity, port)
+        .await
+        .map_err(|e| bad_gateway("cannot connect", &e))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| bad_gateway("handshake", &e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "a connection to a sprite ended with an error");
+        }
+    });
+
+    let (parts, body) = request.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers, upgrade);
     // The sprite's token is for the router, not for the program in the sprite.
     if record.url_auth == UrlAuth::Sprite {
         headers.remove(header::AUTHORIZATION);
@@ -170,50 +186,211 @@ async fn proxy(state: AppState, name: String, request: Request) -> Result<Respon
             headers.insert("x-forwarded-for", value);
         }
     }
-    let client = state.http();
-    // A sprite that just woke may not listen yet: its services start with
-    // the boot. Until it has been awake for LISTEN_GRACE, a request that got
-    // no answer is sent again (QEMU's forward accepts the connection and
-    // resets it when nothing listens in the guest, so this is not only
-    // "connection refused"); after that, no answer is a 502.
-    let response = loop {
-        let sent = client
-            .request(parts.method.clone(), &url)
-            .headers(headers.clone())
-            .body(body.clone())
-            .send()
-            .await;
-        match sent {
-            Ok(response) => break response,
-            Err(_) if activity.awake().awake_for() < LISTEN_GRACE => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut outgoing = axum::http::Request::builder()
+        .method(parts.method)
+        .uri(path)
+        .version(axum::http::Version::HTTP_11)
+        .body(body)
+        .map_err(|e| ControlError::BadRequest(format!("cannot pass the request on: {e}")))?;
+    *outgoing.headers_mut() = headers;
+    // The body streams from the client to the sprite as it comes.
+    let mut response = sender
+        .send_request(outgoing)
+        .await
+        .map_err(|e| bad_gateway("no answer", &e))?;
+
+    if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
+        // A WebSocket (or other upgrade): join the two upgraded connections.
+        let sprite_side = hyper::upgrade::on(&mut response);
+        let Some(client_side) = client_upgrade else {
+            return Err(ControlError::BadGateway(format!(
+                "sprite `{name}` switched protocols without being asked to"
+            )));
+        };
+        tokio::spawn(async move {
+            let _activity = activity;
+            match tokio::try_join!(client_side, sprite_side) {
+                Ok((client, sprite)) => {
+                    let (mut client, mut sprite) = (TokioIo::new(client), TokioIo::new(sprite));
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut sprite).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "an upgrade through the router failed"),
             }
-            Err(e) => {
-                return Err(ControlError::BadGateway(format!(
-                    "sprite `{name}` did not answer on port {}: {}",
-                    wisp_vm::machine::GUEST_HTTP_PORT,
-                    crate::error::chain_of(&e)
-                )))
-            }
-        }
-    };
-    let mut out = Response::builder().status(response.status());
-    if let Some(h) = out.headers_mut() {
-        for (k, v) in response.headers() {
-            if !HOP_BY_HOP.contains(&k.as_str()) {
-                h.append(k.clone(), v.clone());
-            }
-        }
+        });
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
     }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
     // The sprite stays awake while its answer streams out.
-    let stream = response
-        .bytes_stream()
+    let stream = Body::new(body)
+        .into_data_stream()
         .map_err(std::io::Error::other)
         .inspect_ok(move |_| {
             let _ = &activity;
         });
-    out.body(Body::from_stream(stream))
-        .map_err(|e| ControlError::BadGateway(format!("bad answer from sprite `{name}`: {e}")))
+    Ok(Response::from_parts(parts, Body::from_stream(stream)))
+}
+
+/// Whether a request asks to switch protocols (`Connection: upgrade` and an
+/// `Upgrade` header, as a WebSocket handshake does).
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade && headers.contains_key(header::UPGRADE)
+}
+
+/// Removes the headers of one connection (and those `Connection` names),
+/// keeping `Connection: upgrade` and `Upgrade` for an upgrade.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "upgrade")
+        .collect();
+    for h in named {
+        headers.remove(h.as_str());
+    }
+    for h in HOP_BY_HOP {
+        if upgrade && (h == "upgrade" || h == "connection") {
+            continue;
+        }
+        headers.remove(h);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Waits, while the sprite is within `LISTEN_GRACE` of its boot, until
+/// something in it listens on `port`.
+async fn wait_listening(activity: &Activity, port: u16) {
+    let awake = activity.awake();
+    let Some(left) = LISTEN_GRACE.checked_sub(awake.awake_for()) else {
+        return;
+    };
+    let _ = tokio::time::timeout(left, async {
+        let Ok((now, mut events)) = awake.ports().await else {
+            return;
+        };
+        if now.iter().any(|p| p.port == port) {
+            return;
+        }
+        while let Ok(event) = events.recv().await {
+            if event.opened && event.port.port == port {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// A connection to `port` in the sprite: QEMU's forward for the guest's
+/// HTTP port, an agent tunnel for any other.
+async fn connect(activity: &Activity, port: u16) -> std::io::Result<Connection> {
+    if port == wisp_vm::machine::GUEST_HTTP_PORT {
+        let stream =
+            tokio::net::TcpStream::connect(("127.0.0.1", activity.awake().http_port())).await?;
+        let _ = stream.set_nodelay(true);
+        return Ok(Connection::Tcp(stream));
+    }
+    let tunnel = activity
+        .agent()
+        .connect_tcp("localhost", port)
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(Connection::Tunnel(bridge(tunnel)))
+}
+
+/// The byte stream of a connection to a sprite.
+enum Connection {
+    Tcp(tokio::net::TcpStream),
+    Tunnel(tokio::io::DuplexStream),
+}
+
+/// An in-memory pipe whose far end is copied to and from `tunnel`.
+fn bridge(tunnel: wisp_vm::agent::Tunnel) -> tokio::io::DuplexStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (near, far) = tokio::io::duplex(256 << 10);
+    let (mut far_read, mut far_write) = tokio::io::split(far);
+    let (mut reader, writer) = tunnel.split();
+    tokio::spawn(async move {
+        while let Ok(Some(data)) = reader.read().await {
+            if far_write.write_all(&data).await.is_err() {
+                return;
+            }
+        }
+        let _ = far_write.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match far_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if writer.write(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    near
+}
+
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Connection::Tunnel(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Connection::Tunnel(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Connection::Tunnel(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Connection::Tunnel(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -35,9 +35,6 @@ pub(crate) struct AppState {
     port: u16,
     /// The host's token, for sprite URLs with auth `sprite`.
     token: Arc<str>,
-    /// The router's client to the sprites (no redirects followed: a sprite's
-    /// redirect is its answer).
-    http: reqwest::Client,
 }
 
 impl AppState {
@@ -52,10 +49,6 @@ impl AppState {
             sprites,
             port,
             token: token.into(),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
         }
     }
 
@@ -76,10 +69,6 @@ impl AppState {
 
     pub(crate) fn require_token(&self) -> bool {
         self.config.require_token
-    }
-
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        &self.http
     }
 }
 

@@ -139,6 +139,7 @@ pub(super) async fn create_sprite(
         environment: request.environment,
         runtime: request.runtime,
         private_access: url_settings.private_access,
+        ..SpriteSettings::default()
     };
     let auth = url_settings.auth.unwrap_or(UrlAuth::Sprite);
     let record = state.sprites.create(&request.name, auth, settings).await?;
