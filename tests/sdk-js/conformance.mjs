@@ -360,9 +360,56 @@ await check('restoreCheckpoint brings the disk back', async () => {
 });
 
 // ---- services ----
-await check('listServices', async () => {
+const drain = async (stream) => {
+  const events = [];
+  for (let e = await stream.next(); e; e = await stream.next()) events.push(e);
+  return events;
+};
+
+await check('createService streams its log; getService, listServices', async () => {
+  const events = await drain(await sprite.createService('ticker', {
+    cmd: 'sh',
+    args: ['-c', 'echo tick-$T; exec sleep 600'],
+    env: { T: 'one' },
+    dir: '/tmp',
+  }, '2s'));
+  equal(events[0].type, 'started', 'first event');
+  equal(events[events.length - 1].type, 'complete', 'last event');
+  assert(events.some((e) => e.type === 'stdout' && e.data.includes('tick-one')), JSON.stringify(events));
+  assert(Number.isInteger(events[0].timestamp), 'timestamps in ms');
+  const svc = await sprite.getService('ticker');
+  equal(svc.state.status, 'running', 'status');
+  equal(svc.env, { T: 'one' }, 'env');
+  equal(svc.dir, '/tmp', 'dir');
+  assert(svc.state.startedAt && !isNaN(new Date(svc.state.startedAt)), 'startedAt');
+  equal(svc.state.restartCount, 0, 'restartCount');
   const list = await sprite.listServices();
-  assert(Array.isArray(list), 'an array');
+  equal(list.map((s) => s.name), ['ticker'], 'listed');
+});
+
+await check('services: needs, stop, start, restart, logs, signal', async () => {
+  await drain(await sprite.createService('after', { cmd: 'sleep', args: ['600'], needs: ['ticker'] }, '0s'));
+  equal((await sprite.getService('after')).needs, ['ticker'], 'needs');
+  const cycle = await rejection(
+    sprite.createService('ticker', { cmd: 'true', needs: ['after'] }),
+    'a cycle of needs',
+  );
+  assert(String(cycle).includes('cycle'), String(cycle));
+  const stopped = await drain(await sprite.stopService('after'));
+  equal(stopped.map((e) => e.type), ['stopping', 'stopped', 'complete'], 'stop events');
+  equal((await sprite.getService('after')).state.status, 'stopped', 'stopped');
+  await drain(await sprite.startService('after', '0s'));
+  equal((await sprite.getService('after')).state.status, 'running', 'started again');
+  const restarted = await drain(await sprite.restartService('ticker', '1s'));
+  assert(restarted.some((e) => e.type === 'stdout' && e.data.includes('tick-one')), JSON.stringify(restarted));
+  const logs = await drain(await sprite.getServiceLogs('ticker', { lines: 1 }));
+  equal(logs.filter((e) => e.type === 'stdout').map((e) => e.data), ['tick-one\n'], 'last line');
+  await sprite.signalService('after', 'TERM');
+  const e = await rejection(sprite.signalService('nope', 'TERM'), 'signal of a missing service');
+  assert(String(e).includes('not found'), String(e));
+  await sprite.deleteService('after');
+  await sprite.deleteService('ticker');
+  equal(await sprite.listServices(), [], 'all gone');
 });
 
 // ---- ports ----

@@ -127,6 +127,17 @@ pub fn start_read(
     path: &str,
     tail: Option<u64>,
 ) -> io::Result<Arc<Credit>> {
+    start_read_at(agent, session, path, tail, None)
+}
+
+/// [`start_read`], or from byte `offset` when given (past the end: nothing).
+pub fn start_read_at(
+    agent: &Arc<Agent>,
+    session: u32,
+    path: &str,
+    tail: Option<u64>,
+    offset: Option<u64>,
+) -> io::Result<Arc<Credit>> {
     let path = check_path(path)?;
     let mut file = File::open(&path)?;
     let meta = file.metadata()?;
@@ -136,6 +147,9 @@ pub fn start_read(
     let size = meta.len();
     if let Some(t) = tail {
         file.seek(SeekFrom::Start(size.saturating_sub(t)))?;
+    }
+    if let Some(o) = offset {
+        file.seek(SeekFrom::Start(o.min(size)))?;
     }
     start_stream(
         agent,

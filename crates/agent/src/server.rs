@@ -291,10 +291,10 @@ impl Agent {
             Control::Fs(op) => fsops::start(self, s, op)
                 .map(|()| None)
                 .map_err(io_err("filesystem operation".to_string())),
-            Control::ServiceLogs { name, tail } => self
+            Control::ServiceLogs { name, tail, offset } => self
                 .services
                 .log_path(&name)
-                .and_then(|p| files::start_read(self, s, &p.to_string_lossy(), tail))
+                .and_then(|p| files::start_read_at(self, s, &p.to_string_lossy(), tail, offset))
                 .map(|c| Some(Session::Read(c)))
                 .map_err(io_err(format!("logs of service `{name}`"))),
             Control::ServiceDefine(spec) => {
@@ -315,6 +315,34 @@ impl Agent {
                     None
                 })
                 .map_err(io_err(format!("remove service `{name}`"))),
+            Control::ServiceStart { name } => self
+                .services
+                .start(&name)
+                .map(|()| {
+                    self.out.control(s, &Control::Ok);
+                    None
+                })
+                .map_err(io_err(format!("start service `{name}`"))),
+            Control::ServiceStop { name } => {
+                // Waiting for the end takes up to seconds: not on the dispatch thread.
+                let (me, n) = (self.clone(), name.clone());
+                std::thread::Builder::new()
+                    .name(format!("stop-{name}"))
+                    .spawn(move || match me.services.stop(&n) {
+                        Ok(()) => me.out.control(s, &Control::Ok),
+                        Err(e) => me.out.error_io(s, &format!("stop service `{n}`"), &e),
+                    })
+                    .map(|_| None)
+                    .map_err(io_err(format!("stop service `{name}`")))
+            }
+            Control::ServiceSignal { name, signal } => self
+                .services
+                .signal(&name, signal)
+                .map(|()| {
+                    self.out.control(s, &Control::Ok);
+                    None
+                })
+                .map_err(io_err(format!("signal service `{name}`"))),
             Control::ServiceList => {
                 let services = self.services.list();
                 self.out.control(s, &Control::Services { services });

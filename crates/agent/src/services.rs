@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use wisp_proto::{ExitStatus, ServiceSpec, ServiceStatus};
 
@@ -22,6 +22,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
 /// How long a stopping service gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long a service waits for the services it `needs` to be running.
+const NEEDS_WAIT: Duration = Duration::from_secs(30);
 /// Logs are rotated (one old generation, `<name>.log.1`) past this size.
 const LOG_MAX: u64 = 16 << 20;
 
@@ -31,6 +33,8 @@ struct SvcState {
     starts: u32,
     last_exit: Option<ExitStatus>,
     stopping: Option<Instant>,
+    started_at: Option<SystemTime>,
+    error: Option<String>,
 }
 
 struct Svc {
@@ -112,6 +116,7 @@ impl Services {
                 format!("service `{}` has an empty argv", spec.name),
             ));
         }
+        self.check_needs(&spec)?;
         std::fs::create_dir_all(&self.conf)?;
         let path = self.conf.join(format!("{}.json", spec.name));
         let tmp = self.conf.join(format!(".{}.json.tmp", spec.name));
@@ -125,6 +130,118 @@ impl Services {
         std::fs::rename(&tmp, &path)?;
         self.run(spec);
         Ok(())
+    }
+
+    /// Every service `spec` needs exists, and none needs `spec` back (directly or not).
+    fn check_needs(&self, spec: &ServiceSpec) -> io::Result<()> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let needs_of = |name: &str| -> Vec<String> {
+            if name == spec.name {
+                spec.needs.clone()
+            } else {
+                map.get(name)
+                    .map(|s| s.spec.needs.clone())
+                    .unwrap_or_default()
+            }
+        };
+        for need in &spec.needs {
+            if need != &spec.name && !map.contains_key(need) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "service `{}` needs `{need}`, which does not exist",
+                        spec.name
+                    ),
+                ));
+            }
+        }
+        // Depth-first from the new spec: reaching it again is a cycle.
+        let mut stack: Vec<(String, Vec<String>)> =
+            vec![(spec.name.clone(), vec![spec.name.clone()])];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some((name, path)) = stack.pop() {
+            for need in needs_of(&name) {
+                if need == spec.name {
+                    let mut cycle = path.clone();
+                    cycle.push(need);
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "services would need each other in a cycle: {}",
+                            cycle.join(" -> ")
+                        ),
+                    ));
+                }
+                if seen.insert(need.clone()) {
+                    let mut next = path.clone();
+                    next.push(need.clone());
+                    stack.push((need, next));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, name: &str) -> io::Result<Arc<Svc>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("service `{name}` does not exist"),
+                )
+            })
+    }
+
+    /// Starts service `name` again if it was stopped.
+    pub fn start(self: &Arc<Self>, name: &str) -> io::Result<()> {
+        let svc = self.get(name)?;
+        let stopped = svc.st.lock().map(|s| s.stopping.is_some()).unwrap_or(false);
+        if stopped {
+            self.run(svc.spec.clone());
+        }
+        Ok(())
+    }
+
+    /// Stops service `name` (keeping its definition) and waits, bounded, for its end.
+    pub fn stop(&self, name: &str) -> io::Result<()> {
+        let svc = self.get(name)?;
+        svc.stop();
+        let deadline = Instant::now() + STOP_GRACE + Duration::from_secs(1);
+        let mut st = svc.st.lock().unwrap_or_else(|e| e.into_inner());
+        while st.pid.is_some() && Instant::now() < deadline {
+            st = svc
+                .cv
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to service `name`'s process group.
+    pub fn signal(&self, name: &str, signal: i32) -> io::Result<()> {
+        let svc = self.get(name)?;
+        if !(1..=64).contains(&signal) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad signal number `{signal}`"),
+            ));
+        }
+        let pid = svc.st.lock().ok().and_then(|s| s.pid);
+        match pid {
+            Some(pid) => {
+                sys::kill_group(pid as i32, signal);
+                Ok(())
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("service `{name}` is not running"),
+            )),
+        }
     }
 
     pub fn remove(&self, name: &str) -> io::Result<()> {
@@ -160,6 +277,13 @@ impl Services {
                     pid: st.pid,
                     starts: st.starts,
                     last_exit: st.last_exit,
+                    started_at_ms: st.pid.and(st.started_at).and_then(|t| {
+                        t.duration_since(SystemTime::UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_millis() as u64)
+                    }),
+                    error: st.error.clone(),
+                    stopped: st.stopping.is_some(),
                 }
             })
             .collect()
@@ -210,8 +334,40 @@ impl Services {
             .spawn(move || me.supervise(&svc));
     }
 
+    /// Waits (bounded) until every service `svc` needs is running.
+    fn wait_for_needs(&self, svc: &Svc) {
+        let deadline = Instant::now() + NEEDS_WAIT;
+        for need in &svc.spec.needs {
+            loop {
+                let running = self
+                    .map
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(need)
+                    .is_some_and(|s| s.st.lock().map(|st| st.pid.is_some()).unwrap_or(false));
+                if running {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let msg =
+                        format!("`{need}` was not running after {NEEDS_WAIT:?}; starting anyway");
+                    self.log_line(&svc.spec.name, &msg);
+                    if let Ok(mut st) = svc.st.lock() {
+                        st.error = Some(msg);
+                    }
+                    break;
+                }
+                if svc.st.lock().map(|s| s.stopping.is_some()).unwrap_or(true) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
     fn supervise(&self, svc: &Svc) {
         let mut backoff = BACKOFF_MIN;
+        self.wait_for_needs(svc);
         loop {
             if svc.st.lock().map(|s| s.stopping.is_some()).unwrap_or(true) {
                 return;
@@ -224,7 +380,14 @@ impl Services {
                     st.last_exit = Some(status);
                     svc.cv.notify_all();
                 }
-                Err(e) => self.log_line(&svc.spec.name, &format!("cannot start: {e}")),
+                Err(e) => {
+                    self.log_line(&svc.spec.name, &format!("cannot start: {e}"));
+                    if let Ok(mut st) = svc.st.lock() {
+                        if st.stopping.is_none() {
+                            st.error = Some(format!("cannot start: {e}"));
+                        }
+                    }
+                }
             }
             if started.elapsed() >= HEALTHY_RUN {
                 backoff = BACKOFF_MIN;
@@ -285,6 +448,8 @@ impl Services {
             let r = self.reaper.spawn(&mut cmd)?;
             st.pid = Some(r.0.id());
             st.starts += 1;
+            st.started_at = Some(SystemTime::now());
+            st.error = None;
             r
         };
         drop(cmd);

@@ -165,7 +165,7 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     let ws = url.replacen("http", "ws", 1);
     for (path, want) in [
         (format!("{ws}/v1/sprites/nope/exec?cmd=true"), 404),
-        (format!("{ws}/v1/sprites/box/exec"), 400),
+        (format!("{ws}/v1/sprites/box/exec?cmd=true&rows=0"), 400),
         (format!("{ws}/v1/sprites/box/exec?cmd=true&tty=maybe"), 400),
     ] {
         match tokio_tungstenite::connect_async(ws_request(&url, &path)).await {
@@ -204,8 +204,9 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         None,
     )
     .await;
-    let service = common::client(&url)
-        .put(format!("{sprites}/web/services/www"))
+    // Creating a service answers its log as NDJSON events for `duration`.
+    let created = common::client(&url)
+        .put(format!("{sprites}/web/services/www?duration=1s"))
         .json(&serde_json::json!({
             "cmd": "busybox",
             "args": ["httpd", "-f", "-p", "8080", "-h", "/root/www"],
@@ -214,9 +215,32 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         .send()
         .await
         .unwrap();
-    assert_eq!(service.status(), 200);
-    let service: serde_json::Value = service.json().await.unwrap();
+    assert_eq!(created.status(), 200);
+    let events = created.text().await.unwrap();
+    let kinds: Vec<String> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["type"].to_string())
+        .collect();
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("\"started\""),
+        "{events}"
+    );
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("\"complete\""),
+        "{events}"
+    );
+    let service: serde_json::Value = common::client(&url)
+        .get(format!("{sprites}/web/services/www"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(service["cmd"], "busybox");
+    assert_eq!(service["http_port"], 8080);
     assert!(
         ["starting", "running"].contains(&service["state"]["status"].as_str().unwrap()),
         "{service}"
@@ -274,12 +298,24 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     assert_eq!(code, 401);
     let (code, _) = get(format!("nope.localhost:{port}"), None).await;
     assert_eq!(code, 404);
+    // One service owns the URL at a time.
+    let other = common::client(&url)
+        .put(format!("{sprites}/web/services/alt"))
+        .json(&serde_json::json!({ "cmd": "true", "http_port": 3000 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 409);
+    assert!(other.text().await.unwrap().contains("`www`"));
     // Bad service definitions are named.
     for (body, names) in [
-        (serde_json::json!({ "cmd": "x", "needs": ["db"] }), "needs"),
         (
-            serde_json::json!({ "cmd": "x", "http_port": 3000 }),
-            "http_port 3000",
+            serde_json::json!({ "cmd": "x", "needs": ["db"] }),
+            "needs `db`, which does not exist",
+        ),
+        (
+            serde_json::json!({ "cmd": "x", "http_port": 0 }),
+            "http_port",
         ),
         (serde_json::json!({ "cmd": "x", "colour": 1 }), "colour"),
     ] {
@@ -322,6 +358,33 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     for service in ["ticker", "www"] {
         sprite_cmd(&["service-rm", "web", service]);
     }
+    // With www gone, a service on any port can own the URL (reached through an
+    // agent tunnel rather than QEMU's forward of port 8080).
+    exec(
+        &url,
+        "web",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /root/alt && echo 'hello from 3000' > /root/alt/index.html",
+        ],
+        None,
+    )
+    .await;
+    let alt = common::client(&url)
+        .put(format!("{sprites}/web/services/alt?duration=0s"))
+        .json(&serde_json::json!({
+            "cmd": "busybox",
+            "args": ["httpd", "-f", "-p", "3000", "-h", "/root/alt"],
+            "http_port": 3000
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alt.status(), 200);
+    let (code, body) = get(web_host.clone(), Some(token.clone())).await;
+    assert_eq!((code, body.as_str()), (200, "hello from 3000\n"));
+    sprite_cmd(&["service-rm", "web", "alt"]);
     let gone = common::client(&sprites)
         .get(format!("{sprites}/web/services/www"))
         .send()

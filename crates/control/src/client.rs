@@ -256,7 +256,10 @@ impl Client {
             .ok_or_else(|| ClientError::BadArgument("a service needs a command".into()))?;
         let body = serde_json::json!({ "cmd": cmd, "args": args });
         let path = format!("{}/services/{}", sprite_path(name)?, segment(service)?);
-        self.json(Method::PUT, &path, Some(body)).await
+        // The answer is the service's log for `duration`: none wanted here.
+        self.send(Method::PUT, &format!("{path}?duration=0s"), Some(body))
+            .await?;
+        self.json(Method::GET, &path, None).await
     }
 
     pub async fn delete_service(&self, name: &str, service: &str) -> Result<(), ClientError> {

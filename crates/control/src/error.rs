@@ -49,6 +49,9 @@ pub enum ControlError {
     Unauthorized(String),
     #[error("{0}")]
     BadGateway(String),
+    /// The request clashes with the state of what it names.
+    #[error("{0}")]
+    Conflict(String),
     /// A Sprites call wisp does not serve yet.
     #[error("{0}")]
     NotImplemented(String),
@@ -96,6 +99,7 @@ impl ControlError {
             ControlError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ControlError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ControlError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::Unavailable(_) | ControlError::Wake { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

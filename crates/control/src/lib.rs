@@ -17,6 +17,7 @@ pub mod machines;
 pub mod model;
 pub mod registry;
 mod router;
+pub mod services;
 pub mod sprites;
 
 use std::net::SocketAddr;

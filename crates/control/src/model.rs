@@ -91,9 +91,14 @@ pub struct ServiceView {
     pub name: String,
     pub cmd: String,
     pub args: Vec<String>,
-    /// Services started first: always empty here (not supported yet).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// Services started first.
+    #[serde(default)]
     pub needs: Vec<String>,
-    /// The guest port the sprite's URL reaches: 8080, or none.
+    /// The guest port the sprite's URL reaches when this service owns it.
     pub http_port: Option<u16>,
     pub state: ServiceStateView,
 }
@@ -101,9 +106,16 @@ pub struct ServiceView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStateView {
     pub name: String,
-    /// `starting`, `running`, or `stopped` (between a death and its restart).
+    /// `running`, `starting` (not started yet, or between a death and its
+    /// restart), `stopped` (on request) or `failed` (its last start failed).
     pub status: String,
     pub pid: Option<u32>,
-    /// How many times it was started since the guest booted.
-    pub starts: u32,
+    /// When the running process started (RFC 3339); absent when not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Why the last start failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Restarts since the sprite booted (starts after the first).
+    pub restart_count: u32,
 }

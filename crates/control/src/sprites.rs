@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use wisp_vm::agent::{ServiceSpec, ServiceStatus};
 use wisp_vm::image::{self, ImageKind};
 use wisp_volume::{CheckpointInfo, Store, Volume, VolumeError};
 
@@ -520,81 +519,6 @@ impl Sprites {
         tracing::info!(sprite = %name, checkpoint = %id, "checkpoint restored");
         Ok(())
     }
-}
-
-impl Sprites {
-    /// Sprite `name`'s services and their state (waking it: services live
-    /// in the guest).
-    pub async fn services(
-        self: &Arc<Self>,
-        name: &str,
-    ) -> Result<Vec<ServiceStatus>, ControlError> {
-        let activity = self.activity(name).await?;
-        activity
-            .agent()
-            .list_services()
-            .await
-            .map_err(agent_failed(name))
-    }
-
-    /// Creates or replaces a service of sprite `name`; it starts now and at
-    /// every boot, and restarts when it dies.
-    pub async fn define_service(
-        self: &Arc<Self>,
-        name: &str,
-        spec: ServiceSpec,
-    ) -> Result<ServiceStatus, ControlError> {
-        let service = spec.name.clone();
-        let activity = self.activity(name).await?;
-        let agent = activity.agent();
-        agent
-            .define_service(spec)
-            .await
-            .map_err(agent_failed(name))?;
-        agent
-            .list_services()
-            .await
-            .map_err(agent_failed(name))?
-            .into_iter()
-            .find(|s| s.spec.name == service)
-            .ok_or_else(|| {
-                ControlError::NotFound(format!(
-                    "service `{service}` of sprite `{name}` is gone right after it was defined"
-                ))
-            })
-    }
-
-    /// Stops and forgets service `service` of sprite `name`.
-    pub async fn remove_service(
-        self: &Arc<Self>,
-        name: &str,
-        service: &str,
-    ) -> Result<(), ControlError> {
-        let activity = self.activity(name).await?;
-        let agent = activity.agent();
-        let known = agent.list_services().await.map_err(agent_failed(name))?;
-        if !known.iter().any(|s| s.spec.name == service) {
-            return Err(service_not_found(name, service));
-        }
-        agent
-            .remove_service(service)
-            .await
-            .map_err(agent_failed(name))
-    }
-}
-
-/// Maps a failed agent call in sprite `name` to its API error.
-fn agent_failed(name: &str) -> impl Fn(wisp_vm::agent::AgentError) -> ControlError + '_ {
-    move |source| ControlError::Exec {
-        name: name.to_string(),
-        source,
-    }
-}
-
-pub(crate) fn service_not_found(name: &str, service: &str) -> ControlError {
-    ControlError::NotFound(format!(
-        "service `{service}` of sprite `{name}` does not exist"
-    ))
 }
 
 /// Asks an awake sprite's guest to write its dirty pages to the disk, so a

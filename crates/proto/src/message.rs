@@ -112,12 +112,28 @@ pub enum Control {
     Services {
         services: Vec<ServiceStatus>,
     },
-    /// Reads a service's log: like `file_read`, starting `tail` bytes before the end
-    /// (whole log when absent).
+    /// Reads a service's log: like `file_read`, starting `tail` bytes before the end,
+    /// or at byte `offset` (whole log when neither is given).
     ServiceLogs {
         name: String,
         #[serde(default)]
         tail: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+    },
+    /// Starts a stopped service (no change for a running one); answered `ok`.
+    ServiceStart {
+        name: String,
+    },
+    /// Stops a service and keeps its definition (it starts again at the next boot or
+    /// `service_start`); answered `ok` once it ended.
+    ServiceStop {
+        name: String,
+    },
+    /// Sends signal number `signal` to a running service's process group; answered `ok`.
+    ServiceSignal {
+        name: String,
+        signal: i32,
     },
     /// Stop services, sync, freeze/remount the root read-only, power off. Answered with
     /// `ok` just before power-off (channel mode: the agent exits instead).
@@ -291,6 +307,9 @@ pub struct ServiceSpec {
     pub cwd: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
+    /// Services that must be running before this one starts (no cycles).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
 }
 
 impl ServiceSpec {
@@ -316,6 +335,15 @@ pub struct ServiceStatus {
     pub starts: u32,
     /// How the last run ended.
     pub last_exit: Option<ExitStatus>,
+    /// When the running process started, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    /// Why the last start failed, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Stopped on request (`service_stop`): not restarted until started again.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 #[cfg(test)]

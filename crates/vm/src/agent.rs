@@ -797,11 +797,56 @@ impl AgentClient {
             &Control::ServiceLogs {
                 name: name.to_string(),
                 tail,
+                offset: None,
             },
             &mut v,
         )
         .await?;
         Ok(v)
+    }
+
+    /// A service's log from byte `offset` on, and the log's size when read: call again
+    /// with `offset + bytes` to follow it. (A log that was rotated meanwhile is smaller
+    /// than `offset`: nothing is read and the size says where it starts again.)
+    pub async fn service_log_from(
+        &self,
+        name: &str,
+        offset: u64,
+    ) -> Result<(Vec<u8>, u64), AgentError> {
+        let mut stream = self
+            .open_stream(&Control::ServiceLogs {
+                name: name.to_string(),
+                tail: None,
+                offset: Some(offset),
+            })
+            .await?;
+        let size = stream.size;
+        let mut v = Vec::new();
+        while let Some(chunk) = stream.chunk().await? {
+            v.extend_from_slice(&chunk);
+        }
+        Ok((v, size))
+    }
+
+    /// Starts a stopped service again.
+    pub async fn start_service(&self, name: &str) -> Result<(), AgentError> {
+        let name = name.to_string();
+        expect_ok(self.request(&Control::ServiceStart { name }).await?)
+    }
+
+    /// Stops a service (keeping its definition); returns once it ended.
+    pub async fn stop_service(&self, name: &str) -> Result<(), AgentError> {
+        let name = name.to_string();
+        expect_ok(self.request(&Control::ServiceStop { name }).await?)
+    }
+
+    /// Sends signal number `signal` to a running service.
+    pub async fn signal_service(&self, name: &str, signal: i32) -> Result<(), AgentError> {
+        let name = name.to_string();
+        expect_ok(
+            self.request(&Control::ServiceSignal { name, signal })
+                .await?,
+        )
     }
 
     /// Asks the agent to stop services, sync and power the guest off. Returns when the

@@ -291,6 +291,7 @@ async fn services_restart_after_a_crash_and_after_a_reboot() {
             env: vec![],
             cwd: None,
             user: None,
+            needs: vec![],
         })
         .await
         .unwrap();

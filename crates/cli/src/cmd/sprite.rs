@@ -193,8 +193,8 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
                 print_json(&services)?;
             } else {
                 println!(
-                    "{:<20} {:<9} {:>7} {:>6} COMMAND",
-                    "NAME", "STATUS", "PID", "STARTS"
+                    "{:<20} {:<9} {:>7} {:>8} COMMAND",
+                    "NAME", "STATUS", "PID", "RESTARTS"
                 );
                 for s in &services {
                     let pid = s
@@ -203,11 +203,11 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
                         .map(|p| p.to_string())
                         .unwrap_or_else(|| "-".into());
                     println!(
-                        "{:<20} {:<9} {:>7} {:>6} {} {}",
+                        "{:<20} {:<9} {:>7} {:>8} {} {}",
                         s.name,
                         s.state.status,
                         pid,
-                        s.state.starts,
+                        s.state.restart_count,
                         s.cmd,
                         s.args.join(" ")
                     );

@@ -131,6 +131,8 @@ pub struct Output {
     pub code: Option<i32>,
     /// A text `error` event.
     pub error: Option<String>,
+    /// From the `session_info` message that comes first.
+    pub session_id: Option<String>,
 }
 
 /// The exec WebSocket URL of sprite `name` for `argv`, with `extra` parameters.
@@ -186,21 +188,33 @@ pub async fn exec(url: &str, name: &str, argv: &[&str], stdin: Option<&[u8]>) ->
         ws.send(Message::Binary(vec![4u8].into())).await.unwrap();
     }
     let mut out = Output::default();
+    let mut first = true;
     while let Some(message) = tokio::time::timeout(Duration::from_secs(120), ws.next())
         .await
         .expect("exec answered within 120 s")
     {
-        match message.unwrap() {
+        let message = message.unwrap();
+        let was_first = std::mem::replace(&mut first, false);
+        match message {
             Message::Binary(b) => match b.split_first() {
                 Some((1, d)) => out.stdout.push_str(&String::from_utf8_lossy(d)),
                 Some((2, d)) => out.stderr.push_str(&String::from_utf8_lossy(d)),
                 Some((3, d)) => out.code = Some(d[0] as i32),
+                // A keepalive.
+                None => {}
                 other => panic!("unexpected frame {other:?}"),
             },
             Message::Text(t) => {
                 let event: serde_json::Value = serde_json::from_str(&t).unwrap();
-                assert_eq!(event["type"], "error", "unexpected text frame {t}");
-                out.error = event["error"].as_str().map(str::to_string);
+                match event["type"].as_str() {
+                    Some("session_info") => {
+                        assert!(was_first, "session_info comes first: {t}");
+                        out.session_id = event["session_id"].as_str().map(str::to_string);
+                    }
+                    Some("port_opened" | "port_closed") => {}
+                    Some("error") => out.error = event["error"].as_str().map(str::to_string),
+                    _ => panic!("unexpected text frame {t}"),
+                }
             }
             Message::Close(_) => break,
             _ => {}

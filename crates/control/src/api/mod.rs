@@ -113,6 +113,26 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/sprites/{name}/fs/chown", post(fs::chown))
         .route("/v1/sprites/{name}/services", get(services::list_services))
         .route(
+            "/v1/sprites/{name}/services/signal",
+            post(services::signal_service),
+        )
+        .route(
+            "/v1/sprites/{name}/services/{service}/start",
+            post(services::start_service),
+        )
+        .route(
+            "/v1/sprites/{name}/services/{service}/stop",
+            post(services::stop_service),
+        )
+        .route(
+            "/v1/sprites/{name}/services/{service}/restart",
+            post(services::restart_service),
+        )
+        .route(
+            "/v1/sprites/{name}/services/{service}/logs",
+            get(services::service_logs),
+        )
+        .route(
             "/v1/sprites/{name}/services/{service}",
             get(services::get_service)
                 .put(services::put_service)

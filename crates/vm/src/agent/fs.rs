@@ -82,7 +82,7 @@ impl AgentClient {
         .await
     }
 
-    async fn open_stream(&self, request: &Control) -> Result<FileStream, AgentError> {
+    pub(super) async fn open_stream(&self, request: &Control) -> Result<FileStream, AgentError> {
         let mut session = self.open();
         self.inner.send_control(session.id, request).await?;
         match session.next_control().await? {
