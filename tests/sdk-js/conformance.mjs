@@ -254,6 +254,58 @@ await check('16 MiB through exec stdout, byte-exact', async () => {
   equal(sha(r.stdout), want.stdout.split(' ')[0], 'sha256');
 });
 
+await check('sessions: createSession, listSessions, attachSession replays, killSession', async () => {
+  const first = sprite.createSession('sh', ['-c', 'echo first-output; sleep 1; echo second-output; exec sleep 600']);
+  const info = await new Promise((resolve, reject) => {
+    first.on('message', (m) => { if (m && m.type === 'session_info') resolve(m); });
+    first.on('error', reject);
+  });
+  let seen = '';
+  await new Promise((resolve) => first.stdout.on('data', (d) => {
+    seen += d.toString();
+    if (seen.includes('second-output')) resolve();
+  }));
+  first.wsCmd.close();
+  await sleep(500);
+  const sessions = await sprite.listSessions();
+  const mine = sessions.find((s) => s.id === info.session_id);
+  assert(mine && mine.isActive && mine.tty, `listed and running after the client left: ${JSON.stringify(sessions)}`);
+  assert(mine.created instanceof Date && !isNaN(mine.created), 'created');
+  const again = sprite.attachSession(info.session_id);
+  let replay = '';
+  const replayed = new Promise((resolve) => again.stdout.on('data', (d) => {
+    replay += d.toString();
+    if (replay.includes('first-output') && replay.includes('second-output')) resolve();
+  }));
+  const againDone = collect(again);
+  await replayed;
+  const kill = await sprite.killSession(info.session_id, 'SIGTERM', '5s');
+  const events = [];
+  for (let e = await kill.next(); e; e = await kill.next()) events.push(e);
+  equal(events.map((e) => e.type), ['signal', 'exited', 'complete'], 'kill events');
+  equal(events[1].exitCode, 143, 'exit code after SIGTERM');
+  equal((await againDone).code, 1, 'the attached client sees the end (a failed terminal command)');
+  const after = await sprite.listSessions();
+  assert(after.some((s) => s.id === info.session_id && !s.isActive), 'listed as ended');
+});
+
+await check('64 MiB through exec stdin and stdout, byte-exact', async () => {
+  const data = randomBytes(64 << 20);
+  const cmd = sprite.spawn('sh', ['-c', 'cat > /tmp/in.bin; sha256sum /tmp/in.bin; cat /tmp/in.bin >&2']);
+  const chunks = [];
+  cmd.stderr.on('data', (d) => chunks.push(d));
+  const out = collect(cmd);
+  await new Promise((resolve) => cmd.once('spawn', resolve));
+  for (let i = 0; i < data.length; i += 1 << 20) cmd.stdin.write(data.subarray(i, i + (1 << 20)));
+  cmd.stdin.end();
+  const result = await out;
+  equal(result.code, 0, 'exit code');
+  equal(result.stdout.split(' ')[0], sha(data), 'sha256 of what arrived in the sprite');
+  const back = Buffer.concat(chunks);
+  equal(back.length, data.length, 'bytes back');
+  equal(sha(back), sha(data), 'sha256 of what came back');
+});
+
 // ---- filesystem ----
 const fs = () => sprite.filesystem('/root');
 
@@ -323,8 +375,8 @@ await check('filesystem appendFile, writeJSON/readJSON', async () => {
   equal(await fs().readJSON('conf.json'), { a: [1, 2], b: 'x' }, 'json');
 });
 
-await check('filesystem 16 MiB write and read, byte-exact', async () => {
-  const data = randomBytes(16 << 20);
+await check('filesystem 64 MiB write and read, byte-exact', async () => {
+  const data = randomBytes(64 << 20);
   await fs().writeFile('big.bin', data);
   const back = await fs().readFile('big.bin');
   equal(back.length, data.length, 'bytes');

@@ -175,12 +175,53 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
             other => panic!("{path}: {:?}", other.map(|_| "upgraded")),
         }
     }
+    // A plain GET lists the sprite's exec sessions: the ended ones are kept a while.
     let plain = common::client(&url)
-        .get(format!("{url}/v1/sprites/box/exec?cmd=true"))
+        .get(format!("{url}/v1/sprites/box/exec"))
         .send()
         .await
         .unwrap();
-    assert_eq!(plain.status(), 400, "a plain GET is not an exec");
+    assert_eq!(plain.status(), 200, "a plain GET lists sessions");
+    let listed: serde_json::Value = plain.json().await.unwrap();
+    let sessions = listed["sessions"].as_array().unwrap();
+    let last = "sh -c cat /root/file; test -e /root/file2 && echo present || echo absent";
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s["command"] == last && s["is_active"] == false && s["tty"] == false),
+        "{listed}"
+    );
+
+    // A command outlives its client for max_run_after_disconnect, then ends.
+    for (limit, file) in [("30s", "/root/kept"), ("1s", "/root/cut")] {
+        let script = format!("sleep 4; echo done > {file}");
+        let ws_url = exec_url(
+            &url,
+            "box",
+            &["sh", "-c", &script],
+            &[("max_run_after_disconnect", limit)],
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(ws_request(&url, &ws_url))
+            .await
+            .unwrap();
+        // The session exists once the client got its session_info.
+        let (_, mut read) = ws.split();
+        let _ = read.next().await;
+        drop(read);
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(9)).await;
+    let out = exec(
+        &url,
+        "box",
+        &[
+            "sh",
+            "-c",
+            "cat /root/kept; test -e /root/cut && echo cut-ran || echo cut-stopped",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.stdout, "done\ncut-stopped\n", "{out:?}");
 
     // The router: a request to the sprite's host reaches port 8080 in it,
     // through a service that starts at every boot, and wakes it.

@@ -25,15 +25,18 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use wisp_vm::agent::{ExecEvent, ExecInput, ExecRequest, TtySize};
 
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+
 use crate::machines::{Activity, PortEvent};
+use crate::sessions::{AfterDisconnect, Attached, Output, Start, DEFAULT_AFTER_DISCONNECT};
 use crate::ControlError;
+use crate::Sprites;
 
 /// What `X-Sprite-Capabilities` announces on the exec upgrade: the client may
 /// send `{"type":"signal"}`.
 pub(crate) const CAPABILITIES: &str = "signal";
-
-/// Session ids, unique in this daemon's life.
-static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 pub(crate) const STDIN: u8 = 0;
 pub(crate) const STDOUT: u8 = 1;
@@ -47,6 +50,10 @@ pub(crate) struct ExecParams {
     pub request: ExecRequest,
     /// Whether the client sends stdin; without, stdin is closed at once.
     pub stdin: bool,
+    /// How long the command runs with no client attached (`None`: until it ends).
+    pub after_disconnect: AfterDisconnect,
+    /// `id`: attach to this session instead of starting a command.
+    pub attach: Option<String>,
 }
 
 pub(crate) fn parse_bool(key: &str, value: &str) -> Result<bool, ControlError> {
@@ -73,6 +80,7 @@ impl ExecParams {
         let (mut path, mut dir) = (None, None);
         let (mut tty, mut stdin) = (false, None);
         let (mut rows, mut cols) = (24, 80);
+        let (mut detachable, mut after_disconnect, mut attach) = (false, None, None);
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             match key.as_ref() {
                 "cmd" => cmd.push(value.into_owned()),
@@ -90,13 +98,20 @@ impl ExecParams {
                         )))
                     }
                 },
-                // Sent by the Sprites SDKs; accepted (booleans checked) but not acted on
-                // yet: a session ends with its socket here (detachable sessions are a
-                // later part of issue 9).
-                "detachable" | "cc" => {
-                    parse_bool(&key, &value)?;
+                "detachable" => detachable = parse_bool("detachable", &value)?,
+                // Control mode (`cc`): answered per request here; nothing to change.
+                "cc" => {
+                    parse_bool("cc", &value)?;
                 }
-                "max_run_after_disconnect" | "id" => {}
+                "max_run_after_disconnect" => {
+                    let limit = crate::services::parse_duration(&value).ok_or_else(|| {
+                        ControlError::BadRequest(format!(
+                            "bad `max_run_after_disconnect` value `{value}`: use a duration such as 10s, or 0 for no limit"
+                        ))
+                    })?;
+                    after_disconnect = Some(limit);
+                }
+                "id" => attach = Some(value.into_owned()),
                 other => {
                     return Err(ControlError::BadRequest(format!(
                         "unknown exec parameter `{other}`"
@@ -132,6 +147,15 @@ impl ExecParams {
                 replace_env,
             },
             stdin: stdin.unwrap_or(tty),
+            // As in Sprites: a terminal (or a detachable session) runs until it ends,
+            // anything else 10 s after its last client; an explicit 0 is no limit.
+            after_disconnect: match after_disconnect {
+                Some(limit) if limit.is_zero() => None,
+                Some(limit) => Some(limit),
+                None if tty || detachable => None,
+                None => Some(DEFAULT_AFTER_DISCONNECT),
+            },
+            attach,
         })
     }
 
@@ -216,17 +240,14 @@ fn error_message(error: String) -> Message {
     )
 }
 
-/// What the server sends for one event of the command, and after the last
-/// one (the exit) the close frame that ends the socket.
-fn outgoing(event: ExecEvent, tty: bool) -> (Message, Option<CloseFrame>) {
-    match event {
-        ExecEvent::Stdout(data) | ExecEvent::Stderr(data) if tty => {
-            (Message::Binary(data.into()), None)
-        }
-        ExecEvent::Stdout(data) => (Message::Binary(framed(STDOUT, &data).into()), None),
-        ExecEvent::Stderr(data) => (Message::Binary(framed(STDERR, &data).into()), None),
-        ExecEvent::Exit(status) => {
-            let code = status.shell_code();
+/// What the server sends for one output of the session, and after the last
+/// one (the exit, or a failure) the close frame that ends the socket.
+fn outgoing(output: Output, tty: bool) -> (Message, Option<CloseFrame>) {
+    match output {
+        Output::Stdout(data) | Output::Stderr(data) if tty => (Message::Binary(data.into()), None),
+        Output::Stdout(data) => (Message::Binary(framed(STDOUT, &data).into()), None),
+        Output::Stderr(data) => (Message::Binary(framed(STDERR, &data).into()), None),
+        Output::Exit(code) => {
             if tty {
                 let message = Message::Text(
                     serde_json::json!({ "type": "exit", "exit_code": code })
@@ -239,6 +260,7 @@ fn outgoing(event: ExecEvent, tty: bool) -> (Message, Option<CloseFrame>) {
                 (message, Some(normal_close()))
             }
         }
+        Output::Error(error) => (error_message(error), Some(normal_close())),
     }
 }
 
@@ -331,16 +353,16 @@ const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Wakes the sprite (a wake started here runs to completion even if the client
-/// goes away), runs the command, and pumps it to and from `socket` until it
-/// exits or the client goes away. A sprite that cannot wake gets an `error`
-/// message and close code 1011.
+/// goes away), starts the command as a session, and serves it to `socket`
+/// (see [`serve`]). A sprite that cannot wake gets an `error` message and
+/// close code 1011.
 pub(crate) async fn run(
     socket: WebSocket,
+    sprites: Arc<Sprites>,
     wake: tokio::task::JoinHandle<Result<Activity, ControlError>>,
     name: String,
     params: ExecParams,
 ) {
-    use futures::{SinkExt, StreamExt};
     let (mut to_client, from_client) = socket.split();
     let activity = match wake.await {
         Ok(Ok(activity)) => activity,
@@ -354,44 +376,88 @@ pub(crate) async fn run(
         }
     };
     let tty = params.request.tty.is_some();
-    let session = match activity.agent().exec(params.request).await {
-        Ok(session) => session,
+    let start = Start {
+        command: params.request.argv.join(" "),
+        workdir: params.request.cwd.clone().unwrap_or_default(),
+        tty,
+        after_disconnect: params.after_disconnect,
+    };
+    let exec = match activity.agent().exec(params.request).await {
+        Ok(exec) => exec,
         Err(source) => {
             let error = ControlError::Exec { name, source }.chain();
             return fail(&mut to_client, error).await;
         }
     };
-    let input = session.input();
     if !params.stdin {
-        let _ = input.close_stdin().await;
+        let _ = exec.input().close_stdin().await;
     }
+    // The client's own hold on the sprite, for as long as it is attached.
+    let connection = activity.another();
+    let attached = sprites.sessions().start(&name, exec, activity, start);
+    serve(
+        to_client,
+        from_client,
+        attached,
+        Some(connection),
+        params.stdin,
+    )
+    .await
+}
+
+/// Attaches `socket` to session `id` of sprite `name`: the output it kept is
+/// replayed, then it goes on live (see [`serve`]).
+pub(crate) async fn attach(socket: WebSocket, sprites: Arc<Sprites>, name: String, id: String) {
+    let (mut to_client, from_client) = socket.split();
+    let session = match sprites.sessions().get(&name, &id) {
+        Ok(session) => session,
+        Err(e) => return fail(&mut to_client, e.chain()).await,
+    };
+    // A running session's sprite is awake: this only holds it so.
+    let connection = if session.ended() {
+        None
+    } else {
+        sprites.activity(&name).await.ok()
+    };
+    let attached = session.attach(true);
+    serve(to_client, from_client, attached, connection, true).await
+}
+
+/// Serves a session to one client: `session_info` first, the replayed output,
+/// then the live output, port notifications and keepalives, until the exit
+/// (then close code 1000, or 4000 + code for a failed TTY command) or until
+/// the client goes away, which leaves the session running (see
+/// [`crate::sessions`]). The client's input goes to the command beside it.
+async fn serve(
+    mut to_client: futures::stream::SplitSink<WebSocket, Message>,
+    from_client: futures::stream::SplitStream<WebSocket>,
+    mut attached: Attached,
+    connection: Option<Activity>,
+    stdin: bool,
+) {
+    let session = attached.session.clone();
+    let tty = session.tty;
     // First, as in Sprites: which session this is and whether it has a terminal.
     let info = serde_json::json!({
         "type": "session_info",
-        "session_id": NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string(),
+        "session_id": session.id,
         "tty": tty,
         "pid": session.pid,
+        "command": session.command,
     });
     if to_client
         .send(Message::Text(info.to_string().into()))
         .await
         .is_err()
     {
-        let _ = input.signal(SIGHUP).await;
         return;
     }
-    // The session's events as a stream: polling it again after a keepalive tick
-    // resumes the same read (a read cancelled half-way could lose output).
-    let mut events = Box::pin(futures::stream::unfold(session, |mut session| async move {
-        let event = session.recv().await;
-        Some((event, session))
-    }));
-    // Ports that open or close while the command runs, as Sprites reports them.
-    let awake = activity.awake();
+    // Ports that open or close while the client is attached, as Sprites reports them.
+    let awake = connection.as_ref().map(Activity::awake);
     let mut ports = Box::pin(futures::stream::unfold(None, move |rx| async move {
         let mut rx: tokio::sync::broadcast::Receiver<PortEvent> = match rx {
             Some(rx) => rx,
-            None => awake.ports().await.ok()?.1,
+            None => awake?.ports().await.ok()?.1,
         };
         loop {
             match rx.recv().await {
@@ -401,12 +467,24 @@ pub(crate) async fn run(
             }
         }
     }));
+    let replay = std::mem::take(&mut attached.replay);
     let mut output = Box::pin(async {
+        for past in replay {
+            let (message, close) = outgoing(past, tty);
+            let sent = to_client.send(message).await.is_ok();
+            if let Some(close) = close {
+                let _ = to_client.send(Message::Close(Some(close))).await;
+                return true;
+            }
+            if !sent {
+                return false;
+            }
+        }
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.reset();
         loop {
-            let event = tokio::select! {
-                event = events.next() => event,
+            let next = tokio::select! {
+                next = attached.output.recv() => next,
                 Some(port) = ports.next() => {
                     let text = crate::api::port_message(&port).to_string();
                     if to_client.send(Message::Text(text.into())).await.is_err() {
@@ -424,22 +502,10 @@ pub(crate) async fn run(
                 }
             };
             keepalive.reset();
-            let (message, close) = match event {
-                Some(Ok(Some(event))) => outgoing(event, tty),
-                Some(Ok(None)) | None => (
-                    error_message(format!(
-                        "the command in sprite `{name}` ended without an exit status"
-                    )),
-                    Some(normal_close()),
-                ),
-                Some(Err(source)) => (
-                    error_message(
-                        ControlError::Exec {
-                            name: name.clone(),
-                            source,
-                        }
-                        .chain(),
-                    ),
+            let (message, close) = match next {
+                Some(output) => outgoing(output, tty),
+                None => (
+                    error_message("the session ended without an exit status".into()),
                     Some(normal_close()),
                 ),
             };
@@ -454,23 +520,21 @@ pub(crate) async fn run(
             }
         }
     });
-    let mut pump = Box::pin(pump_input(from_client, input.clone(), tty, params.stdin));
+    let input = session.input().clone();
+    let mut pump = Box::pin(pump_input(from_client, input, tty, stdin));
     let finished = tokio::select! {
         finished = &mut output => finished,
         () = &mut pump => false,
     };
     if !finished {
-        // The client went away before the command ended: hang it up, as a
-        // closing terminal would; the session ends with it.
-        let _ = input.signal(SIGHUP).await;
+        // The client went away: the session goes on without it.
         return;
     }
     // The exit and the close frame are sent: the sprite is free to sleep while the
     // client's close comes (see CLOSE_LINGER).
     drop(output);
-    drop(events);
     drop(ports);
-    drop(activity);
+    drop(connection);
     let _ = tokio::time::timeout(CLOSE_LINGER, pump).await;
 }
 
@@ -637,9 +701,6 @@ fn normal_close() -> CloseFrame {
         reason: "".into(),
     }
 }
-
-/// SIGHUP in the (Linux) guest.
-const SIGHUP: i32 = 1;
 
 /// A non-TTY binary message: the stream id, then the bytes.
 pub(crate) fn framed(stream: u8, data: &[u8]) -> Vec<u8> {

@@ -18,6 +18,7 @@ pub mod model;
 pub mod registry;
 mod router;
 pub mod services;
+pub mod sessions;
 pub mod sprites;
 
 use std::net::SocketAddr;

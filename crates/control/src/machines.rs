@@ -163,6 +163,12 @@ impl Activity {
     pub fn awake(&self) -> &Awake {
         &self.0
     }
+
+    /// Another hold on the same awake sprite.
+    pub fn another(&self) -> Activity {
+        self.0.sessions.fetch_add(1, Ordering::SeqCst);
+        Activity(self.0.clone())
+    }
 }
 
 impl Drop for Activity {

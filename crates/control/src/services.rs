@@ -36,12 +36,17 @@ pub struct LogFollower {
 impl LogFollower {
     /// What the service wrote since the last call (empty when nothing).
     pub async fn next(&mut self) -> Result<Vec<u8>, ControlError> {
-        let (data, size) = self
+        let read = self
             .activity
             .agent()
             .service_log_from(&self.service, self.offset)
-            .await
-            .map_err(agent_failed(&self.name))?;
+            .await;
+        let (data, size) = match read {
+            Ok(read) => read,
+            // The service has not opened its log yet.
+            Err(AgentError::Os { errno, .. }) if errno == "ENOENT" => return Ok(Vec::new()),
+            Err(e) => return Err(agent_failed(&self.name)(e)),
+        };
         // A rotated log starts again from its beginning.
         self.offset = if size < self.offset {
             0

@@ -151,6 +151,8 @@ pub struct Sprites {
     /// volume, which admits one user; a second request waits its turn
     /// instead of failing with "in use".
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Exec sessions of every sprite.
+    sessions: Arc<crate::sessions::Sessions>,
 }
 
 impl Sprites {
@@ -170,6 +172,7 @@ impl Sprites {
             home,
             image,
             turns: Mutex::default(),
+            sessions: Arc::default(),
         }
     }
 
@@ -182,6 +185,11 @@ impl Sprites {
             turns.entry(name.to_string()).or_default().clone()
         };
         lock.lock_owned().await
+    }
+
+    /// The exec sessions of this host's sprites.
+    pub fn sessions(&self) -> &Arc<crate::sessions::Sessions> {
+        &self.sessions
     }
 
     pub fn registry(&self) -> &Registry {
@@ -420,6 +428,7 @@ impl Sprites {
             }
         }
         self.registry.remove(name)?;
+        self.sessions.forget(name);
         tracing::info!(sprite = %name, "sprite deleted");
         self.machines.changed(name);
         Ok(())

@@ -100,6 +100,11 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/sprites/{name}/exec",
             get(exec::exec_sprite).post(exec::exec_http),
         )
+        .route("/v1/sprites/{name}/exec/{id}", get(exec::attach_session))
+        .route(
+            "/v1/sprites/{name}/exec/{id}/kill",
+            post(exec::kill_session),
+        )
         .route("/v1/sprites/{name}/fs/read", get(fs::read))
         .route("/v1/sprites/{name}/fs/write", axum::routing::put(fs::write))
         .route("/v1/sprites/{name}/fs/list", get(fs::list))
@@ -172,6 +177,26 @@ async fn sprite_version(mut response: axum::response::Response) -> axum::respons
         .headers_mut()
         .insert("sprite-version", HeaderValue::from_static(SPRITE_VERSION));
     response
+}
+
+/// An NDJSON answer whose lines `produce` sends; the answer ends when it returns.
+pub(super) fn ndjson<F, Fut>(produce: F) -> axum::response::Response
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<serde_json::Value>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<serde_json::Value>(64);
+    tokio::spawn(produce(tx));
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        let value = rx.recv().await?;
+        let mut line = value.to_string();
+        line.push('\n');
+        Some((Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    axum::response::IntoResponse::into_response((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    ))
 }
 
 fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ControlError> {

@@ -9,12 +9,11 @@ use std::time::{Duration, SystemTime};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{body, AppState};
+use super::{body, ndjson, AppState};
 use crate::model::{ServiceStateView, ServiceView};
 use crate::services::{parse_duration, LogFollower};
 use crate::sprites::rfc3339;
@@ -130,27 +129,6 @@ fn event(kind: &str) -> serde_json::Value {
 
 fn data_event(kind: &str, data: &[u8]) -> serde_json::Value {
     json!({ "type": kind, "data": String::from_utf8_lossy(data), "timestamp": now_ms() })
-}
-
-/// An NDJSON answer whose lines `produce` sends; the answer ends when it returns.
-fn ndjson<F, Fut>(produce: F) -> axum::response::Response
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<serde_json::Value>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel::<serde_json::Value>(64);
-    tokio::spawn(produce(tx));
-    let lines = futures::stream::unfold(rx, |mut rx| async move {
-        let value = rx.recv().await?;
-        let mut line = value.to_string();
-        line.push('\n');
-        Some((Ok::<_, std::convert::Infallible>(line), rx))
-    });
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
-        axum::body::Body::from_stream(lines),
-    )
-        .into_response()
 }
 
 /// Sends the log's new lines as `stdout` events for `duration`. Returns false when
