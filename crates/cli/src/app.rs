@@ -35,6 +35,11 @@ pub enum Command {
     Vm(cmd::vm::VmCommand),
     /// Check what this machine can run and what is missing.
     Doctor(cmd::doctor::DoctorArgs),
+    /// Print a shell completion script: `wisp completions bash > /etc/bash_completion.d/wisp`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Gives memory that glibc keeps after frees back to the system, once a
@@ -87,6 +92,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(command) => cmd::image::run(&global, command).await,
         Command::Vm(command) => cmd::vm::run(&global, command).await,
         Command::Doctor(args) => cmd::doctor::run(&global, args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into memory first: clap_complete panics when its writer fails (a
+            // closed pipe, as with `| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "wisp", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(e.into()),
+            }
+        }
     }
 }
 

@@ -436,6 +436,99 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         serde_json::from_str(&sprite_cmd(&["services", "web", "--json"])).unwrap();
     assert_eq!(listed, serde_json::json!([]));
 
+    // `wisp sprite cp` both ways, through files and stdin/stdout (streamed).
+    let data: Vec<u8> = (0..3 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let src = home.join("cp-src.bin");
+    std::fs::write(&src, &data).unwrap();
+    sprite_cmd(&["cp", src.to_str().unwrap(), "box:/root/copied/deep.bin"]);
+    let back = home.join("cp-back.bin");
+    sprite_cmd(&["cp", "box:/root/copied/deep.bin", back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == data, "cp round trip");
+    assert_eq!(sprite_cmd(&["cp", "box:/root/file", "-"]), "data\n");
+    let missing = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .args(["sprite", "--api", &url, "cp", "box:/root/nope", "-"])
+        .env("WISP_HOME", &home)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("/root/nope"),
+        "{missing:?}"
+    );
+    // `use` makes a folder's default sprite; `url` and `sessions list` take it.
+    let folder = home.join("project");
+    std::fs::create_dir_all(folder.join("sub")).unwrap();
+    let in_folder = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
+            .args(["sprite", "--api", &url])
+            .args(args)
+            .env("WISP_HOME", &home)
+            .current_dir(folder.join("sub"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let used = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .args(["sprite", "--api", &url, "use", "box"])
+        .env("WISP_HOME", &home)
+        .current_dir(&folder)
+        .output()
+        .unwrap();
+    assert!(used.status.success(), "{used:?}");
+    assert_eq!(
+        in_folder(&["url"]).trim(),
+        format!("http://box.localhost:{port}")
+    );
+    let sessions: serde_json::Value =
+        serde_json::from_str(&in_folder(&["sessions", "list", "--json"])).unwrap();
+    assert!(!sessions.as_array().unwrap().is_empty(), "{sessions}");
+    // `proxy`: a local port to a port in the sprite.
+    exec(
+        &url,
+        "box",
+        &["busybox", "httpd", "-p", "8081", "-h", "/root"],
+        None,
+    )
+    .await;
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut proxy = common::Daemon(
+        Command::new(env!("CARGO_BIN_EXE_wisp"))
+            .args([
+                "sprite",
+                "--api",
+                &url,
+                "proxy",
+                "box",
+                &format!("8081:{local}"),
+            ])
+            .env("WISP_HOME", &home)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.0.stderr.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert!(ready.contains(&format!("127.0.0.1:{local}")), "{ready}");
+    let page = reqwest::get(format!("http://127.0.0.1:{local}/file"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(page, "data\n");
+    drop(proxy);
+
     // A daemon told to stop (SIGTERM) stops its running sprites cleanly:
     // what the last command wrote is there after a restart.
     exec(&url, "box", &["sh", "-c", "echo kept > /root/file3"], None).await;

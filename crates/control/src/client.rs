@@ -283,7 +283,10 @@ impl Client {
 /// What to run with [`Client::exec`].
 #[derive(Debug, Clone, Default)]
 pub struct ExecOptions {
+    /// The program and its arguments; empty: the sprite user's login shell.
     pub argv: Vec<String>,
+    /// Attach to this session instead of running `argv`.
+    pub attach: Option<String>,
     /// A terminal of this many rows and columns.
     pub tty: Option<(u16, u16)>,
     /// Whether stdin is sent (it is closed at once otherwise).
@@ -405,8 +408,14 @@ impl Client {
         name: &str,
         options: &ExecOptions,
     ) -> Result<(ExecSender, ExecReceiver), ClientError> {
-        let path = sprite_path(name)?;
+        let mut path = format!("{}/exec", sprite_path(name)?);
         let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(id) = &options.attach {
+            path = format!(
+                "{path}/{}",
+                url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+            );
+        }
         for arg in &options.argv {
             query.append_pair("cmd", arg);
         }
@@ -416,44 +425,9 @@ impl Client {
             query.append_pair("rows", &rows.to_string());
             query.append_pair("cols", &cols.to_string());
         }
-        let url = format!(
-            "{}{path}/exec?{}",
-            self.base.replacen("http", "ws", 1),
-            query.finish()
-        );
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ClientError::BadArgument(format!("bad exec url `{url}`: {e}")))?;
-        if let Some(token) = &self.token {
-            let value = format!("Bearer {token}").parse().map_err(|_| {
-                ClientError::BadArgument("the token is not a valid header value".into())
-            })?;
-            request.headers_mut().insert("authorization", value);
-        }
-        let (socket, _) = match tokio_tungstenite::connect_async(request).await {
-            Ok(connected) => connected,
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                let status = response.status().as_u16();
-                let body = response
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                let message = serde_json::from_str::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| crate::error::message_of(&v))
-                    .unwrap_or_else(|| format!("exec answered {status}: {body}"));
-                return Err(ClientError::Api { status, message });
-            }
-            Err(e) => {
-                return Err(ClientError::Unreachable {
-                    base: self.base.clone(),
-                    reason: crate::error::chain_of(&e),
-                })
-            }
-        };
+        let socket = self
+            .websocket(&format!("{path}?{}", query.finish()))
+            .await?;
         let tty = options.tty.is_some();
         let (sink, stream) = socket.split();
         Ok((
@@ -464,5 +438,188 @@ impl Client {
                 done: false,
             },
         ))
+    }
+
+    /// Opens a WebSocket to `path` (with its query) on the daemon, with the token.
+    async fn websocket(
+        &self,
+        path: &str,
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        ClientError,
+    > {
+        let url = format!("{}{path}", self.base.replacen("http", "ws", 1));
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ClientError::BadArgument(format!("bad url `{url}`: {e}")))?;
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                ClientError::BadArgument("the token is not a valid header value".into())
+            })?;
+            request.headers_mut().insert("authorization", value);
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                let message = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| crate::error::message_of(&v))
+                    .unwrap_or_else(|| format!("{path} answered {status}: {body}"));
+                Err(ClientError::Api { status, message })
+            }
+            Err(e) => Err(ClientError::Unreachable {
+                base: self.base.clone(),
+                reason: crate::error::chain_of(&e),
+            }),
+            Ok((socket, _)) => Ok(socket),
+        }
+    }
+
+    /// Sprite `name`'s exec sessions, as the API lists them.
+    pub async fn sessions(&self, name: &str) -> Result<Vec<serde_json::Value>, ClientError> {
+        let list: serde_json::Value = self
+            .json(Method::GET, &format!("{}/exec", sprite_path(name)?), None)
+            .await?;
+        Ok(list["sessions"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Ends session `id` of sprite `name` with `signal` (SIGKILL after
+    /// `timeout`); the events the daemon streamed, one JSON per line.
+    pub async fn kill_session(
+        &self,
+        name: &str,
+        id: &str,
+        signal: &str,
+    ) -> Result<String, ClientError> {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.append_pair("signal", signal);
+        let id: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        let path = format!("{}/exec/{id}/kill?{}", sprite_path(name)?, query.finish());
+        Ok(self.send(Method::POST, &path, None).await?.1)
+    }
+
+    fn fs_url(&self, name: &str, op: &str, path: &str) -> Result<String, ClientError> {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.append_pair("path", path);
+        Ok(format!(
+            "{}{}/fs/{op}?{}",
+            self.base,
+            sprite_path(name)?,
+            query.finish()
+        ))
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Checks a streamed answer's status: the daemon's error message when it failed.
+    async fn streamed(
+        &self,
+        sent: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = sent.map_err(|e| ClientError::Unreachable {
+            base: self.base.clone(),
+            reason: crate::error::chain_of(&e),
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| crate::error::message_of(&v))
+            .unwrap_or(text);
+        Err(ClientError::Api { status, message })
+    }
+
+    /// File `path` of sprite `name`, as a streamed answer (read its body in chunks).
+    pub async fn read_file(
+        &self,
+        name: &str,
+        path: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = self.fs_url(name, "read", path)?;
+        self.streamed(self.authorized(self.http.get(url)).send().await)
+            .await
+    }
+
+    /// Writes file `path` of sprite `name` from `body` (streamed), making missing
+    /// parent folders.
+    pub async fn write_file(
+        &self,
+        name: &str,
+        path: &str,
+        body: reqwest::Body,
+    ) -> Result<(), ClientError> {
+        let url = self.fs_url(name, "write", path)?;
+        self.streamed(self.authorized(self.http.put(url)).body(body).send().await)
+            .await
+            .map(|_| ())
+    }
+
+    /// A connection to `port` in sprite `name` over the `/proxy` WebSocket,
+    /// after its handshake: binary messages carry the bytes.
+    pub async fn proxy(
+        &self,
+        name: &str,
+        port: u16,
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        ClientError,
+    > {
+        let mut socket = self
+            .websocket(&format!("{}/proxy", sprite_path(name)?))
+            .await?;
+        let hello = serde_json::json!({ "host": "localhost", "port": port });
+        socket
+            .send(WsMessage::Text(hello.to_string().into()))
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                base: self.base.clone(),
+                reason: e.to_string(),
+            })?;
+        loop {
+            match socket.next().await {
+                Some(Ok(WsMessage::Text(text))) => {
+                    let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                    if answer["status"] == "connected" {
+                        return Ok(socket);
+                    }
+                    return Err(ClientError::Api {
+                        status: 502,
+                        message: answer["error"].as_str().unwrap_or(&text).to_string(),
+                    });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return Err(ClientError::Unreachable {
+                        base: self.base.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+                None => {
+                    return Err(ClientError::Api {
+                        status: 502,
+                        message: format!("the proxy to port {port} of sprite `{name}` closed"),
+                    })
+                }
+            }
+        }
     }
 }

@@ -4,5 +4,6 @@ pub mod doctor;
 pub mod image;
 pub mod server;
 pub mod sprite;
+pub mod transfer;
 pub mod vm;
 pub mod volume;

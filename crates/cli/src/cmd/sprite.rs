@@ -86,9 +86,35 @@ pub enum SpriteCommand {
     },
     /// Stop and remove a service.
     ServiceRm { name: String, service: String },
+    /// Copy a file to or from a sprite: `NAME:/path` on one side, a local path or
+    /// `-` (stdin/stdout) on the other. Streamed: any size.
+    Cp { src: String, dst: String },
+    /// Forward 127.0.0.1:LOCAL to PORT in a sprite (`PORT[:LOCAL]`), until Ctrl-C.
+    Proxy {
+        /// The sprite (default: the one `wisp sprite use` chose here).
+        #[arg(value_name = "NAME")]
+        name_or_ports: String,
+        /// `PORT[:LOCAL]` (when NAME is given).
+        ports: Option<String>,
+    },
+    /// Print a sprite's URL and who may reach it.
+    Url {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make NAME the sprite of this folder (and those below): a `.wisp` file that
+    /// later commands read when no name is given. Without NAME, print it.
+    Use { name: Option<String> },
+    /// Open a shell on a terminal in a sprite (its user's login shell).
+    Console { name: Option<String> },
+    /// A sprite's exec sessions: commands that outlive their connection.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
     /// Run a command in a sprite, waking it if it sleeps; exits with the command's code.
     Exec {
-        name: String,
+        /// The sprite (default: the one `wisp sprite use` chose here).
+        name: Option<String>,
         /// Pass stdin through to the command.
         #[arg(short = 'i', long)]
         interactive: bool,
@@ -99,6 +125,62 @@ pub enum SpriteCommand {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List a sprite's sessions (running, and ended a minute ago at most).
+    List {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach to a session: its recent output, then live, with this terminal.
+    Attach {
+        /// `[NAME] ID`: the sprite (default: this folder's) and the session.
+        #[arg(num_args = 1..=2, required = true, value_name = "[NAME] ID")]
+        args: Vec<String>,
+    },
+    /// End a session: the signal, then SIGKILL after 10 s.
+    Kill {
+        #[arg(num_args = 1..=2, required = true, value_name = "[NAME] ID")]
+        args: Vec<String>,
+        /// Signal name or number.
+        #[arg(long, default_value = "TERM")]
+        signal: String,
+    },
+}
+
+/// The file `wisp sprite use` writes.
+const USE_FILE: &str = ".wisp";
+
+/// The sprite a command is about: `name`, else the `.wisp` file of this folder
+/// or the nearest one above it.
+fn sprite_name(name: Option<String>) -> anyhow::Result<String> {
+    if let Some(name) = name {
+        return Ok(name);
+    }
+    let here = std::env::current_dir()?;
+    for dir in here.ancestors() {
+        if let Ok(text) = std::fs::read_to_string(dir.join(USE_FILE)) {
+            let name = text.trim().to_string();
+            wisp_control::sprites::validate_name(&name)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(USE_FILE).display()))?;
+            return Ok(name);
+        }
+    }
+    anyhow::bail!("give a sprite name, or choose one for this folder with `wisp sprite use NAME`")
+}
+
+/// `[NAME] ID` of the sessions commands.
+fn name_and_id(args: Vec<String>) -> anyhow::Result<(String, String)> {
+    match <[String; 2]>::try_from(args) {
+        Ok([name, id]) => Ok((name, id)),
+        Err(args) => Ok((
+            sprite_name(None)?,
+            args.into_iter().next().unwrap_or_default(),
+        )),
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -231,7 +313,89 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
             interactive,
             tty,
             command,
-        } => return exec(&client, &name, interactive, tty, command).await,
+        } => {
+            let options = exec_options(command, tty, None);
+            return exec(&client, &sprite_name(name)?, interactive, options).await;
+        }
+        SpriteCommand::Console { name } => {
+            let options = exec_options(Vec::new(), true, None);
+            return exec(&client, &sprite_name(name)?, true, options).await;
+        }
+        SpriteCommand::Cp { src, dst } => {
+            return crate::cmd::transfer::cp(&client, &src, &dst).await
+        }
+        SpriteCommand::Proxy {
+            name_or_ports,
+            ports,
+        } => {
+            let (name, ports) = match ports {
+                Some(ports) => (name_or_ports, ports),
+                None => (sprite_name(None)?, name_or_ports),
+            };
+            return crate::cmd::transfer::proxy(client, name, &ports).await;
+        }
+        SpriteCommand::Url { name, json } => {
+            let sprite = client.get(&sprite_name(name)?).await?;
+            if json {
+                print_json(&serde_json::json!({
+                    "name": sprite.name,
+                    "url": sprite.url,
+                    "auth": sprite.url_settings.auth,
+                }))?;
+            } else {
+                println!("{}", sprite.url);
+                eprintln!("(url auth: {})", sprite.url_settings.auth);
+            }
+        }
+        SpriteCommand::Use { name: None } => println!("{}", sprite_name(None)?),
+        SpriteCommand::Use { name: Some(name) } => {
+            let sprite = client.get(&name).await?;
+            std::fs::write(USE_FILE, format!("{}\n", sprite.name))?;
+            println!(
+                "sprite {} is this folder's (written to {USE_FILE})",
+                sprite.name
+            );
+        }
+        SpriteCommand::Sessions(SessionsCommand::List { name, json }) => {
+            let sessions = client.sessions(&sprite_name(name)?).await?;
+            if json {
+                print_json(&sessions)?;
+            } else {
+                println!(
+                    "{:<6} {:<7} {:<4} {:<20} COMMAND",
+                    "ID", "STATE", "TTY", "CREATED"
+                );
+                for s in &sessions {
+                    println!(
+                        "{:<6} {:<7} {:<4} {:<20} {}",
+                        s["id"].as_str().unwrap_or(""),
+                        if s["is_active"] == true {
+                            "running"
+                        } else {
+                            "ended"
+                        },
+                        if s["tty"] == true { "yes" } else { "no" },
+                        s["created"].as_str().unwrap_or(""),
+                        s["command"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        SpriteCommand::Sessions(SessionsCommand::Attach { args }) => {
+            let (name, id) = name_and_id(args)?;
+            let listed = client.sessions(&name).await?;
+            let session = listed
+                .iter()
+                .find(|s| s["id"] == id.as_str())
+                .ok_or_else(|| anyhow::anyhow!("sprite `{name}` has no exec session `{id}`"))?;
+            let tty = session["tty"] == true;
+            let options = exec_options(Vec::new(), tty, Some(id));
+            return exec(&client, &name, true, options).await;
+        }
+        SpriteCommand::Sessions(SessionsCommand::Kill { args, signal }) => {
+            let (name, id) = name_and_id(args)?;
+            print!("{}", client.kill_session(&name, &id, &signal).await?);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -244,24 +408,37 @@ async fn next_resize(winch: &mut Option<tokio::signal::unix::Signal>) -> Option<
     }
 }
 
+/// What `wisp sprite exec`, `console` and `sessions attach` ask for: `argv`
+/// (empty: the login shell), a terminal the size of this one.
+fn exec_options(
+    argv: Vec<String>,
+    tty: bool,
+    attach: Option<String>,
+) -> wisp_control::client::ExecOptions {
+    use std::os::fd::AsRawFd;
+    let stdin_fd = std::io::stdin().as_raw_fd();
+    wisp_control::client::ExecOptions {
+        argv,
+        attach,
+        tty: tty.then(|| wisp_vm::terminal::size(stdin_fd).unwrap_or((24, 80))),
+        stdin: false,
+    }
+}
+
 /// `wisp sprite exec`: local stdio to and from the command, like `wisp vm run`
 /// but through the daemon (the sprite keeps running afterwards).
 async fn exec(
     client: &Client,
     name: &str,
     interactive: bool,
-    tty: bool,
-    command: Vec<String>,
+    mut options: wisp_control::client::ExecOptions,
 ) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsRawFd;
-    use wisp_control::client::{ExecOptions, ExecOutput};
+    use wisp_control::client::ExecOutput;
 
     let stdin_fd = std::io::stdin().as_raw_fd();
-    let options = ExecOptions {
-        argv: command,
-        tty: tty.then(|| wisp_vm::terminal::size(stdin_fd).unwrap_or((24, 80))),
-        stdin: interactive,
-    };
+    let tty = options.tty.is_some();
+    options.stdin = interactive;
     let (sender, mut receiver) = client.exec(name, &options).await?;
     let _raw = if tty && interactive {
         wisp_vm::terminal::RawMode::enable(stdin_fd)
