@@ -49,6 +49,104 @@ async fn unknown_route_is_a_json_404_naming_the_path() {
     assert!(body["message"].as_str().unwrap().contains("/v1/nonsense"));
 }
 
+/// The API's every call, as the public SDKs make them: each must be in the
+/// OpenAPI document.
+const SDK_CALLS: &[(&str, &str)] = &[
+    ("get", "/v1/sprites"),
+    ("post", "/v1/sprites"),
+    ("get", "/v1/sprites/{name}"),
+    ("put", "/v1/sprites/{name}"),
+    ("delete", "/v1/sprites/{name}"),
+    ("post", "/v1/sprites/{name}/upgrade"),
+    ("post", "/v1/sprites/{name}/restart"),
+    ("get", "/v1/sprites/{name}/check"),
+    ("get", "/v1/sprites/{name}/exec"),
+    ("post", "/v1/sprites/{name}/exec"),
+    ("get", "/v1/sprites/{name}/exec/{id}"),
+    ("post", "/v1/sprites/{name}/exec/{id}/kill"),
+    ("get", "/v1/sprites/{name}/fs/read"),
+    ("put", "/v1/sprites/{name}/fs/write"),
+    ("get", "/v1/sprites/{name}/fs/list"),
+    ("delete", "/v1/sprites/{name}/fs/delete"),
+    ("post", "/v1/sprites/{name}/fs/rename"),
+    ("post", "/v1/sprites/{name}/fs/copy"),
+    ("post", "/v1/sprites/{name}/fs/chmod"),
+    ("post", "/v1/sprites/{name}/fs/chown"),
+    ("get", "/v1/sprites/{name}/services"),
+    ("get", "/v1/sprites/{name}/services/{service}"),
+    ("put", "/v1/sprites/{name}/services/{service}"),
+    ("delete", "/v1/sprites/{name}/services/{service}"),
+    ("post", "/v1/sprites/{name}/services/{service}/start"),
+    ("post", "/v1/sprites/{name}/services/{service}/stop"),
+    ("post", "/v1/sprites/{name}/services/{service}/restart"),
+    ("get", "/v1/sprites/{name}/services/{service}/logs"),
+    ("post", "/v1/sprites/{name}/services/signal"),
+    ("post", "/v1/sprites/{name}/checkpoint"),
+    ("get", "/v1/sprites/{name}/checkpoints"),
+    ("get", "/v1/sprites/{name}/checkpoints/{id}"),
+    ("post", "/v1/sprites/{name}/checkpoints/{id}/restore"),
+    ("get", "/v1/sprites/{name}/proxy"),
+    ("get", "/v1/sprites/{name}/ports/watch"),
+    ("get", "/v1/sprites/{name}/policy/{kind}"),
+    ("post", "/v1/sprites/{name}/policy/{kind}"),
+    ("delete", "/v1/sprites/{name}/policy/{kind}"),
+];
+
+/// `GET /v1/openapi.json` (no token needed) documents every SDK call, and every
+/// route it documents is served: called with made-up names, each answers
+/// something other than "no route" or "method not allowed".
+#[tokio::test]
+async fn the_openapi_document_and_the_routes_agree() {
+    let home = tempfile::tempdir().unwrap();
+    let (_daemon, url) = start_server(home.path(), &[]);
+    let doc: serde_json::Value = reqwest::get(format!("{url}/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    for (method, path) in SDK_CALLS {
+        assert!(
+            paths
+                .get(*path)
+                .is_some_and(|item| item.get(*method).is_some()),
+            "{method} {path} is not in the OpenAPI document"
+        );
+    }
+    let mut checked = 0;
+    for (path, item) in paths {
+        for method in ["get", "put", "post", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let concrete = path
+                .replace("{name}", "no-such-sprite")
+                .replace("{service}", "svc")
+                .replace("{id}", "v0")
+                .replace("{kind}", "network");
+            let response = common::client(&url)
+                .request(
+                    method.to_uppercase().parse().unwrap(),
+                    format!("{url}{concrete}"),
+                )
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            assert_ne!(status, 405, "{method} {path}: {text}");
+            assert!(
+                !text.contains("no route for path"),
+                "{method} {path}: {text}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= SDK_CALLS.len(), "{checked} calls checked");
+}
+
 #[test]
 fn bad_listen_address_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_wisp"))

@@ -148,6 +148,26 @@ pub(crate) fn chain_of(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The body of every error answer (the Sprites SDKs' shape), for the OpenAPI document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A machine code: `not_found`, `conflict`, `invalid_request`, `unauthorized`, ...
+    pub error: String,
+    /// A sentence naming what is wrong, with its causes.
+    pub message: String,
+}
+
+/// The body of a filesystem error (the SDKs' filesystem shape).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct FsErrorBody {
+    /// The sentence.
+    pub error: String,
+    /// The errno name: `ENOENT`, `EISDIR`, `ENOTEMPTY`, ...
+    pub code: String,
+    /// The path the call was about.
+    pub path: String,
+}
+
 /// Seconds a client should wait before retrying a 503 (a sprite that could
 /// not wake, a host not ready to run sprites).
 const RETRY_AFTER_SECS: u32 = 5;

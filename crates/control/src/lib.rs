@@ -9,6 +9,7 @@
 //! [`registry`] (SQLite), [`model`] (JSON shapes), [`client`] (for the CLI).
 
 mod api;
+pub use api::openapi;
 pub mod client;
 mod error;
 mod exec;
@@ -64,7 +65,7 @@ impl ServerConfig {
 }
 
 /// Facts the daemon reports on `GET /v1/health`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct HealthReport {
     pub status: &'static str,
     pub version: &'static str,

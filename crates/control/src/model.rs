@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::registry::UrlAuth;
 
 /// A sprite as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SpriteView {
     pub id: String,
     pub name: String,
@@ -32,7 +32,7 @@ pub struct SpriteView {
     pub runtime: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UrlSettingsView {
     pub auth: UrlAuth,
     /// `admins` or `org_users`, when set (recorded: one token opens a wisp host).
@@ -41,7 +41,7 @@ pub struct UrlSettingsView {
 }
 
 /// A sprite's machine, Sprites' `config` shape.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConfigView {
     /// Virtual CPUs.
     pub cpus: u32,
@@ -54,7 +54,7 @@ pub struct ConfigView {
 }
 
 /// One page of `GET /v1/sprites`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListView {
     pub sprites: Vec<SpriteView>,
     pub has_more: bool,
@@ -62,7 +62,7 @@ pub struct ListView {
 }
 
 /// A checkpoint as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointView {
     /// `v0`, `v1`, ...
     pub id: String,
@@ -73,7 +73,7 @@ pub struct CheckpointView {
 }
 
 /// One line of a progress stream (checkpoint, restore).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProgressEvent {
     /// `info`, `complete` or `error`.
     #[serde(rename = "type")]
@@ -86,7 +86,7 @@ pub struct ProgressEvent {
 }
 
 /// A service as the API shows it (Sprites' shape).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceView {
     pub name: String,
     pub cmd: String,
@@ -103,7 +103,7 @@ pub struct ServiceView {
     pub state: ServiceStateView,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceStateView {
     pub name: String,
     /// `running`, `starting` (not started yet, or between a death and its

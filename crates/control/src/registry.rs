@@ -40,7 +40,9 @@ pub enum RegistryError {
 
 /// Who may reach a sprite's URL: its organisation's token holders
 /// (`sprite`, the default) or anyone (`public`). Names as in Sprites.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UrlAuth {
     Sprite,

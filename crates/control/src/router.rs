@@ -84,7 +84,7 @@ pub(crate) async fn route(State(state): State<AppState>, request: Request, next:
         None => {
             // The API: with `require_token`, every call but the health check
             // carries the host's token.
-            let open = request.uri().path() == "/v1/health";
+            let open = matches!(request.uri().path(), "/v1/health" | "/v1/openapi.json");
             if state.require_token() && !open && !authorized(request.headers(), state.token()) {
                 return ControlError::Unauthorized(
                     "this wisp server wants its token: send `Authorization: Bearer <token>` \

@@ -19,7 +19,7 @@ fn checkpoint_view(c: wisp_volume::CheckpointInfo) -> CheckpointView {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CheckpointBody {
     #[serde(default)]
@@ -51,6 +51,14 @@ fn progress_stream(info: &str, complete: String) -> axum::response::Response {
         .into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/checkpoint",
+    tag = "checkpoints",
+    params(("name" = String, Path, description = "Sprite name")),
+    request_body = Option<CheckpointBody>,
+    responses((status = 200, description = "Progress events, NDJSON", content_type = "application/x-ndjson", body = ProgressEvent), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn create_checkpoint(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -70,6 +78,13 @@ pub(super) async fn create_checkpoint(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/checkpoints",
+    tag = "checkpoints",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 200, description = "Checkpoints, newest first", body = Vec<CheckpointView>), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn list_checkpoints(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -78,6 +93,13 @@ pub(super) async fn list_checkpoints(
     Ok(Json(list.into_iter().map(checkpoint_view).collect()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/checkpoints/{id}",
+    tag = "checkpoints",
+    params(("name" = String, Path, description = "Sprite name"), ("id" = String, Path, description = "Checkpoint or session id")),
+    responses((status = 200, description = "One checkpoint", body = CheckpointView), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn get_checkpoint(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
@@ -96,6 +118,13 @@ pub(super) async fn get_checkpoint(
         })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/checkpoints/{id}/restore",
+    tag = "checkpoints",
+    params(("name" = String, Path, description = "Sprite name"), ("id" = String, Path, description = "Checkpoint or session id")),
+    responses((status = 200, description = "Progress events, NDJSON", content_type = "application/x-ndjson", body = ProgressEvent), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn restore_checkpoint(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,

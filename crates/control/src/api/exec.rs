@@ -34,6 +34,13 @@ fn with_capabilities(mut response: axum::response::Response) -> axum::response::
 /// The upgrade is answered at once (with `X-Sprite-Capabilities`) and the
 /// wake, started here, runs to completion whatever the client does; a sprite
 /// that does not exist is a 404 before the upgrade.
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/exec",
+    tag = "exec",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 101, description = "WebSocket upgrade: a command (query cmd, path, tty, stdin, rows, cols, env, dir, detachable, max_run_after_disconnect) or, with id, an attach"), (status = 200, description = "Without an upgrade: the sprite's sessions", body = serde_json::Value), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn exec_sprite(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -61,6 +68,13 @@ pub(super) async fn exec_sprite(
 }
 
 /// `GET /v1/sprites/{name}/exec/{id}` with an upgrade: attaches to session `id`.
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/exec/{id}",
+    tag = "exec",
+    params(("name" = String, Path, description = "Sprite name"), ("id" = String, Path, description = "Checkpoint or session id")),
+    responses((status = 101, description = "WebSocket upgrade attached to the session: session_info, replay, live output"), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn attach_session(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
@@ -106,6 +120,14 @@ fn list_sessions(state: &AppState, name: &str) -> Json<serde_json::Value> {
 /// `POST /v1/sprites/{name}/exec`: the same query; the request body is the
 /// command's stdin (with `stdin=true`), the answer streams its output framed
 /// as the WebSocket's non-TTY messages, one HTTP chunk per frame.
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/exec",
+    tag = "exec",
+    params(("name" = String, Path, description = "Sprite name")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "Framed output: one HTTP chunk per frame ([1|2|3] + bytes)", content_type = "application/octet-stream"), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn exec_http(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -136,6 +158,13 @@ pub(super) struct KillParams {
 /// `timeout` for the command to end, and sends SIGKILL if it did not; the
 /// answer streams NDJSON events: `signal`, then `exited` (with `exit_code`)
 /// or `timeout` and `killed`, then `complete`.
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/exec/{id}/kill",
+    tag = "exec",
+    params(("name" = String, Path, description = "Sprite name"), ("id" = String, Path, description = "Checkpoint or session id")),
+    responses((status = 200, description = "NDJSON: signal, exited or timeout+killed, complete", content_type = "application/x-ndjson", body = serde_json::Value), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn kill_session(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,

@@ -28,7 +28,7 @@ fn query<T>(parsed: Result<Query<T>, QueryRejection>) -> Result<T, ControlError>
 
 /// A mode as the SDKs send it: octal digits (`"0755"`), or a number of
 /// permission bits.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub(super) enum Mode {
     Octal(String),
@@ -78,6 +78,13 @@ pub(super) struct WriteQuery {
 }
 
 /// `GET /fs/read?path=...`: the file's bytes, streamed.
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/fs/read",
+    tag = "filesystem",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 200, description = "The file's bytes, streamed", content_type = "application/octet-stream"), (status = "4XX", description = "{error, code (errno), path}", body = crate::error::FsErrorBody), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn read(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -109,6 +116,14 @@ pub(super) async fn read(
 /// `PUT /fs/write?path=...`: the body becomes the file, streamed; missing
 /// parent folders are made (`mkdirParents`, default true); an existing file
 /// keeps its mode unless `mode` is given.
+#[utoipa::path(
+    put,
+    path = "/v1/sprites/{name}/fs/write",
+    tag = "filesystem",
+    params(("name" = String, Path, description = "Sprite name")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "{path, size, mode}", body = serde_json::Value), (status = "4XX", description = "{error, code (errno), path}", body = crate::error::FsErrorBody), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn write(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -161,6 +176,13 @@ fn entry_view(entry: FsEntry) -> serde_json::Value {
 /// `GET /fs/list?path=...`: a folder's entries (everything below it with
 /// `recursive`, filtered by the glob `pattern`), or a file's own entry (what
 /// the SDKs' `stat` reads).
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/fs/list",
+    tag = "filesystem",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 200, description = "{path, count, entries: [{name, path, type, size, mode, modTime, isDir}]}", body = serde_json::Value), (status = "4XX", description = "{error, code (errno), path}", body = crate::error::FsErrorBody), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -183,6 +205,14 @@ pub(super) async fn list(
 
 /// `DELETE /fs/delete?path=...` (or the same fields as a JSON body, as the
 /// docs show): a file, or a folder (with `recursive` when not empty).
+#[utoipa::path(
+    delete,
+    path = "/v1/sprites/{name}/fs/delete",
+    tag = "filesystem",
+    params(("name" = String, Path, description = "Sprite name")),
+    request_body(content = Option<DeleteBody>, description = "Or path, workingDir, recursive in the query"),
+    responses((status = 200, description = "{deleted, count}", body = serde_json::Value), (status = "4XX", description = "{error, code (errno), path}", body = crate::error::FsErrorBody), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -228,7 +258,7 @@ fn query_string<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, ControlE
     query(Query::try_from_uri(&uri))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct DeleteBody {
     path: String,
@@ -240,7 +270,7 @@ pub(super) struct DeleteBody {
     as_root: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct MoveBody {
     source: String,
@@ -256,6 +286,14 @@ pub(super) struct MoveBody {
 }
 
 /// `POST /fs/rename {source, dest}`: `rename(2)`, replacing `dest`.
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/fs/rename",
+    tag = "filesystem",
+    params(("name" = String, Path, description = "Sprite name")),
+    request_body = MoveBody,
+    responses((status = 200, description = "{source, dest}", body = serde_json::Value), (status = "4XX", description = "{error, code (errno), path}", body = crate::error::FsErrorBody), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn rename(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -273,6 +311,14 @@ pub(super) async fn rename(
 }
 
 /// `POST /fs/copy {source, dest, recursive, preserveAttrs}`.
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/fs/copy",
+    tag = "filesystem",
+    params(("name" = String, Path, description = "Sprite name")),
+    request_body = MoveBody,
+    responses((status = 200, description = "{copied, count}", body = serde_json::Value), (status = "4XX", description = "{error, code (errno), path}", body = crate::error::FsErrorBody), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn copy(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -294,7 +340,7 @@ pub(super) async fn copy(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct ChmodBody {
     path: String,
@@ -308,6 +354,14 @@ pub(super) struct ChmodBody {
 }
 
 /// `POST /fs/chmod {path, mode: "0755", recursive}`.
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/fs/chmod",
+    tag = "filesystem",
+    params(("name" = String, Path, description = "Sprite name")),
+    request_body = ChmodBody,
+    responses((status = 200, description = "{affected, count}", body = serde_json::Value), (status = "4XX", description = "{error, code (errno), path}", body = crate::error::FsErrorBody), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn chmod(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -329,7 +383,7 @@ pub(super) async fn chmod(
 }
 
 /// An owner as the SDKs send it: a number or a name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub(super) enum Owner {
     Id(u32),
@@ -345,7 +399,7 @@ impl Owner {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct ChownBody {
     path: String,
@@ -360,6 +414,14 @@ pub(super) struct ChownBody {
 }
 
 /// `POST /fs/chown {path, uid, gid, recursive}`: each a number or a name.
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/fs/chown",
+    tag = "filesystem",
+    params(("name" = String, Path, description = "Sprite name")),
+    request_body = ChownBody,
+    responses((status = 200, description = "{affected, count}", body = serde_json::Value), (status = "4XX", description = "{error, code (errno), path}", body = crate::error::FsErrorBody), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn chown(
     State(state): State<AppState>,
     Path(name): Path<String>,

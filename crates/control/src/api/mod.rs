@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::HeaderValue;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::sprites::Sprites;
@@ -72,92 +72,83 @@ impl AppState {
     }
 }
 
+/// The API's routes and, from the same handlers, its OpenAPI document: a
+/// route is registered by `routes!` from its `#[utoipa::path]`, so the two
+/// cannot disagree.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let mut doc = utoipa::openapi::OpenApiBuilder::new()
+        .info(
+            utoipa::openapi::InfoBuilder::new()
+                .title("wisp")
+                .version(SPRITE_VERSION)
+                .description(Some(
+                    "The Sprites v1 API as wisp serves it. Every call but /v1/health wants \
+                     `Authorization: Bearer <token>` (the token in $WISP_HOME/token).",
+                ))
+                .build(),
+        )
+        .build();
+    doc.paths = utoipa::openapi::Paths::new();
+    OpenApiRouter::with_openapi(doc)
+        .routes(routes!(sprites::health))
+        .routes(routes!(sprites::list_sprites, sprites::create_sprite))
+        .routes(routes!(
+            sprites::get_sprite,
+            sprites::update_sprite,
+            sprites::delete_sprite
+        ))
+        .routes(routes!(sprites::upgrade_sprite))
+        .routes(routes!(sprites::restart_sprite))
+        .routes(routes!(sprites::check_sprite))
+        .routes(routes!(proxy::proxy))
+        .routes(routes!(proxy::ports_watch))
+        .routes(routes!(policy::not_yet))
+        .routes(routes!(exec::exec_sprite, exec::exec_http))
+        .routes(routes!(exec::attach_session))
+        .routes(routes!(exec::kill_session))
+        .routes(routes!(fs::read))
+        .routes(routes!(fs::write))
+        .routes(routes!(fs::list))
+        .routes(routes!(fs::delete))
+        .routes(routes!(fs::rename))
+        .routes(routes!(fs::copy))
+        .routes(routes!(fs::chmod))
+        .routes(routes!(fs::chown))
+        .routes(routes!(services::list_services))
+        .routes(routes!(services::signal_service))
+        .routes(routes!(
+            services::get_service,
+            services::put_service,
+            services::delete_service
+        ))
+        .routes(routes!(services::start_service))
+        .routes(routes!(services::stop_service))
+        .routes(routes!(services::restart_service))
+        .routes(routes!(services::service_logs))
+        .routes(routes!(checkpoints::create_checkpoint))
+        .routes(routes!(checkpoints::list_checkpoints))
+        .routes(routes!(checkpoints::get_checkpoint))
+        .routes(routes!(checkpoints::restore_checkpoint))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of this daemon's API (what `GET /v1/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
 pub(crate) fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/health", get(sprites::health))
+    let (routes, doc) = api();
+    let doc = std::sync::Arc::new(doc);
+    routes
         .route(
-            "/v1/sprites",
-            get(sprites::list_sprites).post(sprites::create_sprite),
-        )
-        .route(
-            "/v1/sprites/{name}",
-            get(sprites::get_sprite)
-                .put(sprites::update_sprite)
-                .delete(sprites::delete_sprite),
-        )
-        .route("/v1/sprites/{name}/proxy", get(proxy::proxy))
-        .route("/v1/sprites/{name}/ports/watch", get(proxy::ports_watch))
-        .route("/v1/sprites/{name}/upgrade", post(sprites::upgrade_sprite))
-        .route("/v1/sprites/{name}/restart", post(sprites::restart_sprite))
-        .route("/v1/sprites/{name}/check", get(sprites::check_sprite))
-        .route(
-            "/v1/sprites/{name}/policy/{kind}",
-            get(policy::not_yet)
-                .post(policy::not_yet)
-                .delete(policy::not_yet),
-        )
-        .route(
-            "/v1/sprites/{name}/exec",
-            get(exec::exec_sprite).post(exec::exec_http),
-        )
-        .route("/v1/sprites/{name}/exec/{id}", get(exec::attach_session))
-        .route(
-            "/v1/sprites/{name}/exec/{id}/kill",
-            post(exec::kill_session),
-        )
-        .route("/v1/sprites/{name}/fs/read", get(fs::read))
-        .route("/v1/sprites/{name}/fs/write", axum::routing::put(fs::write))
-        .route("/v1/sprites/{name}/fs/list", get(fs::list))
-        .route(
-            "/v1/sprites/{name}/fs/delete",
-            axum::routing::delete(fs::delete),
-        )
-        .route("/v1/sprites/{name}/fs/rename", post(fs::rename))
-        .route("/v1/sprites/{name}/fs/copy", post(fs::copy))
-        .route("/v1/sprites/{name}/fs/chmod", post(fs::chmod))
-        .route("/v1/sprites/{name}/fs/chown", post(fs::chown))
-        .route("/v1/sprites/{name}/services", get(services::list_services))
-        .route(
-            "/v1/sprites/{name}/services/signal",
-            post(services::signal_service),
-        )
-        .route(
-            "/v1/sprites/{name}/services/{service}/start",
-            post(services::start_service),
-        )
-        .route(
-            "/v1/sprites/{name}/services/{service}/stop",
-            post(services::stop_service),
-        )
-        .route(
-            "/v1/sprites/{name}/services/{service}/restart",
-            post(services::restart_service),
-        )
-        .route(
-            "/v1/sprites/{name}/services/{service}/logs",
-            get(services::service_logs),
-        )
-        .route(
-            "/v1/sprites/{name}/services/{service}",
-            get(services::get_service)
-                .put(services::put_service)
-                .delete(services::delete_service),
-        )
-        .route(
-            "/v1/sprites/{name}/checkpoint",
-            post(checkpoints::create_checkpoint),
-        )
-        .route(
-            "/v1/sprites/{name}/checkpoints",
-            get(checkpoints::list_checkpoints),
-        )
-        .route(
-            "/v1/sprites/{name}/checkpoints/{id}",
-            get(checkpoints::get_checkpoint),
-        )
-        .route(
-            "/v1/sprites/{name}/checkpoints/{id}/restore",
-            post(checkpoints::restore_checkpoint),
+            "/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

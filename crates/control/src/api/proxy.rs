@@ -28,6 +28,13 @@ fn upgraded(
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/proxy",
+    tag = "ports",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 101, description = "WebSocket: {host, port} first, then raw bytes"), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn proxy(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -170,6 +177,13 @@ pub(crate) fn port_message(event: &crate::machines::PortEvent) -> serde_json::Va
 /// `GET /v1/sprites/{name}/ports/watch` (WebSocket): a `port_list` of the
 /// ports listening now, then `port_opened`/`port_closed` as they change. The
 /// sprite stays awake while the socket is open.
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/ports/watch",
+    tag = "ports",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 101, description = "WebSocket: port_list, then port_opened/port_closed"), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn ports_watch(
     State(state): State<AppState>,
     Path(name): Path<String>,

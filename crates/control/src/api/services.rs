@@ -67,7 +67,7 @@ fn url_port_of(state: &AppState, name: &str, service: &str) -> Option<u16> {
 }
 
 /// `PUT /v1/sprites/{name}/services/{service}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ServiceBody {
     cmd: String,
@@ -86,7 +86,8 @@ pub(super) struct ServiceBody {
 }
 
 /// `?duration=` (or `?timeout=` for stop) and `?lines=` for logs.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StreamParams {
     duration: Option<String>,
@@ -168,6 +169,13 @@ fn complete(service: &str) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/services",
+    tag = "services",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 200, description = "The services", body = Vec<ServiceView>), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn list_services(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -183,6 +191,13 @@ pub(super) async fn list_services(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/services/{service}",
+    tag = "services",
+    params(("name" = String, Path, description = "Sprite name"), ("service" = String, Path, description = "Service name")),
+    responses((status = 200, description = "One service", body = ServiceView), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn get_service(
     State(state): State<AppState>,
     Path((name, service)): Path<(String, String)>,
@@ -223,6 +238,14 @@ async fn started_stream(
     }))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/sprites/{name}/services/{service}",
+    tag = "services",
+    params(("name" = String, Path, description = "Sprite name"), ("service" = String, Path, description = "Service name"), StreamParams),
+    request_body = ServiceBody,
+    responses((status = 200, description = "Log events, NDJSON, for duration", content_type = "application/x-ndjson", body = serde_json::Value), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn put_service(
     State(state): State<AppState>,
     Path((name, service)): Path<(String, String)>,
@@ -262,6 +285,13 @@ pub(super) async fn put_service(
     started_stream(state, name, service, offset, duration, Vec::new()).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/sprites/{name}/services/{service}",
+    tag = "services",
+    params(("name" = String, Path, description = "Sprite name"), ("service" = String, Path, description = "Service name")),
+    responses((status = 204, description = "Removed"), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn delete_service(
     State(state): State<AppState>,
     Path((name, service)): Path<(String, String)>,
@@ -271,6 +301,13 @@ pub(super) async fn delete_service(
 }
 
 /// `POST .../services/{service}/start?duration=`.
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/services/{service}/start",
+    tag = "services",
+    params(("name" = String, Path, description = "Sprite name"), ("service" = String, Path, description = "Service name"), StreamParams),
+    responses((status = 200, description = "Log events, NDJSON", content_type = "application/x-ndjson", body = serde_json::Value), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn start_service(
     State(state): State<AppState>,
     Path((name, service)): Path<(String, String)>,
@@ -283,6 +320,13 @@ pub(super) async fn start_service(
 }
 
 /// `POST .../services/{service}/stop?timeout=`: `stopping`, `stopped`, `complete`.
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/services/{service}/stop",
+    tag = "services",
+    params(("name" = String, Path, description = "Sprite name"), ("service" = String, Path, description = "Service name"), StreamParams),
+    responses((status = 200, description = "stopping, stopped, complete (NDJSON)", content_type = "application/x-ndjson", body = serde_json::Value), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn stop_service(
     State(state): State<AppState>,
     Path((name, service)): Path<(String, String)>,
@@ -312,6 +356,13 @@ pub(super) async fn stop_service(
 }
 
 /// `POST .../services/{service}/restart?duration=`: stop, then start and follow.
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/services/{service}/restart",
+    tag = "services",
+    params(("name" = String, Path, description = "Sprite name"), ("service" = String, Path, description = "Service name"), StreamParams),
+    responses((status = 200, description = "Log events, NDJSON", content_type = "application/x-ndjson", body = serde_json::Value), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn restart_service(
     State(state): State<AppState>,
     Path((name, service)): Path<(String, String)>,
@@ -328,6 +379,13 @@ pub(super) async fn restart_service(
 /// `GET .../services/{service}/logs?lines=N&duration=D`: the last `lines`
 /// lines (all without), then what comes for `duration` (default 0), then
 /// `complete`.
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/services/{service}/logs",
+    tag = "services",
+    params(("name" = String, Path, description = "Sprite name"), ("service" = String, Path, description = "Service name"), StreamParams),
+    responses((status = 200, description = "Log events, NDJSON", content_type = "application/x-ndjson", body = serde_json::Value), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn service_logs(
     State(state): State<AppState>,
     Path((name, service)): Path<(String, String)>,
@@ -360,13 +418,21 @@ pub(super) async fn service_logs(
 }
 
 /// `POST .../services/signal {"name": "web", "signal": "TERM"}`: 204.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SignalBody {
     name: String,
     signal: serde_json::Value,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/services/signal",
+    tag = "services",
+    params(("name" = String, Path, description = "Sprite name")),
+    request_body = SignalBody,
+    responses((status = 204, description = "Sent"), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn signal_service(
     State(state): State<AppState>,
     Path(name): Path<String>,

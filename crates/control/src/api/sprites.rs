@@ -57,7 +57,7 @@ impl AppState {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UrlSettings {
     auth: Option<UrlAuth>,
@@ -65,7 +65,7 @@ pub(super) struct UrlSettings {
 }
 
 /// `POST /v1/sprites`, Sprites' fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateBody {
     name: String,
@@ -86,7 +86,7 @@ pub(super) struct CreateBody {
     wait_for_capacity: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ConfigBody {
     cpus: Option<u32>,
@@ -96,7 +96,7 @@ pub(super) struct ConfigBody {
 }
 
 /// `PUT /v1/sprites/{name}`: any of these, alone or together.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpdateBody {
     #[serde(default)]
@@ -107,6 +107,12 @@ pub(super) struct UpdateBody {
     clear_labels: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "sprites",
+    responses((status = 200, description = "The daemon", body = crate::HealthReport), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn health(
     State(state): State<AppState>,
 ) -> Result<Json<HealthReport>, ControlError> {
@@ -121,6 +127,13 @@ pub(super) async fn health(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sprites",
+    tag = "sprites",
+    request_body = CreateBody,
+    responses((status = 201, description = "Created", body = SpriteView), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn create_sprite(
     State(state): State<AppState>,
     request: Result<Json<CreateBody>, JsonRejection>,
@@ -195,6 +208,13 @@ impl ListParams {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sprites",
+    tag = "sprites",
+    params(("prefix" = Option<String>, Query, description = "Names starting with this"), ("max_results" = Option<u32>, Query, description = "Page size, at most 50"), ("continuation_token" = Option<String>, Query, description = "From the last page"), ("label" = Option<String>, Query, description = "Repeated: every label must match")),
+    responses((status = 200, description = "A page (or, with Accept: application/x-ndjson, a watch stream)", body = ListView), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn list_sprites(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -315,6 +335,13 @@ fn heartbeat(state: &AppState) -> serde_json::Value {
 
 /// `POST /v1/sprites/{name}/upgrade`: a wisp sprite boots the host's kernel and
 /// agent at every wake, so it always runs the latest this host has; 204.
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/upgrade",
+    tag = "sprites",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 204, description = "Nothing to do: a sprite boots the host's runtime"), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn upgrade_sprite(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -324,6 +351,13 @@ pub(super) async fn upgrade_sprite(
 }
 
 /// `POST /v1/sprites/{name}/restart`: stops the sprite's VM and boots it again.
+#[utoipa::path(
+    post,
+    path = "/v1/sprites/{name}/restart",
+    tag = "sprites",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 200, description = "{sprite_name, machine_id, message}", body = serde_json::Value), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn restart_sprite(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -340,6 +374,13 @@ pub(super) async fn restart_sprite(
 /// `GET /v1/sprites/{name}/check`: `healthy` when its agent answers (with the
 /// round trip in ms as `elapsed`), `unhealthy` with a `reason` when it does
 /// not, `sleeping` when it sleeps (a check does not wake it).
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/check",
+    tag = "sprites",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 200, description = "{sprite_name, sprite_id, status, reason, checked_at, elapsed}", body = serde_json::Value), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn check_sprite(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -364,6 +405,13 @@ pub(super) async fn check_sprite(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}",
+    tag = "sprites",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 200, description = "The sprite", body = SpriteView), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn get_sprite(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -371,6 +419,14 @@ pub(super) async fn get_sprite(
     Ok(Json(state.view(state.sprites.get(&name)?)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/sprites/{name}",
+    tag = "sprites",
+    params(("name" = String, Path, description = "Sprite name")),
+    request_body = UpdateBody,
+    responses((status = 200, description = "The sprite after the change", body = SpriteView), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn update_sprite(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -401,6 +457,13 @@ pub(super) async fn update_sprite(
     Ok(Json(state.view(record)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/sprites/{name}",
+    tag = "sprites",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 204, description = "Deleted with its disk and checkpoints"), (status = "4XX", description = "Bad input, unknown sprite, conflict: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
 pub(super) async fn delete_sprite(
     State(state): State<AppState>,
     Path(name): Path<String>,
