@@ -385,6 +385,31 @@ await check('filesystem 64 MiB write and read, byte-exact', async () => {
   equal(inside.stdout.split(' ')[0], sha(data), 'sha256 inside the sprite');
 });
 
+await check('filesystem watch', async () => {
+  await fs().mkdir('watched/deeper', { recursive: true });
+  const watcher = await fs().watch('watched', { recursive: true });
+  const first = await watcher.next();
+  equal(first.type, 'subscribed', 'first message');
+  await fs().writeFile('watched/deeper/new.txt', 'x');
+  let seen;
+  for (let e = await watcher.next(); e; e = await watcher.next()) {
+    if (e.type === 'event' && e.path === '/root/watched/deeper/new.txt') { seen = e; break; }
+  }
+  assert(seen && ['create', 'write', 'rename'].includes(seen.event), JSON.stringify(seen));
+  await fs().rm('watched', { recursive: true });
+  let removed;
+  for (let e = await watcher.next(); e; e = await watcher.next()) {
+    if (e.type === 'event' && e.event === 'remove') { removed = e; break; }
+  }
+  assert(removed, 'a remove event');
+  watcher.close();
+  const bad = await fs().watch('no/such/folder');
+  const error = await bad.next();
+  equal(error.type, 'error', 'a watch of a missing path');
+  assert(error.message.includes('No such file'), error.message);
+  bad.close();
+});
+
 // ---- checkpoints ----
 let checkpointId;
 await check('createCheckpoint streams to completion, listCheckpoints, getCheckpoint', async () => {

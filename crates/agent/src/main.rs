@@ -20,6 +20,7 @@ mod spawn;
 mod sys;
 mod tunnel;
 mod users;
+mod watch;
 
 use std::io;
 use std::os::unix::net::UnixListener;

@@ -12,14 +12,14 @@ use crate::exec::{self, ExecHandle};
 use crate::files::{self, Writer};
 use crate::reaper::Reaper;
 use crate::services::Services;
-use crate::{fsops, ports, tunnel};
+use crate::{fsops, ports, tunnel, watch};
 
 enum Session {
     Exec(Arc<ExecHandle>),
     Write(Writer),
     Read(Arc<Credit>),
     Tunnel(Arc<tunnel::Tunnel>),
-    /// A port watch: closing it stops its thread.
+    /// A port or file watch: closing it stops its thread.
     Ports(Arc<std::sync::atomic::AtomicBool>),
 }
 
@@ -285,6 +285,9 @@ impl Agent {
             Control::Connect { host, port } => tunnel::open(self, s, &host, port)
                 .map(|t| Some(Session::Tunnel(t)))
                 .map_err(io_err(format!("connect to `{host}:{port}`"))),
+            Control::WatchFiles { paths, recursive } => watch::watch(self, s, &paths, recursive)
+                .map(|stop| Some(Session::Ports(stop)))
+                .map_err(io_err("watch files".to_string())),
             Control::WatchPorts => ports::watch(self, s)
                 .map(|stop| Some(Session::Ports(stop)))
                 .map_err(io_err("watch ports".to_string())),

@@ -72,6 +72,7 @@ const SDK_CALLS: &[(&str, &str)] = &[
     ("post", "/v1/sprites/{name}/fs/copy"),
     ("post", "/v1/sprites/{name}/fs/chmod"),
     ("post", "/v1/sprites/{name}/fs/chown"),
+    ("get", "/v1/sprites/{name}/fs/watch"),
     ("get", "/v1/sprites/{name}/services"),
     ("get", "/v1/sprites/{name}/services/{service}"),
     ("put", "/v1/sprites/{name}/services/{service}"),

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Capabilities the agent announces in its `hello` answer.
 pub const CAPABILITIES: &[&str] = &[
-    "exec", "pty", "files", "services", "shutdown", "clock", "fs", "tunnel", "ports",
+    "exec", "pty", "files", "services", "shutdown", "clock", "fs", "tunnel", "ports", "watch",
 ];
 
 /// A control message. Serialised as JSON with a `type` field (`{"type":"ping"}`).
@@ -87,6 +87,17 @@ pub enum Control {
     Connect {
         host: String,
         port: u16,
+    },
+    /// Watches files (capability "watch"): `paths` (absolute), and with `recursive`
+    /// every folder below them. The agent answers `ok` once all are watched, then
+    /// `file_events` as things change, until the host closes the session.
+    WatchFiles {
+        paths: Vec<String>,
+        #[serde(default)]
+        recursive: bool,
+    },
+    FileEvents {
+        events: Vec<FileEvent>,
     },
     /// Watches the guest's listening TCP ports (capability "ports"): the agent answers
     /// `ports` with every port listening now, then another `ports` whenever ports open or
@@ -206,6 +217,18 @@ pub enum FsOp {
         #[serde(default)]
         recursive: bool,
     },
+}
+
+/// One change to a watched file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEvent {
+    pub path: String,
+    /// `write`, `create`, `remove`, `rename` or `chmod`.
+    pub kind: String,
+    pub is_dir: bool,
+    /// The size after the change (0 when it is gone).
+    pub size: u64,
 }
 
 /// A TCP port a process in the guest listens on.

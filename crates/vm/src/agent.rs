@@ -18,7 +18,7 @@ use wisp_proto::{encode, Frame, FrameReader, CHUNK, INITIAL_WINDOW, PROTOCOL_VER
 
 mod fs;
 mod net;
-pub use fs::{FileStream, WriteOptions, MAX_LISTING};
+pub use fs::{FileStream, FileWatch, WriteOptions, MAX_LISTING};
 pub use net::{PortWatch, Tunnel, TunnelReader, TunnelWriter};
 
 pub use wisp_proto::{

@@ -869,3 +869,45 @@ async fn tunnels_carry_bytes_both_ways_and_ports_are_watched() {
     }
     a.client.ping().await.unwrap();
 }
+
+#[tokio::test]
+async fn file_watches_report_changes_below_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+    let root = dir.path().join("w");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    let mut watch = a
+        .client
+        .watch_files(vec![root.to_string_lossy().into_owned()], true)
+        .await
+        .unwrap();
+    // A folder made after the watch started is watched too.
+    std::fs::create_dir(root.join("sub/later")).unwrap();
+    let mut seen = Vec::new();
+    let target = root.join("sub/later/f.txt").to_string_lossy().into_owned();
+    while !seen
+        .iter()
+        .any(|(p, k): &(String, String)| p == &target && k == "write")
+    {
+        if seen.len() == 1 {
+            std::fs::write(&target, b"x").unwrap();
+        }
+        for e in watch.next().await.unwrap() {
+            seen.push((e.path, e.kind));
+        }
+    }
+    assert_eq!(seen[0].1, "create", "{seen:?}");
+    let missing = a
+        .client
+        .watch_files(
+            vec![root.join("nope").to_string_lossy().into_owned()],
+            false,
+        )
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(missing, AgentError::Os { ref errno, .. } if errno == "ENOENT"),
+        "{missing}"
+    );
+}

@@ -445,3 +445,138 @@ pub(super) async fn chown(
         "count": 1,
     })))
 }
+
+/// The client's first message on `/fs/watch`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Subscribe {
+    #[serde(rename = "type")]
+    kind: String,
+    paths: Vec<String>,
+    #[serde(default)]
+    recursive: bool,
+    #[serde(default)]
+    working_dir: Option<String>,
+}
+
+/// `GET /fs/watch` (WebSocket): the client sends `{"type": "subscribe",
+/// "paths": [...], "recursive": bool, "workingDir": "/"}`; the server answers
+/// `{"type": "subscribed", "paths": [...]}`, then one `{"type": "event", "path",
+/// "event": "write"|"create"|"remove"|"rename"|"chmod", "timestamp", "size",
+/// "isDir"}` per change, or `{"type": "error", "message"}` and a close. The
+/// sprite stays awake while the watch is open.
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/fs/watch",
+    tag = "filesystem",
+    params(("name" = String, Path, description = "Sprite name")),
+    responses((status = 101, description = "WebSocket: subscribe, then change events"))
+)]
+pub(super) async fn watch(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Result<axum::response::Response, ControlError> {
+    use axum::extract::ws::Message;
+    use futures::{SinkExt, StreamExt};
+    let upgrade = upgrade.map_err(|r| {
+        ControlError::BadRequest(format!(
+            "the file watch runs over a WebSocket: {}",
+            r.body_text()
+        ))
+    })?;
+    state.sprites.get(&name)?;
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        let (mut to_client, mut from_client) = socket.split();
+        let fail = |message: String| {
+            Message::Text(json!({ "type": "error", "message": message }).to_string().into())
+        };
+        let first = loop {
+            match from_client.next().await {
+                Some(Ok(Message::Text(text))) => break text,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        };
+        let subscribed = async {
+            let request: Subscribe = serde_json::from_str(&first).map_err(|e| {
+                ControlError::BadRequest(format!(
+                    "bad subscribe message `{first}`: {e}; send {{\"type\": \"subscribe\", \"paths\": [...]}}"
+                ))
+            })?;
+            if request.kind != "subscribe" || request.paths.is_empty() {
+                return Err(ControlError::BadRequest(
+                    "the first message must be {\"type\": \"subscribe\", \"paths\": [...]}".into(),
+                ));
+            }
+            let paths = request
+                .paths
+                .iter()
+                .map(|p| resolve(p, request.working_dir.as_deref()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let activity = state.sprites.activity(&name).await?;
+            let watch = activity
+                .agent()
+                .watch_files(paths.clone(), request.recursive)
+                .await
+                .map_err(|source| match source {
+                    wisp_vm::agent::AgentError::Os { errno, message } => ControlError::Fs {
+                        errno,
+                        message,
+                        path: paths.join(", "),
+                    },
+                    source => ControlError::Exec {
+                        name: name.clone(),
+                        source,
+                    },
+                })?;
+            Ok::<_, ControlError>((activity, watch, paths))
+        }
+        .await;
+        let (_activity, mut watch, paths) = match subscribed {
+            Ok(ok) => ok,
+            Err(e) => {
+                let _ = to_client.send(fail(e.chain())).await;
+                let _ = to_client.send(Message::Close(None)).await;
+                return;
+            }
+        };
+        let hello = json!({ "type": "subscribed", "paths": paths });
+        if to_client.send(Message::Text(hello.to_string().into())).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                events = watch.next() => match events {
+                    Ok(events) => {
+                        for e in events {
+                            let event = json!({
+                                "type": "event",
+                                "path": e.path,
+                                "event": e.kind,
+                                "timestamp": rfc3339(SystemTime::now()),
+                                "size": e.size,
+                                "isDir": e.is_dir,
+                            });
+                            if to_client.send(Message::Text(event.to_string().into())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = to_client.send(fail(e.to_string())).await;
+                        let _ = to_client.send(Message::Close(None)).await;
+                        return;
+                    }
+                },
+                message = from_client.next() => match message {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    _ => {}
+                },
+            }
+        }
+    }))
+}

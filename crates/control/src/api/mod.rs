@@ -116,6 +116,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(fs::copy))
         .routes(routes!(fs::chmod))
         .routes(routes!(fs::chown))
+        .routes(routes!(fs::watch))
         .routes(routes!(services::list_services))
         .routes(routes!(services::signal_service))
         .routes(routes!(

@@ -155,3 +155,35 @@ impl AgentClient {
         expect_ok(self.request(&Control::Fs(op)).await?)
     }
 }
+
+/// Changes to watched files ([`AgentClient::watch_files`]); dropping it stops the watch.
+pub struct FileWatch {
+    session: super::Session,
+}
+
+impl FileWatch {
+    /// The next batch of changes.
+    pub async fn next(&mut self) -> Result<Vec<wisp_proto::FileEvent>, AgentError> {
+        match self.session.next_control().await? {
+            Control::FileEvents { events } => Ok(events),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl AgentClient {
+    /// Watches `paths` (absolute; everything below them with `recursive`); returns
+    /// once they are all watched (a missing one is [`AgentError::Os`] `ENOENT`).
+    pub async fn watch_files(
+        &self,
+        paths: Vec<String>,
+        recursive: bool,
+    ) -> Result<FileWatch, AgentError> {
+        let mut session = self.open();
+        self.inner
+            .send_control(session.id, &Control::WatchFiles { paths, recursive })
+            .await?;
+        expect_ok(session.next_control().await?)?;
+        Ok(FileWatch { session })
+    }
+}
