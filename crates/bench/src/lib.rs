@@ -10,6 +10,7 @@ pub mod fio;
 pub mod metadata;
 pub mod procs;
 pub mod report;
+pub mod sdk;
 pub mod throughput;
 pub mod vm;
 pub mod wakes;

@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use wisp_bench::report::{Machine, Report, SectionError};
 use wisp_bench::{
-    api, checkpoint, cold_read, metadata, throughput, vm, wakes, wisp, Ctx, GIB, MIB,
+    api, checkpoint, cold_read, metadata, sdk, throughput, vm, wakes, wisp, Ctx, GIB, MIB,
 };
 
 /// Measures wisp against references in one run and reports ratios and targets.
@@ -46,13 +46,14 @@ struct Args {
     keep_work: bool,
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "fio",
     "checkpoint",
     "cold",
     "metadata",
     "api",
     "vm",
+    "sdk",
     "wakes",
 ];
 
@@ -77,7 +78,7 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     let wanted = |s: &str| {
         if args.only.is_empty() {
-            (s != "vm" || args.vm) && s != "wakes"
+            (!matches!(s, "vm" | "sdk") || args.vm) && s != "wakes"
         } else {
             args.only.iter().any(|o| o == s)
         }
@@ -112,13 +113,14 @@ fn run(args: Args) -> Result<ExitCode> {
         errors: Vec::new(),
     };
     type Section = fn(&Ctx) -> Result<Vec<wisp_bench::report::Row>>;
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("fio", throughput::run),
         ("checkpoint", checkpoint::run),
         ("cold", cold_read::run),
         ("metadata", metadata::run),
         ("api", api::run),
         ("vm", vm::run),
+        ("sdk", sdk::run),
         ("wakes", wakes::run),
     ];
     for (name, section) in sections {

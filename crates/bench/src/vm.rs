@@ -299,7 +299,7 @@ pub fn sprites(wisp: &Wisp) -> Result<SpriteFigures> {
 }
 
 /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes.
-fn status_bytes(pid: u32, field: &str) -> Option<u64> {
+pub(crate) fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
@@ -675,7 +675,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             ms(daemon.exec_rtt),
             ms(sprite.exec_rtt),
             "ms",
-            Target::ValueAtMost(20.0),
+            // Issue 9: the API adds at most a fifth to the agent's own round trip.
+            Target::RatioAtMost(1.2),
         )
         .with_note(format!(
             "median of {EXEC_RUNS} WebSocket execs on an awake sprite, connection set-up included; reference: the agent's exec in-process above"
