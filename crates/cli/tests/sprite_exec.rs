@@ -240,7 +240,11 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
             "-c",
             "mkdir -p /root/www/cgi-bin && echo 'hello from web' > /root/www/index.html && \
              printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho \"$HTTP_HOST $HTTP_X_FORWARDED_FOR\"\\n' > /root/www/cgi-bin/who && \
-             chmod +x /root/www/cgi-bin/who",
+             chmod +x /root/www/cgi-bin/who && \
+             printf '#!/bin/sh\necho Content-Type: text/plain\necho\nwc -c\n' > /root/www/cgi-bin/count && \
+             chmod +x /root/www/cgi-bin/count && \
+             printf '#!/bin/sh\nwhile read -r line; do [ \"${line%%%%\r}\" = \"\" ] && break; done\nprintf \"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: echo\\r\\nConnection: Upgrade\\r\\n\\r\\n\"\nexec cat\n' > /root/up.sh && \
+             chmod +x /root/up.sh",
         ],
         None,
     )
@@ -426,6 +430,98 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
     let (code, body) = get(web_host.clone(), Some(token.clone())).await;
     assert_eq!((code, body.as_str()), (200, "hello from 3000\n"));
     sprite_cmd(&["service-rm", "web", "alt"]);
+
+    // Bodies stream through the router with no cap: 100 MB up to a CGI that counts
+    // them, and the daemon's memory stays flat.
+    let rss = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    let www = common::client(&url)
+        .put(format!("{sprites}/web/services/www?duration=0s"))
+        .json(&serde_json::json!({
+            "cmd": "busybox",
+            "args": ["httpd", "-f", "-p", "8080", "-h", "/root/www"],
+            "http_port": 8080
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(www.status(), 200);
+    let pid = daemon.0.id();
+    let before = rss(pid);
+    const UPLOAD: usize = 100 << 20;
+    let chunks = futures::stream::iter(
+        (0..UPLOAD / (1 << 20))
+            .map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1 << 20]))),
+    );
+    let counted = reqwest::Client::new()
+        .post(format!("{url}/cgi-bin/count"))
+        .header("host", &web_host)
+        .bearer_auth(token.trim())
+        .header("content-length", UPLOAD.to_string())
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(counted.status(), 200);
+    assert_eq!(counted.text().await.unwrap().trim(), UPLOAD.to_string());
+    let growth = rss(pid).saturating_sub(before);
+    assert!(
+        growth < 48 << 20,
+        "the daemon grew by {growth} bytes for a 100 MB upload"
+    );
+    sprite_cmd(&["service-rm", "web", "www"]);
+
+    // An upgrade passes through the router (here to a port reached by an agent tunnel):
+    // the 101, then bytes both ways.
+    let up = common::client(&url)
+        .put(format!("{sprites}/web/services/up?duration=0s"))
+        .json(&serde_json::json!({
+            "cmd": "busybox",
+            "args": ["nc", "-ll", "-p", "3001", "-e", "/root/up.sh"],
+            "http_port": 3001
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.status(), 200);
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /socket HTTP/1.1\r\nHost: {web_host}\r\nAuthorization: Bearer {}\r\n\
+             Connection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+            token.trim()
+        );
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(conn.read(&mut byte).await.unwrap(), 1, "{head:?}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        conn.write_all(b"ping through the router\n").await.unwrap();
+        let mut echoed = vec![0u8; 24];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            conn.read_exact(&mut echoed),
+        )
+        .await
+        .expect("the echo came back")
+        .unwrap();
+        assert_eq!(&echoed, b"ping through the router\n");
+    }
+    sprite_cmd(&["service-rm", "web", "up"]);
     let gone = common::client(&sprites)
         .get(format!("{sprites}/web/services/www"))
         .send()
