@@ -148,6 +148,269 @@ async fn the_openapi_document_and_the_routes_agree() {
     assert!(checked >= SDK_CALLS.len(), "{checked} calls checked");
 }
 
+/// Bad input to each endpoint of the Sprites API: a clear 4xx naming the problem, at
+/// once (no wake, no hang), never a 500.
+#[tokio::test]
+async fn bad_input_to_every_endpoint_is_a_clear_4xx() {
+    let home = tempfile::tempdir().unwrap();
+    wisp_ok(home.path(), &["image", "build", "tiny"]);
+    let (_daemon, url) = start_server(home.path(), &["--image", "tiny"]);
+    assert_eq!(common::create_sprite(&url, "box").await, 201);
+    let s = "/v1/sprites/box";
+    let cases: &[(&str, String, Option<&str>, u16, &str)] = &[
+        (
+            "POST",
+            "/v1/sprites".into(),
+            Some(r#"{"name":"a","config":{"cpus":0}}"#),
+            400,
+            "config.cpus",
+        ),
+        (
+            "POST",
+            "/v1/sprites".into(),
+            Some(r#"{"name":"a","config":{"ram_mb":1}}"#),
+            400,
+            "config.ram_mb",
+        ),
+        (
+            "POST",
+            "/v1/sprites".into(),
+            Some(r#"{"name":"a","config":{"storage_gb":500}}"#),
+            400,
+            "config.storage_gb",
+        ),
+        (
+            "POST",
+            "/v1/sprites".into(),
+            Some(r#"{"name":"a","labels":[""]}"#),
+            400,
+            "labels",
+        ),
+        (
+            "POST",
+            "/v1/sprites".into(),
+            Some(r#"{"name":"a","environment":{"1X":"y"}}"#),
+            400,
+            "environment",
+        ),
+        (
+            "POST",
+            "/v1/sprites".into(),
+            Some(r#"{"name":"a","runtime":"gpu"}"#),
+            400,
+            "runtime",
+        ),
+        (
+            "POST",
+            "/v1/sprites".into(),
+            Some(r#"{"name":"a","url_settings":{"private_access":"all"}}"#),
+            400,
+            "private_access",
+        ),
+        ("PUT", s.into(), Some("{}"), 400, "nothing to update"),
+        ("PUT", s.into(), Some(r#"{"labels":"x"}"#), 400, "labels"),
+        (
+            "GET",
+            "/v1/sprites?max_results=0".into(),
+            None,
+            400,
+            "max_results",
+        ),
+        ("GET", "/v1/sprites?colour=red".into(), None, 400, "colour"),
+        ("POST", format!("{s}/exec?cmd=x&tty=true"), None, 400, "tty"),
+        (
+            "POST",
+            format!("{s}/exec?cmd=x&max_run_after_disconnect=soon"),
+            None,
+            400,
+            "max_run_after_disconnect",
+        ),
+        (
+            "POST",
+            format!("{s}/exec/1/kill?signal=NOPE"),
+            None,
+            400,
+            "signal",
+        ),
+        (
+            "POST",
+            format!("{s}/exec/99/kill"),
+            None,
+            404,
+            "no exec session `99`",
+        ),
+        (
+            "GET",
+            format!("{s}/exec/99"),
+            None,
+            404,
+            "no exec session `99`",
+        ),
+        ("GET", format!("{s}/fs/read"), None, 400, "path"),
+        (
+            "GET",
+            format!("{s}/fs/read?path=x&workingDir=rel"),
+            None,
+            400,
+            "workingDir",
+        ),
+        (
+            "PUT",
+            format!("{s}/fs/write?path=/x&mode=999"),
+            Some(""),
+            400,
+            "mode",
+        ),
+        (
+            "PUT",
+            format!("{s}/fs/write?path=/x&mkdirParents=maybe"),
+            Some(""),
+            400,
+            "mkdirParents",
+        ),
+        (
+            "GET",
+            format!("{s}/fs/list?path=/&recursive=often"),
+            None,
+            400,
+            "recursive",
+        ),
+        (
+            "POST",
+            format!("{s}/fs/chmod"),
+            Some(r#"{"path":"/x","mode":"9"}"#),
+            400,
+            "mode",
+        ),
+        (
+            "POST",
+            format!("{s}/fs/chown"),
+            Some(r#"{"path":"/x"}"#),
+            400,
+            "uid",
+        ),
+        (
+            "POST",
+            format!("{s}/fs/rename"),
+            Some(r#"{"source":"a"}"#),
+            400,
+            "dest",
+        ),
+        ("POST", format!("{s}/fs/copy"), Some("not json"), 400, ""),
+        ("DELETE", format!("{s}/fs/delete"), None, 400, "path"),
+        (
+            "PUT",
+            format!("{s}/services/.bad"),
+            Some(r#"{"cmd":"x"}"#),
+            400,
+            "service name",
+        ),
+        (
+            "PUT",
+            format!("{s}/services/web?duration=forever"),
+            Some(r#"{"cmd":"x"}"#),
+            400,
+            "duration",
+        ),
+        (
+            "PUT",
+            format!("{s}/services/web"),
+            Some(r#"{"cmd":""}"#),
+            400,
+            "cmd",
+        ),
+        (
+            "PUT",
+            format!("{s}/services/web"),
+            Some(r#"{"cmd":"x","http_port":0}"#),
+            400,
+            "http_port",
+        ),
+        (
+            "POST",
+            format!("{s}/services/signal"),
+            Some(r#"{"name":"web","signal":"NOPE"}"#),
+            400,
+            "signal",
+        ),
+        (
+            "GET",
+            format!("{s}/services/web/logs?lines=x"),
+            None,
+            400,
+            "lines",
+        ),
+        (
+            "POST",
+            format!("{s}/services/web/stop?timeout=x"),
+            None,
+            400,
+            "duration",
+        ),
+        (
+            "GET",
+            format!("{s}/policy/network"),
+            None,
+            501,
+            "not implemented",
+        ),
+        (
+            "POST",
+            format!("{s}/policy/privileges"),
+            Some("{}"),
+            501,
+            "not implemented",
+        ),
+        (
+            "GET",
+            format!("{s}/policy/other"),
+            None,
+            404,
+            "no policy `other`",
+        ),
+        ("GET", format!("{s}/proxy"), None, 400, "WebSocket"),
+        ("GET", format!("{s}/ports/watch"), None, 400, "WebSocket"),
+        ("GET", format!("{s}/fs/watch"), None, 400, "WebSocket"),
+        (
+            "GET",
+            "/v1/sprites/nope/check".into(),
+            None,
+            404,
+            "sprite `nope` does not exist",
+        ),
+        (
+            "POST",
+            "/v1/sprites/nope/restart".into(),
+            None,
+            404,
+            "sprite `nope` does not exist",
+        ),
+    ];
+    for (method, path, body, want, names) in cases {
+        let mut request = common::client(&url)
+            .request(method.parse().unwrap(), format!("{url}{path}"))
+            .timeout(std::time::Duration::from_secs(10));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: no answer within 10 s: {e}"));
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, *want, "{method} {path}: {text}");
+        assert!(
+            text.contains(names),
+            "{method} {path}: `{names}` not in {text}"
+        );
+    }
+    // None of that woke the sprite.
+    assert_eq!(common::status(&url, "box").await, "cold");
+}
+
 #[test]
 fn bad_listen_address_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
