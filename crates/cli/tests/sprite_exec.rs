@@ -192,6 +192,46 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
         "{listed}"
     );
 
+    // A slow reader loses nothing: the command waits for it (backpressure through the
+    // session and the agent's window), and every byte arrives once, in order.
+    let slow_url = exec_url(
+        &url,
+        "box",
+        &[
+            "sh",
+            "-c",
+            "head -c 8388608 /dev/urandom > /root/slow.bin; cat /root/slow.bin",
+        ],
+        &[],
+    );
+    let (mut slow, _) = tokio_tungstenite::connect_async(ws_request(&url, &slow_url))
+        .await
+        .unwrap();
+    let (mut slowly, mut messages) = (Vec::new(), 0);
+    while let Some(message) = slow.next().await {
+        match message.unwrap() {
+            Message::Binary(b) => match b.split_first() {
+                Some((1, d)) => {
+                    slowly.extend_from_slice(d);
+                    messages += 1;
+                    if messages <= 40 {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+                Some((3, code)) => assert_eq!(code, [0]),
+                _ => {}
+            },
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    let fast = common::exec_bytes(&url, "box", &["cat", "/root/slow.bin"]).await;
+    assert_eq!(slowly.len(), 8 << 20);
+    assert!(
+        slowly == fast,
+        "the slow reader got other bytes than a fast one"
+    );
+
     // A command outlives its client for max_run_after_disconnect, then ends.
     for (limit, file) in [("30s", "/root/kept"), ("1s", "/root/cut")] {
         let script = format!("sleep 4; echo done > {file}");

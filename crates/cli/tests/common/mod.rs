@@ -223,6 +223,28 @@ pub async fn exec(url: &str, name: &str, argv: &[&str], stdin: Option<&[u8]>) ->
     out
 }
 
+/// Runs `argv` in sprite `name` and returns its stdout as bytes (exit 0 asserted).
+pub async fn exec_bytes(url: &str, name: &str, argv: &[&str]) -> Vec<u8> {
+    let ws_url = exec_url(url, name, argv, &[]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(url, &ws_url))
+        .await
+        .unwrap();
+    let (mut out, mut code) = (Vec::new(), None);
+    while let Some(message) = ws.next().await {
+        match message.unwrap() {
+            Message::Binary(b) => match b.split_first() {
+                Some((1, d)) => out.extend_from_slice(d),
+                Some((3, d)) => code = d.first().copied(),
+                _ => {}
+            },
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(code, Some(0), "{argv:?}");
+    out
+}
+
 /// Sprite `name`'s JSON (`GET /v1/sprites/{name}`).
 pub async fn sprite_json(url: &str, name: &str) -> serde_json::Value {
     client(url)

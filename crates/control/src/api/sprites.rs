@@ -254,13 +254,9 @@ const WATCH_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 /// a `heartbeat` line every 15 s; it lasts until the client goes away.
 fn watch_sprites(state: AppState, params: ListParams) -> axum::response::Response {
     let changes = state.sprites.changes();
-    let first = state
-        .sprites
-        .list(&params.prefix, &params.labels, None, WATCH_MAX)
-        .map(|page| page.sprites.into_iter().map(|r| r.name).collect::<Vec<_>>())
-        .unwrap_or_default();
+    let first = watched_names(&state, &params);
     let lines = futures::stream::unfold(
-        (state, params, changes, first.into_iter()),
+        (state, params, changes, first),
         |(state, params, mut changes, mut first)| async move {
             let line = loop {
                 if let Some(name) = first.next() {
@@ -275,12 +271,7 @@ fn watch_sprites(state: AppState, params: ListParams) -> axum::response::Respons
                     Ok(Ok(_)) => {}
                     // Missed changes: send the whole list again.
                     Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
-                        first = state
-                            .sprites
-                            .list(&params.prefix, &params.labels, None, WATCH_MAX)
-                            .map(|p| p.sprites.into_iter().map(|r| r.name).collect::<Vec<_>>())
-                            .unwrap_or_default()
-                            .into_iter();
+                        first = watched_names(&state, &params);
                     }
                     Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
                 }
@@ -298,6 +289,16 @@ fn watch_sprites(state: AppState, params: ListParams) -> axum::response::Respons
         axum::body::Body::from_stream(lines),
     )
         .into_response()
+}
+
+/// The names a watch lists in full: at its start, and after it missed changes.
+fn watched_names(state: &AppState, params: &ListParams) -> std::vec::IntoIter<String> {
+    state
+        .sprites
+        .list(&params.prefix, &params.labels, None, WATCH_MAX)
+        .map(|page| page.sprites.into_iter().map(|r| r.name).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
 }
 
 /// Counts of this host's sprites by status, in the `org` shape of a watch line.
