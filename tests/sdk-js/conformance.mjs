@@ -84,7 +84,7 @@ let sprite;
 // ---- sprite management (SpritesClient) ----
 await check('createSprite with config and labels', async () => {
   sprite = await client.createSprite(name, {
-    config: { cpus: 1, ramMB: 512 },
+    config: { cpus: 1, ramMB: 512, storageGB: 250 },
     labels: ['sdk', 'js'],
     environment: { SPRITE_VAR: 'from-sprite' },
   });
@@ -92,6 +92,7 @@ await check('createSprite with config and labels', async () => {
   equal(sprite.labels, ['sdk', 'js'], 'labels');
   equal(sprite.config.cpus, 1, 'config.cpus');
   equal(sprite.config.ramMB, 512, 'config.ramMB');
+  equal(sprite.config.storageGB, 250, 'config.storageGB');
   assert(sprite.createdAt instanceof Date && !isNaN(sprite.createdAt), 'createdAt is a date');
 });
 
@@ -150,6 +151,15 @@ await check('execFile (wakes the sprite)', async () => {
   const r = await sprite.execFile('echo', ['hello', 'sdk']);
   equal(r.stdout, 'hello sdk\n', 'stdout');
   equal(r.exitCode, 0, 'exit code');
+});
+
+await check('config applies to the VM: CPUs, memory, disk size', async () => {
+  const r = await sprite.execFile('sh', ['-c', 'grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo; cat /sys/block/vda/size']);
+  const [cpus, mem, sectors] = r.stdout.trim().split('\n');
+  equal(cpus, '1', 'CPUs');
+  const kib = Number(mem.split(/\s+/)[1]);
+  assert(kib > 400 * 1024 && kib <= 512 * 1024, `memory ${mem}`);
+  assert(Number(sectors) * 512 >= 250e9, `disk of ${sectors} sectors`);
 });
 
 await check('exec splits its command', async () => {

@@ -175,7 +175,7 @@ async fn bad_input_to_every_endpoint_is_a_clear_4xx() {
         (
             "POST",
             "/v1/sprites".into(),
-            Some(r#"{"name":"a","config":{"storage_gb":500}}"#),
+            Some(r#"{"name":"a","config":{"storage_gb":20000}}"#),
             400,
             "config.storage_gb",
         ),

@@ -137,7 +137,8 @@ pub struct SpriteConfig {
     /// Memory of the sprite's VM, in MiB.
     #[serde(default)]
     pub ram_mb: Option<u64>,
-    /// Root disk size in GB (10^9 bytes) the sprite asked for.
+    /// Root disk size in GB (10^9 bytes) the sprite asked for: its disk is made this
+    /// large at create when that is larger than its image's.
     #[serde(default)]
     pub storage_gb: Option<u64>,
     /// Recorded: a wisp host is one place.

@@ -38,8 +38,10 @@ pub fn validate_name(name: &str) -> Result<(), ControlError> {
 pub const MAX_CPUS: u32 = 64;
 /// `config.ram_mb` bounds, in MiB: a guest kernel needs 128 to boot.
 pub const RAM_MB: std::ops::RangeInclusive<u64> = 128..=262_144;
-/// Largest `config.storage_gb`: a sprite's disk is its image's (100 GB).
-pub const MAX_STORAGE_GB: u64 = 100;
+/// Largest `config.storage_gb` (10 TB: a disk is sparse, it costs what is written).
+pub const MAX_STORAGE_GB: u64 = 10_000;
+/// The `storage_gb` a sprite shows when it asked for none: its image's disk.
+pub const DEFAULT_STORAGE_GB: u64 = 100;
 /// Labels per sprite, and bytes per label.
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_LEN: usize = 128;
@@ -64,7 +66,7 @@ pub fn validate_settings(settings: &SpriteSettings) -> Result<(), ControlError> 
     {
         return bad(
             "config.storage_gb",
-            format!("{gb}; a sprite's disk here is at most {MAX_STORAGE_GB} GB"),
+            format!("{gb}; use 1 to {MAX_STORAGE_GB} (GB)"),
         );
     }
     if settings.labels.len() > MAX_LABELS {
@@ -290,8 +292,15 @@ impl Sprites {
         })?;
         let id = uuid::Uuid::new_v4().to_string();
         let volume = format!("sprite-{id}");
+        // A disk larger than the image's when asked for (10^9-byte GB, rounded up to a
+        // MiB); the agent grows the root filesystem to it at boot when the image has
+        // resize2fs. A smaller one keeps the image's size: a filesystem is not shrunk.
+        let size = settings
+            .config
+            .storage_gb
+            .map(|gb| (gb * 1_000_000_000).div_ceil(1 << 20) << 20);
         self.store
-            .fork(&base.volume, &base.checkpoint, &volume)
+            .fork_sized(&base.volume, &base.checkpoint, &volume, size)
             .await
             .map_err(|source| ControlError::Volume {
                 context: format!(

@@ -578,6 +578,19 @@ impl Store {
         checkpoint: &str,
         new_name: &str,
     ) -> Result<VolumeInfo, VolumeError> {
+        self.fork_sized(source, checkpoint, new_name, None).await
+    }
+
+    /// [`Store::fork`], the new volume `size` bytes (a multiple of 4 KiB) when
+    /// that is larger than the source: the space past the source's end reads as
+    /// zeros and costs nothing until written.
+    pub async fn fork_sized(
+        &self,
+        source: &str,
+        checkpoint: &str,
+        new_name: &str,
+        size: Option<u64>,
+    ) -> Result<VolumeInfo, VolumeError> {
         validate_name(new_name)?;
         let info = self.volume_info(source).await?;
         let layer = match self.local_checkpoint_layer(&info.id, checkpoint).await {
@@ -591,7 +604,7 @@ impl Store {
         };
         self.make_volume(
             new_name,
-            info.size,
+            size.map_or(info.size, |s| s.max(info.size)),
             Some((info.id.clone(), layer)),
             Some(format!("{source}@{checkpoint}")),
         )

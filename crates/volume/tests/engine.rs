@@ -133,6 +133,24 @@ async fn checkpoint_restore_fork_and_diff() {
         store.fork("base", "v9", "x").await,
         Err(VolumeError::CheckpointNotFound { .. })
     ));
+    // A fork may be larger than its source (a sprite's `storage_gb`): the source's data,
+    // then zeros to the new end, writable; a smaller size keeps the source's.
+    let big = store
+        .fork_sized("base", "v1", "bigger", Some(64 * MIB))
+        .await
+        .unwrap();
+    assert_eq!(big.size, 64 * MIB);
+    let bigger = store.open_volume("bigger").await.unwrap();
+    assert_eq!(read(&bigger, 4 * MIB, 256 * 1024).await, two);
+    assert!(read(&bigger, 60 * MIB, 4096).await.iter().all(|x| *x == 0));
+    write(&bigger, 60 * MIB, &pattern(15, 4096)).await;
+    assert_eq!(read(&bigger, 60 * MIB, 4096).await, pattern(15, 4096));
+    bigger.close().await.unwrap();
+    let same = store
+        .fork_sized("base", "v1", "not-smaller", Some(MIB))
+        .await
+        .unwrap();
+    assert_eq!(same.size, 16 * MIB);
     // The fork reads the same on another host.
     let other = env.store("b").await;
     let copy = other.open_volume("copy").await.unwrap();

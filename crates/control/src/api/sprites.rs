@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{body, AppState};
 use crate::model::{ConfigView, ListView, SpriteView, UrlSettingsView};
 use crate::registry::{SpriteConfig, SpriteRecord, SpriteSettings, UrlAuth};
-use crate::sprites::{dedup_labels, MAX_STORAGE_GB};
+use crate::sprites::{dedup_labels, DEFAULT_STORAGE_GB};
 use crate::{ControlError, HealthReport};
 
 /// Largest page of `GET /v1/sprites`, as in Sprites.
@@ -48,7 +48,7 @@ impl AppState {
                 ram_mb: config
                     .ram_mb
                     .unwrap_or(wisp_vm::machine::DEFAULT_MEMORY_MIB),
-                storage_gb: config.storage_gb.unwrap_or(MAX_STORAGE_GB),
+                storage_gb: config.storage_gb.unwrap_or(DEFAULT_STORAGE_GB),
                 region: config.region.clone().unwrap_or_else(|| "local".into()),
             },
             environment: settings.environment,
