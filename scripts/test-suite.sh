@@ -5,7 +5,7 @@
 # silently stops running tests cannot pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-min_tests=${MIN_TESTS:-150}
+min_tests=${MIN_TESTS:-200}
 mkdir -p target
 log=target/test-suite.log
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
