@@ -197,6 +197,15 @@ impl Agent {
             Control::Ping => return self.out.control(s, &Control::Pong),
             Control::Hello { version, .. } if s == 0 => {
                 if version == PROTOCOL_VERSION {
+                    // A host's `hello` opens its connection: sessions of an earlier
+                    // one (a daemon that restarted, a machine resumed from a saved
+                    // state) have nobody to talk to, and their numbers are the new
+                    // host's to use. Services run on.
+                    let old: Vec<Session> = {
+                        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                        sessions.drain().map(|(_, v)| v).collect()
+                    };
+                    old.into_iter().for_each(close_session);
                     self.announce();
                 } else {
                     self.out.error(

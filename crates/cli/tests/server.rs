@@ -682,7 +682,7 @@ fn serve_volume(home: &std::path::Path, name: &str, dir: &std::path::Path) -> (D
     let line = common::first_stdout_line(&mut child);
     assert!(line.starts_with("serving volume"), "{line}");
     (
-        Daemon(child),
+        Daemon(child, None),
         format!("nbd+unix:///{name}?socket={}", sock.display()),
     )
 }

@@ -648,6 +648,7 @@ async fn exec_wakes_sprites_idle_ones_sleep_and_nothing_is_lost() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
+        None,
     );
     let mut ready = String::new();
     std::io::BufRead::read_line(

@@ -202,6 +202,35 @@ impl Client {
         self.json(Method::GET, &sprite_path(name)?, None).await
     }
 
+    /// Puts sprite `name` to sleep now: warm (memory kept) or cold.
+    pub async fn sleep(&self, name: &str, cold: bool) -> Result<SpriteView, ClientError> {
+        let mode = if cold { "cold" } else { "warm" };
+        let body = serde_json::json!({ "mode": mode });
+        self.json(
+            Method::POST,
+            &format!("{}/sleep", sprite_path(name)?),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Wakes sprite `name` now.
+    pub async fn wake(&self, name: &str) -> Result<SpriteView, ClientError> {
+        self.json(Method::POST, &format!("{}/wake", sprite_path(name)?), None)
+            .await
+    }
+
+    /// Changes sprite `name`'s settings: `changes` is an update body (`PUT
+    /// /v1/sprites/{name}`).
+    pub async fn update(
+        &self,
+        name: &str,
+        changes: serde_json::Value,
+    ) -> Result<SpriteView, ClientError> {
+        self.json(Method::PUT, &sprite_path(name)?, Some(changes))
+            .await
+    }
+
     pub async fn set_url_auth(&self, name: &str, auth: UrlAuth) -> Result<SpriteView, ClientError> {
         let body = serde_json::json!({ "url_settings": { "auth": auth } });
         self.json(Method::PUT, &sprite_path(name)?, Some(body))

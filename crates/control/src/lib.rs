@@ -9,6 +9,7 @@
 //! [`registry`] (SQLite), [`model`] (JSON shapes), [`client`] (for the CLI).
 
 mod api;
+pub mod warm;
 pub use api::openapi;
 pub mod client;
 mod error;
@@ -20,7 +21,9 @@ pub mod registry;
 mod router;
 pub mod services;
 pub mod sessions;
+pub mod sleep;
 pub mod sprites;
+mod tasks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,8 +50,8 @@ pub struct ServerConfig {
     pub image: ImageKind,
     /// How often the store's gc and compaction run (zero: never).
     pub gc_interval: Duration,
-    /// A sprite with no request for this long is put to sleep.
-    pub idle_timeout: Duration,
+    /// When sprites sleep: idle timeout, warm to cold, the warm-state budget.
+    pub sleep: sleep::SleepPolicy,
     /// Sprite URLs are `http://<name>.<sprite_domain>:<port>`.
     pub sprite_domain: String,
     /// Whether API calls need the host's token (`$WISP_HOME/token`); on by
@@ -109,7 +112,7 @@ impl Server {
             store,
             config.home.clone(),
             config.image,
-            config.idle_timeout,
+            config.sleep.clone(),
         ));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -148,6 +151,12 @@ impl Server {
             let every = self.config.gc_interval;
             tokio::spawn(async move { store.run_maintenance(every, GcOptions::default()).await })
         });
+        // Machines an earlier daemon left running (it crashed, or was killed) are
+        // taken over before the first request.
+        let adopted = self.sprites.adopt_running().await;
+        if adopted > 0 {
+            tracing::info!(adopted, "took over running sprites from an earlier daemon");
+        }
         // The accelerator probe (seconds on a new host) runs now, not on the
         // first request's path.
         let preparing = {
@@ -189,7 +198,8 @@ impl Server {
             task.abort();
         }
         preparing.abort();
-        // Stopping: no sprite is left running; each one's data is uploaded.
+        // Stopping: every running sprite goes warm (its processes carry on under the
+        // next daemon); each one's data is uploaded.
         let _ = stop_sleeper.send(true);
         let _ = sleeper.await;
         sprites.sleep_all().await;

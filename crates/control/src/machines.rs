@@ -1,10 +1,12 @@
 //! Running sprites: the VM of each awake sprite, woken by the first request
 //! that needs it and put to sleep after a stretch without one.
 //!
-//! Sleep here is the "cold" kind: the guest is stopped cleanly (the agent
-//! syncs its filesystems), the volume is flushed, uploaded and closed, and
-//! nothing runs; the next exec boots it again from its disk. Keeping memory
-//! across a sleep ("warm") is a later stage.
+//! Sleep comes in two kinds. **Warm**: the vCPUs stop, QEMU writes the
+//! machine's state to a local file ([`crate::warm`]) and exits, the volume is
+//! flushed, uploaded and closed; the next wake resumes that state (processes
+//! carry on) when the disk is unchanged since ([`Volume::generation`]), and boots
+//! otherwise. **Cold**: the guest is stopped cleanly (the agent syncs its
+//! filesystems), and the next wake boots it from its disk.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,7 +19,17 @@ use wisp_vm::{Machine, Runtime};
 use wisp_volume::{Store, Volume};
 
 use crate::registry::SpriteRecord;
+use crate::warm::{SavedState, WarmStates};
 use crate::ControlError;
+
+/// How a sprite goes to sleep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SleepMode {
+    /// Memory kept: the next wake resumes where it stopped.
+    Warm,
+    /// Memory dropped: the next wake boots.
+    Cold,
+}
 
 /// One awake sprite.
 pub struct Awake {
@@ -35,6 +47,13 @@ pub struct Awake {
     last_active: Mutex<Instant>,
     /// The guest's listening ports, watched from the first time someone asks.
     ports: Mutex<Option<Ports>>,
+    /// The machine's size, which a state saved from it needs to resume.
+    cpus: u32,
+    memory_mib: u64,
+    accel: wisp_vm::Accel,
+    /// How it came up: `boot`, `resume` (a saved state) or `adopt` (from an
+    /// earlier daemon).
+    pub woke_by: &'static str,
 }
 
 /// A port that started (`opened`) or stopped listening in a sprite.
@@ -67,6 +86,12 @@ impl Awake {
     /// How long ago the machine finished booting.
     pub fn awake_for(&self) -> Duration {
         self.woke_at.elapsed()
+    }
+
+    /// Counts as a request just ended: the idle clock starts again (a
+    /// keep-awake task in the guest does this).
+    pub fn touch(&self) {
+        *self.last_active.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     /// The ports listening in the guest now and the changes from then on. The
@@ -135,7 +160,8 @@ impl Awake {
         self.agent.is_closed()
     }
 
-    fn idle_for(&self) -> Option<Duration> {
+    /// How long nothing has used it; `None` while a request is in progress.
+    pub fn idle_for(&self) -> Option<Duration> {
         if self.is_dead() {
             // Nothing can use it; clean it up at once.
             return Some(Duration::MAX);
@@ -188,22 +214,31 @@ pub struct Machines {
     /// only creates sprites.
     runtime: tokio::sync::OnceCell<Runtime>,
     awake: Mutex<HashMap<String, Arc<Awake>>>,
-    /// A sprite with no request for this long is put to sleep.
-    pub idle_timeout: Duration,
+    /// Saved states of warm sprites on this host.
+    warm: WarmStates,
+    /// Whether QEMU processes outlive this daemon (`wisp server`: a restarted
+    /// daemon adopts them) or die with it (tests of the library, tools).
+    pub outlive_daemon: bool,
     /// The name of each sprite that woke or fell asleep (see [`Machines::changes`]).
     changes: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Machines {
-    pub fn new(home: PathBuf, store: Store, idle_timeout: Duration) -> Self {
+    pub fn new(home: PathBuf, store: Store) -> Self {
         Machines {
+            warm: WarmStates::new(&home),
             home,
             store,
             runtime: tokio::sync::OnceCell::new(),
             awake: Mutex::default(),
-            idle_timeout,
+            outlive_daemon: false,
             changes: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    /// The saved states of this host's warm sprites.
+    pub fn warm(&self) -> &WarmStates {
+        &self.warm
     }
 
     /// Names of sprites as they wake or fall asleep (and as [`Machines::changed`]
@@ -262,7 +297,7 @@ impl Machines {
                 // volume) and boot it again.
                 drop(dead);
                 tracing::warn!(sprite = %name, "the sprite's VM had stopped by itself; booting it again");
-                self.sleep(name).await?;
+                self.sleep(name, SleepMode::Cold).await?;
                 self.boot(record).await?
             }
             None => self.boot(record).await?,
@@ -289,6 +324,7 @@ impl Machines {
         // Sockets and logs under run/<volume>: the volume name is unique and short.
         let mut config = runtime.machine_config(volume.clone(), volume_name).await;
         config.hostname = name.to_string();
+        config.outlive_parent = self.outlive_daemon;
         if let Some(cpus) = record.settings.config.cpus {
             config.cpus = cpus;
         }
@@ -297,19 +333,59 @@ impl Machines {
         }
         let http_port = free_loopback_port().map_err(ControlError::Io)?;
         config.http_port = Some(http_port);
-        let machine = match Machine::start(config).await {
-            Ok(machine) => machine,
-            Err(e) => {
-                if let Some(v) = wisp_vm::machine::reclaim_volume(volume).await {
-                    let _ = v.close().await;
+        let (mut woke_by, mut machine) = ("boot", None);
+        if let Some(saved) = self.usable_state(record, &volume, config.accel).await {
+            let mut resume = config.clone();
+            resume.resume_from = Some(self.warm.state_path(volume_name)?);
+            (resume.cpus, resume.memory_mib) = (saved.cpus, saved.memory_mib);
+            match Machine::start(resume).await {
+                Ok(m) => {
+                    (woke_by, machine) = ("resume", Some(m));
+                    (config.cpus, config.memory_mib) = (saved.cpus, saved.memory_mib);
                 }
-                return Err(ControlError::Wake {
-                    name: name.to_string(),
-                    source: e,
-                });
+                Err(e) => {
+                    tracing::warn!(sprite = %name, error = %e, "resuming the saved state failed; booting instead")
+                }
             }
+            // Resumed or not, the state is spent: the disk moves on from here.
+            self.warm.remove(volume_name);
+        }
+        let (cpus, memory_mib, accel) = (config.cpus, config.memory_mib, config.accel);
+        let machine = match machine {
+            Some(m) => m,
+            None => match Machine::start(config).await {
+                Ok(machine) => machine,
+                Err(e) => {
+                    if let Some(v) = wisp_vm::machine::reclaim_volume(volume).await {
+                        let _ = v.close().await;
+                    }
+                    return Err(ControlError::Wake {
+                        name: name.to_string(),
+                        source: e,
+                    });
+                }
+            },
         };
-        tracing::info!(sprite = %name, took = ?started.elapsed(), "sprite woke");
+        tracing::info!(sprite = %name, took = ?started.elapsed(), by = woke_by, "sprite woke");
+        Ok(self.insert(
+            name,
+            machine,
+            volume,
+            http_port,
+            (cpus, memory_mib, accel),
+            woke_by,
+        ))
+    }
+
+    fn insert(
+        &self,
+        name: &str,
+        machine: Machine,
+        volume: Arc<Volume>,
+        http_port: u16,
+        (cpus, memory_mib, accel): (u32, u64, wisp_vm::Accel),
+        woke_by: &'static str,
+    ) -> Arc<Awake> {
         let awake = Arc::new(Awake {
             agent: machine.agent().clone(),
             http_port,
@@ -319,37 +395,115 @@ impl Machines {
             sessions: AtomicUsize::new(0),
             last_active: Mutex::new(Instant::now()),
             ports: Mutex::new(None),
+            cpus,
+            memory_mib,
+            accel,
+            woke_by,
         });
         self.awake_map().insert(name.to_string(), awake.clone());
         self.changed(name);
-        Ok(awake)
+        awake
     }
 
-    /// Puts sprite `name` to sleep if it is awake: a clean stop of the guest,
-    /// then the volume is flushed, uploaded and closed. In-flight requests
-    /// end with the machine.
-    pub async fn sleep(&self, name: &str) -> Result<(), ControlError> {
+    /// The saved state sprite `record` can resume over `volume`, if any: one on
+    /// this host, else one in the bucket (brought here). A state saved over
+    /// another disk content (a restore, a write by `wisp volume`) or for another
+    /// accelerator is deleted, and the sprite boots.
+    async fn usable_state(
+        &self,
+        record: &SpriteRecord,
+        volume: &Volume,
+        accel: wisp_vm::Accel,
+    ) -> Option<SavedState> {
+        let (name, volume_name) = (record.name.as_str(), record.volume.as_str());
+        let mut saved = self.warm.get(volume_name);
+        if saved.is_none() && record.settings.memory_in_bucket {
+            match self.warm.download(&self.store, volume_name).await {
+                Ok(s) => saved = s,
+                Err(e) => {
+                    tracing::warn!(sprite = %name, error = %e.chain(), "cannot bring the saved state from the bucket; booting")
+                }
+            }
+        }
+        let saved = saved?;
+        let generation = volume.generation().ok();
+        if generation != Some(saved.generation) {
+            tracing::info!(sprite = %name, saved = saved.generation, now = ?generation, "the disk changed since the machine state was saved; booting instead");
+        } else if saved.accel != accel {
+            tracing::info!(sprite = %name, saved = %saved.accel, now = %accel, "the machine state was saved under another accelerator; booting instead");
+        } else {
+            return Some(saved);
+        }
+        self.warm.remove(volume_name);
+        None
+    }
+
+    /// Puts sprite `name` to sleep if it is awake (see the module's text), then
+    /// the volume is flushed, uploaded and closed. A warm sleep that cannot save
+    /// the state leaves the sprite cold (its guest killed, as after a power cut:
+    /// every flushed write is kept). In-flight requests end with the machine.
+    pub async fn sleep(&self, name: &str, mode: SleepMode) -> Result<(), ControlError> {
         let Some(awake) = self.awake_map().remove(name) else {
             return Ok(());
         };
+        let started = Instant::now();
+        let volume_name = awake.volume.info().name.clone();
         let machine = awake.machine.lock().await.take();
-        let stopped = match machine {
-            Some(machine) => machine.stop().await,
-            None => Ok(()),
+        let mut saved = None;
+        let stopped = match (machine, mode) {
+            (Some(machine), SleepMode::Warm) => {
+                let path = self.warm.state_path(&volume_name)?;
+                match machine.save(&path).await {
+                    Ok(report) => {
+                        saved = Some(report);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::warn!(sprite = %name, error = %e, "saving the machine state failed; the sprite goes cold");
+                        let _ = std::fs::remove_file(&path);
+                        Ok(())
+                    }
+                }
+            }
+            (Some(machine), SleepMode::Cold) => machine.stop().await,
+            (None, _) => Ok(()),
         };
         let volume = awake.volume.clone();
+        let (cpus, memory_mib, accel) = (awake.cpus, awake.memory_mib, awake.accel);
         drop(awake);
-        let closed = match wisp_vm::machine::reclaim_volume(volume).await {
-            Some(volume) => volume.close().await.map_err(|source| ControlError::Volume {
-                context: format!("cannot close sprite `{name}`'s volume after its stop"),
-                source,
-            }),
+        let (closed, generation) = match wisp_vm::machine::reclaim_volume(volume).await {
+            Some(volume) => {
+                let generation = volume.generation().ok();
+                let closed = volume.close().await.map_err(|source| ControlError::Volume {
+                    context: format!("cannot close sprite `{name}`'s volume after its stop"),
+                    source,
+                });
+                (closed, generation)
+            }
             None => {
                 tracing::warn!(sprite = %name, "volume still referenced after the stop; not closed");
-                Ok(())
+                (Ok(()), None)
             }
         };
-        tracing::info!(sprite = %name, "sprite asleep");
+        match (saved, generation) {
+            (Some(report), Some(generation)) => {
+                let state = SavedState {
+                    sprite: name.to_string(),
+                    generation,
+                    cpus,
+                    memory_mib,
+                    accel,
+                    saved_at: unix_now(),
+                    bytes: report.bytes,
+                };
+                self.warm.record(&volume_name, &state)?;
+                tracing::info!(sprite = %name, took = ?started.elapsed(), save = ?report.save, qemu_gone = ?report.total, bytes = report.bytes, "sprite asleep (warm)");
+            }
+            (Some(_), None) => self.warm.remove(&volume_name),
+            (None, _) => {
+                tracing::info!(sprite = %name, took = ?started.elapsed(), "sprite asleep (cold)")
+            }
+        }
         self.changed(name);
         stopped.map_err(|source| ControlError::Wake {
             name: name.to_string(),
@@ -358,24 +512,61 @@ impl Machines {
         closed
     }
 
-    /// Sprites idle for at least the idle timeout.
-    pub fn idle(&self) -> Vec<String> {
-        self.awake_map()
-            .iter()
-            .filter(|(_, a)| self.past_timeout(a))
-            .map(|(name, _)| name.clone())
-            .collect()
+    /// Takes over sprite `record`'s machine if an earlier daemon left it running
+    /// (see [`Machine::adopt`]); whether it did.
+    pub async fn adopt(&self, record: &SpriteRecord) -> Result<bool, ControlError> {
+        let (name, volume_name) = (record.name.as_str(), record.volume.as_str());
+        let run_dir = self.home.join("run").join(volume_name);
+        let Some(prior) = wisp_vm::machine::MachineRecord::read(&run_dir) else {
+            return Ok(false);
+        };
+        let runtime = self.runtime().await?;
+        let volume = Arc::new(
+            self.store
+                .open_volume(volume_name)
+                .await
+                .map_err(|source| ControlError::Volume {
+                    context: format!(
+                        "cannot adopt sprite `{name}`: cannot open volume `{volume_name}`"
+                    ),
+                    source,
+                })?,
+        );
+        let mut config = runtime.machine_config(volume.clone(), volume_name).await;
+        config.outlive_parent = self.outlive_daemon;
+        let adopted = Machine::adopt(config).await;
+        let machine = match adopted {
+            Ok(Some(m)) => m,
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(sprite = %name, error = %e, "cannot adopt the sprite's running machine");
+                }
+                if let Some(v) = wisp_vm::machine::reclaim_volume(volume).await {
+                    let _ = v.close().await;
+                }
+                return Ok(false);
+            }
+        };
+        tracing::info!(sprite = %name, pid = prior.qemu_pid, "adopted a running sprite from an earlier daemon");
+        let http_port = prior.http_port.unwrap_or(0);
+        self.insert(
+            name,
+            machine,
+            volume,
+            http_port,
+            (prior.cpus, prior.memory_mib, prior.accel),
+            "adopt",
+        );
+        Ok(true)
     }
+}
 
-    /// Whether sprite `name` is awake and idle past the timeout (checked
-    /// again in the sprite's turn before it is put to sleep).
-    pub fn is_idle(&self, name: &str) -> bool {
-        self.get(name).is_some_and(|a| self.past_timeout(&a))
-    }
-
-    fn past_timeout(&self, awake: &Awake) -> bool {
-        awake.idle_for().is_some_and(|d| d >= self.idle_timeout)
-    }
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A port on 127.0.0.1 nothing listens on now, for QEMU's forward to the

@@ -30,6 +30,22 @@ pub struct SpriteView {
     /// `default` or `dev`, when given at create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// When the sprite sleeps and what it keeps (a wisp addition).
+    #[serde(default)]
+    pub sleep: SleepView,
+}
+
+/// A sprite's sleep settings in effect, and where its memory is while it sleeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SleepView {
+    /// Seconds without a request before it goes warm; `null`: never.
+    pub idle_timeout: Option<u64>,
+    /// Seconds warm before it goes cold; `null`: never.
+    pub cold_after: Option<u64>,
+    /// Going cold keeps the memory in the bucket.
+    pub keep_memory: bool,
+    /// `local` (warm on this host), `bucket` (resumable on any host) or `null`.
+    pub memory: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

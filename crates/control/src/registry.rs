@@ -125,6 +125,23 @@ pub struct SpriteSettings {
     /// The service that set `url_port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_service: Option<String>,
+    /// Seconds without a request before the sprite goes to sleep (warm); `0`
+    /// never; unset: the server's `--idle-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u64>,
+    /// Seconds a warm sprite stays warm before it goes cold; `0` never (unless
+    /// the host's warm-state budget needs the room); unset: the server's
+    /// `--cold-after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_after: Option<u64>,
+    /// Going cold keeps the machine state in the bucket (any host resumes it
+    /// warm) instead of dropping it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_memory: bool,
+    /// Set while the sprite's machine state is in the bucket (not a setting:
+    /// kept here so every host sees it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory_in_bucket: bool,
 }
 
 /// The machine a sprite gets (`config` on create). Absent fields take the
@@ -385,6 +402,16 @@ impl Registry {
         let n: i64 = self
             .conn()
             .query_row("SELECT count(*) FROM sprites", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// How many sprites have their machine state in the bucket.
+    pub fn count_memory_in_bucket(&self) -> Result<u64, RegistryError> {
+        let n: i64 = self.conn().query_row(
+            "SELECT count(*) FROM sprites WHERE json_extract(settings, '$.memory_in_bucket') = 1",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(n as u64)
     }
 }

@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 use wisp_vm::image::{self, ImageKind};
 use wisp_volume::{CheckpointInfo, Store, Volume, VolumeError};
 
-use crate::machines::{Activity, Awake, Machines};
+use crate::machines::{Activity, Awake, Machines, SleepMode};
 use crate::registry::{Page, Registry, RegistryError, SpriteRecord, SpriteSettings, UrlAuth};
+use crate::sleep::SleepPolicy;
 use crate::ControlError;
 
 /// Sprite names are DNS labels: they become the first label of the
@@ -128,7 +129,7 @@ pub fn dedup_labels(labels: Vec<String>) -> Vec<String> {
 }
 
 /// Now, as the registry stores times: RFC 3339, UTC, whole seconds.
-fn now() -> String {
+pub(crate) fn now() -> String {
     rfc3339(SystemTime::now())
 }
 
@@ -144,11 +145,12 @@ pub(crate) fn rfc3339_from_unix(seconds: u64) -> String {
 /// The sprites of this host: the registry plus the volume store their disks
 /// live in.
 pub struct Sprites {
-    registry: Registry,
+    pub(crate) registry: Registry,
     store: Store,
     home: PathBuf,
     image: ImageKind,
-    machines: Machines,
+    pub(crate) machines: Machines,
+    pub(crate) policy: SleepPolicy,
     /// One operation at a time per sprite: an operation opens the sprite's
     /// volume, which admits one user; a second request waits its turn
     /// instead of failing with "in use".
@@ -165,10 +167,13 @@ impl Sprites {
         store: Store,
         home: PathBuf,
         image: ImageKind,
-        idle_timeout: Duration,
+        policy: SleepPolicy,
     ) -> Self {
+        let mut machines = Machines::new(home.clone(), store.clone());
+        machines.outlive_daemon = policy.outlive_daemon;
         Sprites {
-            machines: Machines::new(home.clone(), store.clone(), idle_timeout),
+            machines,
+            policy,
             registry,
             store,
             home,
@@ -179,7 +184,7 @@ impl Sprites {
     }
 
     /// Waits for sprite `name`'s turn; the turn lasts while the guard lives.
-    async fn turn(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn turn(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
             // Forget names nobody is waiting on, so the map stays small.
@@ -200,6 +205,11 @@ impl Sprites {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// `$WISP_HOME`.
+    pub fn home(&self) -> &std::path::Path {
+        &self.home
     }
 
     /// How many sprites are awake.
@@ -235,37 +245,18 @@ impl Sprites {
         tokio::spawn(async move {
             let _turn = sprites.turn(&name).await;
             let record = sprites.get(&name)?;
-            sprites.machines.wake(&record).await
+            let activity = sprites.machines.wake(&record).await;
+            if record.settings.memory_in_bucket {
+                // Resumed from it or not, the bucket's copy is spent.
+                sprites.forget_bucket_memory(&record).await;
+            }
+            activity
         })
     }
 
     /// Gets ready to wake sprites (see [`Machines::prepare_early`]).
     pub async fn prepare_early(&self) {
         self.machines.prepare_early().await
-    }
-
-    /// Puts every sprite idle past the timeout to sleep.
-    pub async fn sleep_idle(&self) {
-        for name in self.machines.idle() {
-            let _turn = self.turn(&name).await;
-            // A request may have woken it up again while this waited.
-            if self.machines.is_idle(&name) {
-                if let Err(e) = self.machines.sleep(&name).await {
-                    tracing::warn!(sprite = %name, error = %e.chain(), "putting an idle sprite to sleep failed");
-                }
-            }
-        }
-    }
-
-    /// Puts every awake sprite to sleep (the daemon is stopping): each guest
-    /// stops cleanly and each volume is uploaded and closed.
-    pub async fn sleep_all(&self) {
-        for name in self.machines.names() {
-            let _turn = self.turn(&name).await;
-            if let Err(e) = self.machines.sleep(&name).await {
-                tracing::warn!(sprite = %name, error = %e.chain(), "stopping a sprite failed");
-            }
-        }
     }
 
     /// Creates sprite `name`: its disk is a fork of the standard image's
@@ -384,8 +375,9 @@ impl Sprites {
     pub async fn restart(self: &Arc<Self>, name: &str) -> Result<(), ControlError> {
         {
             let _turn = self.turn(name).await;
-            self.get(name)?;
-            self.machines.sleep(name).await?;
+            let record = self.get(name)?;
+            self.machines.sleep(name, SleepMode::Cold).await?;
+            self.drop_memory(&record).await;
         }
         drop(self.activity(name).await?);
         tracing::info!(sprite = %name, "sprite restarted");
@@ -426,7 +418,8 @@ impl Sprites {
     pub async fn delete(&self, name: &str) -> Result<(), ControlError> {
         let _turn = self.turn(name).await;
         let record = self.get(name)?;
-        self.machines.sleep(name).await?;
+        self.machines.sleep(name, SleepMode::Cold).await?;
+        self.drop_memory(&record).await;
         match self.store.delete_volume(&record.volume).await {
             Ok(()) | Err(VolumeError::NotFound(_)) => {}
             Err(source) => {
@@ -484,9 +477,13 @@ impl Sprites {
                 IfAwake::Stop => {
                     // The sleep closes the volume, which needs every reference gone.
                     drop(running);
-                    self.machines.sleep(name).await?;
+                    self.machines.sleep(name, SleepMode::Cold).await?;
                 }
             }
+        }
+        if matches!(awake, IfAwake::Stop) {
+            // What `op` does to the disk makes a saved memory state meaningless.
+            self.drop_memory(&record).await;
         }
         let volume = self
             .store

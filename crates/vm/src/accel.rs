@@ -120,6 +120,8 @@ async fn probe_kvm(home: &Path, kernel: &Path, initramfs: &Path) -> Result<Durat
         serial_log: dir.path().join("console.log"),
         network: false,
         forward: None,
+        incoming: None,
+        outlive_parent: false,
     };
     let t0 = std::time::Instant::now();
     let mut qemu = Qemu::spawn(&config, &dir.path().join("qemu.log")).map_err(|e| e.to_string())?;

@@ -60,6 +60,7 @@ pub const DEFAULT_CPUS: u32 = 2;
 pub const DEFAULT_MEMORY_MIB: u64 = 1024;
 
 /// What to boot and how.
+#[derive(Clone)]
 pub struct MachineConfig {
     /// The root disk (a `wisp_volume::Volume`, or any block device).
     pub disk: Arc<dyn BlockDevice>,
@@ -85,6 +86,13 @@ pub struct MachineConfig {
     pub boot_attempts: u32,
     /// The QEMU binary ([`QemuConfig::default_binary`] unless set).
     pub qemu_binary: PathBuf,
+    /// Resume from this state file ([`Machine::save`]) instead of booting. The
+    /// disk must be exactly as it was when the state was saved, and the machine's
+    /// size (cpus, memory) the same.
+    pub resume_from: Option<PathBuf>,
+    /// QEMU keeps running when this process dies, for the next one to adopt
+    /// ([`Machine::adopt`]); otherwise the kernel kills it with this process.
+    pub outlive_parent: bool,
 }
 
 impl MachineConfig {
@@ -109,6 +117,8 @@ impl MachineConfig {
             boot_timeout: Duration::from_secs(60),
             boot_attempts: 3,
             qemu_binary: QemuConfig::default_binary(),
+            resume_from: None,
+            outlive_parent: false,
         }
     }
 }
@@ -117,6 +127,37 @@ impl MachineConfig {
 const NBD_SOCKET: &str = "nbd.sock";
 const AGENT_SOCKET: &str = "agent.sock";
 const QMP_SOCKET: &str = "qmp.sock";
+/// What a new process needs to adopt a running machine ([`Machine::adopt`]).
+pub const MACHINE_FILE: &str = "machine.json";
+
+/// A running machine as recorded in its run folder's [`MACHINE_FILE`] (JSON).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MachineRecord {
+    pub qemu_pid: u32,
+    /// The host port forwarded to the guest's port 8080, if any.
+    pub http_port: Option<u16>,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub accel: Accel,
+}
+
+impl MachineRecord {
+    /// The record in run folder `dir`, if one is there and readable.
+    pub fn read(dir: &Path) -> Option<MachineRecord> {
+        serde_json::from_slice(&std::fs::read(dir.join(MACHINE_FILE)).ok()?).ok()
+    }
+}
+
+/// What [`Machine::save`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct SaveReport {
+    /// From the vCPUs stopping to the state file complete.
+    pub save: Duration,
+    /// Until QEMU exited (its memory returned to the host).
+    pub total: Duration,
+    /// The state file's size in bytes.
+    pub bytes: u64,
+}
 
 /// The run folder of one machine, whose unix sockets (NBD, agent, QMP) are removed when
 /// the machine is gone, on every path (clean stop, kill, failed or abandoned start), so
@@ -125,7 +166,7 @@ struct Sockets(RunDir);
 
 impl Drop for Sockets {
     fn drop(&mut self) {
-        for name in [NBD_SOCKET, AGENT_SOCKET, QMP_SOCKET] {
+        for name in [NBD_SOCKET, AGENT_SOCKET, QMP_SOCKET, MACHINE_FILE] {
             let _ = std::fs::remove_file(self.0.join(name));
         }
     }
@@ -211,7 +252,23 @@ impl Machine {
             serial_log: PathBuf::new(),
             network: true,
             forward: config.http_port.map(|p| (p, GUEST_HTTP_PORT)),
+            incoming: None,
+            outlive_parent: config.outlive_parent,
         };
+        if let Some(state) = &config.resume_from {
+            let resumed = resume_once(&qemu_config, run, &qemu_log, state).await;
+            let (qemu, agent, serial_log) = match resumed {
+                Ok(resumed) => resumed,
+                Err(e) => {
+                    let _ = nbd_stop.send(());
+                    return Err(e);
+                }
+            };
+            return Ok(Machine::ready(
+                qemu, agent, &config, nbd_stop, nbd_task, serial_log, t0, sockets,
+            )
+            .await);
+        }
         let attempts = config.boot_attempts.max(1);
         let mut attempt = 1;
         let (qemu, agent, serial_log) = loop {
@@ -233,7 +290,26 @@ impl Machine {
                 }
             }
         };
-        // The guest's RTC gave it whole seconds; the host's clock to the nanosecond.
+        Ok(Machine::ready(
+            qemu, agent, &config, nbd_stop, nbd_task, serial_log, t0, sockets,
+        )
+        .await)
+    }
+
+    /// The last steps of a boot, a resume and an adoption: the guest's clock set
+    /// to the host's (the RTC gave a booting guest whole seconds; a resumed one is
+    /// as far behind as it slept), the machine recorded in its run folder.
+    #[allow(clippy::too_many_arguments)]
+    async fn ready(
+        qemu: Qemu,
+        agent: AgentClient,
+        config: &MachineConfig,
+        nbd_stop: oneshot::Sender<()>,
+        nbd_task: JoinHandle<Result<(), NbdError>>,
+        serial_log: PathBuf,
+        t0: Instant,
+        sockets: Sockets,
+    ) -> Machine {
         if let Err(e) = agent.set_clock().await {
             tracing::warn!(error = %e, "cannot set the guest's clock");
         }
@@ -242,19 +318,124 @@ impl Machine {
             boot_ms = boot_time.as_millis() as u64,
             accel = %config.accel,
             pid = qemu.pid(),
+            resumed = config.resume_from.is_some(),
             "machine ready"
         );
-        Ok(Machine {
+        let record = MachineRecord {
+            qemu_pid: qemu.pid(),
+            http_port: config.http_port,
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            accel: config.accel,
+        };
+        let path = sockets.0.join(MACHINE_FILE);
+        if let Err(e) = write_atomic(&path, &serde_json::to_vec(&record).unwrap_or_default()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record the machine for a later daemon");
+        }
+        Machine {
             qemu,
             agent: Arc::new(agent),
-            disk: config.disk,
+            disk: config.disk.clone(),
             nbd_stop: Some(nbd_stop),
             nbd_task: Some(nbd_task),
             serial_log,
             boot_time,
             accel: config.accel,
             sockets,
-        })
+        }
+    }
+
+    /// Takes over a machine an earlier process started and left running (it
+    /// died, or was killed): reads its [`MachineRecord`] in `config.run_dir`, checks
+    /// that its QEMU still runs there, serves `config.disk` again on the socket
+    /// QEMU's NBD client reconnects to (it holds its requests meanwhile and sends
+    /// them again), and connects to the agent. `None` when there is nothing to
+    /// adopt (no record, QEMU gone); the run folder is then cleaned.
+    pub async fn adopt(config: MachineConfig) -> Result<Option<Machine>, MachineError> {
+        let t0 = Instant::now();
+        let run = RunDir::create(&config.run_dir).map_err(|source| MachineError::RunDir {
+            path: config.run_dir.clone(),
+            source,
+        })?;
+        let Some(record) = MachineRecord::read(run.path()) else {
+            return Ok(None);
+        };
+        let Some(mut qemu) = Qemu::adopt(record.qemu_pid, run.path()) else {
+            drop(Sockets(run));
+            return Ok(None);
+        };
+        let mut server = wisp_nbd::Server::new();
+        server.add_export("root", config.disk.clone());
+        let bound = server
+            .bind(&Listen::Unix(run.socket(NBD_SOCKET)))
+            .await
+            .map_err(|source| MachineError::ServeDisk {
+                run: run.path().to_path_buf(),
+                source,
+            })?;
+        let sockets = Sockets(run);
+        let run = &sockets.0;
+        let (nbd_stop, stop_rx) = oneshot::channel::<()>();
+        let nbd_task = tokio::spawn(bound.serve(async {
+            let _ = stop_rx.await;
+        }));
+        let agent = match connect_agent(&run.socket(AGENT_SOCKET), Duration::from_secs(10)).await {
+            Ok(agent) => agent,
+            Err(source) => {
+                let _ = nbd_stop.send(());
+                qemu.kill().await;
+                return Err(MachineError::Agent {
+                    source,
+                    console: String::new(),
+                });
+            }
+        };
+        let serial_log = newest_console(run.path()).unwrap_or_default();
+        let config = MachineConfig {
+            http_port: record.http_port,
+            cpus: record.cpus,
+            memory_mib: record.memory_mib,
+            accel: record.accel,
+            ..config
+        };
+        Ok(Some(
+            Machine::ready(
+                qemu, agent, &config, nbd_stop, nbd_task, serial_log, t0, sockets,
+            )
+            .await,
+        ))
+    }
+
+    /// Warm sleep: stops the vCPUs, writes the machine's device and memory state
+    /// to `state` (see [`Qmp::save_state`]), ends QEMU (its memory goes back to
+    /// the host), then drains the disk server and flushes the disk. The machine
+    /// resumes from `state` with [`MachineConfig::resume_from`] over the same,
+    /// unchanged disk. On an error the machine is gone all the same (killed), as
+    /// after a crash, and `state` must not be used.
+    pub async fn save(mut self, state: &Path) -> Result<SaveReport, MachineError> {
+        let started = Instant::now();
+        let saved = async {
+            let mut qmp =
+                Qmp::connect(&self.sockets.0.socket(QMP_SOCKET), Duration::from_secs(5)).await?;
+            let took = qmp.save_state(state).await?;
+            qmp.quit().await?;
+            Ok::<_, QemuError>(took)
+        }
+        .await;
+        if self
+            .qemu
+            .wait_timeout(Duration::from_secs(10))
+            .await
+            .is_err()
+        {
+            self.qemu.kill().await;
+        }
+        let total = started.elapsed();
+        let flushed = self.finish_disk().await;
+        let save = saved?;
+        flushed?;
+        let bytes = std::fs::metadata(state).map(|m| m.len()).unwrap_or(0);
+        Ok(SaveReport { save, total, bytes })
     }
 
     /// The agent connection (share it freely).
@@ -475,6 +656,91 @@ async fn boot_once(
             }
         }
     }
+}
+
+/// Starts QEMU loading `state`, starts the vCPUs once it is loaded, and connects
+/// to the agent (which answers the new connection's `hello` at once: it was
+/// running when the state was saved).
+async fn resume_once(
+    qemu_config: &QemuConfig,
+    run: &RunDir,
+    qemu_log: &Path,
+    state: &Path,
+) -> Result<(Qemu, AgentClient, PathBuf), MachineError> {
+    let serial_log = newest_console(run.path()).unwrap_or_else(|| run.join("console-resumed.log"));
+    let config = QemuConfig {
+        // The console goes on in the boot's log.
+        serial_log: serial_log.clone(),
+        incoming: Some(state.to_path_buf()),
+        ..qemu_config.clone()
+    };
+    for name in [AGENT_SOCKET, QMP_SOCKET] {
+        let _ = std::fs::remove_file(run.join(name));
+    }
+    let t0 = Instant::now();
+    let mut qemu = Qemu::spawn(&config, qemu_log)?;
+    let resumed = async {
+        let mut qmp = Qmp::connect(&run.socket(QMP_SOCKET), Duration::from_secs(30)).await?;
+        let connected = t0.elapsed();
+        qmp.resume().await?;
+        tracing::debug!(
+            qmp_ms = connected.as_millis() as u64,
+            loaded_ms = t0.elapsed().as_millis() as u64,
+            "machine state loaded"
+        );
+        Ok::<_, QemuError>(())
+    };
+    let early_exit = |status: String| MachineError::EarlyExit {
+        status,
+        qemu_log: tail(qemu_log, 2000),
+        console: tail(&serial_log, 2000),
+    };
+    tokio::select! {
+        r = resumed => if let Err(e) = r {
+            qemu.kill().await;
+            return Err(e.into());
+        },
+        st = qemu.wait() => {
+            return Err(early_exit(st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())));
+        }
+    }
+    match connect_agent(&run.socket(AGENT_SOCKET), Duration::from_secs(30)).await {
+        Ok(agent) => {
+            tracing::debug!(
+                agent_ms = t0.elapsed().as_millis() as u64,
+                "resumed machine's agent answered"
+            );
+            Ok((qemu, agent, serial_log))
+        }
+        Err(source) => {
+            qemu.kill().await;
+            Err(MachineError::Agent {
+                source,
+                console: tail(&serial_log, 2000),
+            })
+        }
+    }
+}
+
+/// The newest `console-*.log` in `dir` (the running guest's console).
+fn newest_console(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("console-") && n.ends_with(".log"))
+        })
+        .max()
+}
+
+/// Writes `path` whole or not at all (a temporary file renamed over it).
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Connects to QEMU's agent chardev (created when QEMU starts) and handshakes, all

@@ -15,7 +15,7 @@ use tokio::net::UnixStream;
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
 /// Kernel arguments every boot gets, besides the TSC ones of [`kernel_cmdline`].
-pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t";
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t init_on_free=1";
 
 /// [`BASE_CMDLINE`] plus the host's TSC frequency (see [`crate::clock`]): the
 /// command line of every guest kernel wisp boots.
@@ -25,6 +25,11 @@ pub fn kernel_cmdline() -> String {
         crate::clock::tsc_kernel_args(crate::clock::host_tsc_khz())
     )
 }
+
+/// Seconds QEMU's NBD client holds a disk request while its server is away (a
+/// daemon restarting) before failing it to the guest; it reconnects meanwhile and
+/// sends the request again.
+pub const NBD_RECONNECT_DELAY_S: u32 = 300;
 
 /// Errors of the QEMU layer.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +110,15 @@ pub struct QemuConfig {
     /// `127.0.0.1:host` to the guest's `guest` TCP port.
     pub network: bool,
     pub forward: Option<(u16, u16)>,
+    /// Resume from this saved state file (QEMU's migration stream, see
+    /// [`Qmp::save_state`]) instead of booting: `-incoming exec:cat FILE`. The VM
+    /// stays paused after loading; [`Qmp::resume`] starts it.
+    pub incoming: Option<PathBuf>,
+    /// Let QEMU outlive this process (a daemon restart re-adopts it): no
+    /// parent-death signal, and a process group of its own so a terminal's
+    /// Ctrl-C reaches only the daemon. Otherwise QEMU is killed when this
+    /// process dies.
+    pub outlive_parent: bool,
 }
 
 impl QemuConfig {
@@ -148,7 +162,7 @@ impl QemuConfig {
             Some(DiskSource::Nbd(sock)) => {
                 push("-drive");
                 push(&format!(
-                    "id=root,driver=raw,file.driver=nbd,file.server.type=unix,file.server.path={},if=none,cache=writeback,discard=unmap",
+                    "id=root,driver=raw,file.driver=nbd,file.server.type=unix,file.server.path={},file.reconnect-delay={NBD_RECONNECT_DELAY_S},if=none,cache=writeback,discard=unmap",
                     qemu_escape(sock)
                 ));
             }
@@ -195,6 +209,10 @@ impl QemuConfig {
             push("-qmp");
             push(&format!("unix:{},server=on,wait=off", qemu_escape(sock)));
         }
+        if let Some(state) = &self.incoming {
+            push("-incoming");
+            push(&format!("exec:cat {}", shell_quote(state)));
+        }
         push("-kernel");
         a.push(self.kernel.clone().into());
         a.push("-initrd".into());
@@ -210,9 +228,15 @@ fn qemu_escape(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
-/// A running QEMU child. Dropping it kills the process; [`Qemu::wait`] reaps it.
+/// `p` as one word for `/bin/sh` (QEMU runs `exec:` migration URIs through it).
+pub fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// A running QEMU: a child of this process (killed on drop, always reaped), or one
+/// adopted from an earlier daemon by its pid (see [`Qemu::adopt`]).
 pub struct Qemu {
-    child: tokio::process::Child,
+    child: Option<tokio::process::Child>,
     pid: u32,
 }
 
@@ -236,35 +260,74 @@ impl Qemu {
             .stdout(log)
             .stderr(log2)
             .kill_on_drop(true);
-        // If wisp dies without dropping the child (SIGKILL, Ctrl-C), the
-        // kernel kills QEMU too: no orphan VM keeps the disk busy.
-        // SAFETY: the closure only calls prctl, which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-                Ok(())
-            });
+        if config.outlive_parent {
+            // A group of its own: a terminal's Ctrl-C goes to the daemon, which
+            // puts its sprites to sleep; a SIGKILL of the daemon leaves QEMU running
+            // for the next daemon to adopt.
+            cmd.process_group(0);
+        } else {
+            // If wisp dies without dropping the child (SIGKILL, Ctrl-C), the
+            // kernel kills QEMU too: no orphan VM keeps the disk busy.
+            // SAFETY: the closure only calls prctl, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                    Ok(())
+                });
+            }
         }
         let child = cmd.spawn().map_err(|source| QemuError::Spawn {
             binary: config.binary.display().to_string(),
             source,
         })?;
         let pid = child.id().unwrap_or(0);
-        Ok(Qemu { child, pid })
+        Ok(Qemu {
+            child: Some(child),
+            pid,
+        })
+    }
+
+    /// A QEMU started by an earlier process, known by its pid: `None` unless
+    /// that process is alive, runs in `dir` (a machine's run folder: no other
+    /// process works there) and has a `-qmp` option. Dropping an adopted QEMU
+    /// does not kill it.
+    pub fn adopt(pid: u32, dir: &Path) -> Option<Qemu> {
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let has_qmp = cmdline.split(|b| *b == 0).any(|a| a == b"-qmp");
+        let here = std::fs::canonicalize(dir).ok()?;
+        (pid_alive(pid) && has_qmp && cwd == here).then_some(Qemu { child: None, pid })
     }
 
     pub fn pid(&self) -> u32 {
         self.pid
     }
 
-    /// The exit status if QEMU has exited (reaping it), else `None`.
+    /// Whether this QEMU was adopted from an earlier daemon.
+    pub fn is_adopted(&self) -> bool {
+        self.child.is_none()
+    }
+
+    /// The exit status if QEMU has exited (reaping it), else `None`. An adopted
+    /// QEMU that is gone reports a SIGKILL status (its real one went to its parent).
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        match &mut self.child {
+            Some(child) => child.try_wait().ok().flatten(),
+            None => (!pid_alive(self.pid)).then(gone_status),
+        }
     }
 
     /// Waits for QEMU to exit.
     pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.child.wait().await
+        match &mut self.child {
+            Some(child) => child.wait().await,
+            None => {
+                while pid_alive(self.pid) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(gone_status())
+            }
+        }
     }
 
     /// Waits at most `timeout` for QEMU to exit.
@@ -272,10 +335,11 @@ impl Qemu {
         &mut self,
         timeout: Duration,
     ) -> Result<std::process::ExitStatus, QemuError> {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
+        let pid = self.pid;
+        match tokio::time::timeout(timeout, self.wait()).await {
             Ok(Ok(st)) => Ok(st),
             Ok(Err(source)) => Err(QemuError::Io {
-                path: PathBuf::from(format!("/proc/{}", self.pid)),
+                path: PathBuf::from(format!("/proc/{pid}")),
                 source,
             }),
             Err(_) => Err(QemuError::ExitTimeout(timeout)),
@@ -284,9 +348,34 @@ impl Qemu {
 
     /// SIGKILL and reap: a crash as far as the guest is concerned.
     pub async fn kill(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        match &mut self.child {
+            Some(child) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+            None => {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+                let _ = self.wait().await;
+            }
+        }
     }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: `Z` is a zombie.
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+fn gone_status() -> std::process::ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    std::process::ExitStatus::from_raw(libc::SIGKILL)
 }
 
 /// A QMP connection, past the capabilities negotiation.
@@ -397,6 +486,64 @@ impl Qmp {
             .to_string())
     }
 
+    /// Stops the vCPUs and writes the machine's whole state (devices and memory)
+    /// to `file` as QEMU's migration stream, polling until it completes; QEMU
+    /// stays paused (quit it next). Pages that are all zero cost a few bytes
+    /// each in the stream. `file` is given relative to QEMU's working folder or
+    /// absolute. Returns how long the save took.
+    pub async fn save_state(&mut self, file: &Path) -> Result<Duration, QemuError> {
+        let started = std::time::Instant::now();
+        self.execute("stop", None).await?;
+        self.execute(
+            "migrate",
+            Some(json!({ "uri": format!("exec:cat > {}", shell_quote(file)) })),
+        )
+        .await?;
+        self.wait_migration("migrate").await?;
+        Ok(started.elapsed())
+    }
+
+    /// After `-incoming` (see [`QemuConfig::incoming`]): waits until the saved
+    /// state is loaded, then starts the vCPUs.
+    pub async fn resume(&mut self) -> Result<(), QemuError> {
+        loop {
+            match self.status().await?.as_str() {
+                "inmigrate" => tokio::time::sleep(Duration::from_millis(5)).await,
+                "paused" | "postmigrate" | "prelaunch" => break,
+                "running" => return Ok(()),
+                other => {
+                    return Err(QemuError::QmpCommand {
+                        command: "migrate-incoming".into(),
+                        message: format!("the state did not load: status `{other}`"),
+                    })
+                }
+            }
+        }
+        self.execute("cont", None).await?;
+        Ok(())
+    }
+
+    /// Polls `query-migrate` until the outgoing migration completes or fails.
+    async fn wait_migration(&mut self, command: &str) -> Result<(), QemuError> {
+        loop {
+            let v = self.execute("query-migrate", None).await?;
+            match v.get("status").and_then(Value::as_str).unwrap_or("") {
+                "completed" => return Ok(()),
+                "failed" | "cancelled" => {
+                    return Err(QemuError::QmpCommand {
+                        command: command.into(),
+                        message: v
+                            .get("error-desc")
+                            .and_then(Value::as_str)
+                            .unwrap_or("the migration failed")
+                            .to_string(),
+                    })
+                }
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
     /// Asks QEMU to exit at once (no guest involvement).
     pub async fn quit(&mut self) -> Result<(), QemuError> {
         match self.execute("quit", None).await {
@@ -428,6 +575,8 @@ mod tests {
             serial_log: "/run/serial.log".into(),
             network: true,
             forward: Some((18080, 8080)),
+            incoming: None,
+            outlive_parent: false,
         }
     }
 
@@ -450,6 +599,15 @@ mod tests {
         assert!(s.contains("-qmp unix:/run/qmp.sock,server=on,wait=off"));
         assert!(s.contains("wisp.hostname=box"));
         assert!(!s.contains("wisp.root=none"));
+        assert!(!s.contains("-incoming"));
+    }
+
+    #[test]
+    fn a_resume_loads_the_state_file_through_the_shell() {
+        let mut c = config();
+        c.incoming = Some("/w/it's.state".into());
+        let s = joined(&c);
+        assert!(s.contains("-incoming exec:cat '/w/it'\\''s.state'"), "{s}");
     }
 
     #[test]

@@ -95,6 +95,10 @@ pub(crate) fn validate_name(name: &str) -> Result<(), VolumeError> {
     }
 }
 
+fn attachment_key(volume_id: &str, file: &str) -> String {
+    format!("volumes/{volume_id}/attachments/{file}")
+}
+
 impl Store {
     /// Opens the store named by `config.url`, writing `format.json` if the
     /// store is empty and refusing a store of another format version.
@@ -291,6 +295,39 @@ impl Store {
     pub async fn volume_info(&self, name: &str) -> Result<VolumeInfo, VolumeError> {
         let id = self.volume_id(name).await?;
         self.info_by_id(&id).await
+    }
+
+    /// Keeps `parts` (concatenated) as volume `name`'s attachment `file`: data that
+    /// belongs with the disk in the bucket but is not on it (a sprite's saved
+    /// machine state). Stored at `volumes/<id>/attachments/<file>`; replaces an
+    /// earlier one.
+    pub async fn put_attachment(
+        &self,
+        name: &str,
+        file: &str,
+        parts: Vec<Bytes>,
+    ) -> Result<(), VolumeError> {
+        let id = self.volume_id(name).await?;
+        self.inner
+            .blobs
+            .put_parts(&attachment_key(&id, file), parts)
+            .await
+    }
+
+    /// Volume `name`'s attachment `file`, or `None` (see [`Store::put_attachment`]).
+    pub async fn get_attachment(
+        &self,
+        name: &str,
+        file: &str,
+    ) -> Result<Option<Bytes>, VolumeError> {
+        let id = self.volume_id(name).await?;
+        self.inner.blobs.get_opt(&attachment_key(&id, file)).await
+    }
+
+    /// Deletes volume `name`'s attachment `file`; one that is not there is no error.
+    pub async fn delete_attachment(&self, name: &str, file: &str) -> Result<(), VolumeError> {
+        let id = self.volume_id(name).await?;
+        self.inner.blobs.delete(&attachment_key(&id, file)).await
     }
 
     /// Removes the volume's name; its objects are deleted by gc once no fork

@@ -21,6 +21,9 @@ use tokio::sync::oneshot;
 use crate::config::{CheckpointInfo, Compression, Durability, SyncReport, VolumeInfo};
 use crate::error::{to_io, VolumeError};
 use crate::meta::{self, now, poisoned, Meta, Op, FLAG_ZERO, FLAG_ZSTD};
+
+/// The `meta` key of [`Volume::generation`].
+const GENERATION_KEY: &str = "content_gen";
 use crate::store::{Extent, Store};
 
 /// Chunks packed into one segment object at most (64 x 256 KiB = 16 MiB).
@@ -128,6 +131,9 @@ pub(crate) struct Inner {
     upload: tokio::sync::Mutex<u32>,
     next_segment: AtomicI64,
     closed: AtomicBool,
+    /// Whether this open has bumped the content generation (see
+    /// [`Volume::generation`]): the first write of each open does.
+    written: AtomicBool,
     lock_file: Mutex<Option<File>>,
     token: String,
     wake: Arc<tokio::sync::Notify>,
@@ -353,6 +359,7 @@ impl Volume {
             upload: tokio::sync::Mutex::new(0),
             next_segment: AtomicI64::new(next_segment),
             closed: AtomicBool::new(false),
+            written: AtomicBool::new(false),
             lock_file: Mutex::new(Some(lock_file)),
             token,
             wake: Arc::new(tokio::sync::Notify::new()),
@@ -363,6 +370,14 @@ impl Volume {
 
     pub fn info(&self) -> VolumeInfo {
         self.inner.info.clone()
+    }
+
+    /// The volume's content generation: a number that changes whenever what the
+    /// disk reads may have changed (the first write of every open, a restore) and
+    /// stays put otherwise (opens, reads, checkpoints, compaction). A saved VM
+    /// state records it, and is resumed only over the same generation.
+    pub fn generation(&self) -> Result<u64, VolumeError> {
+        Ok(lock(&self.inner.meta)?.get_i64(GENERATION_KEY)?.max(0) as u64)
     }
 
     /// Freezes the current state as checkpoint `v<N>`: uploads dirty data,
@@ -444,7 +459,12 @@ impl Volume {
             let mut meta = lock(&inner.meta)?;
             let old_head = meta.head()?;
             let new_layer = meta.next_id("layers")?;
+            let generation = meta.get_i64(GENERATION_KEY)?.max(0) + 1;
             meta.commit(&[
+                Op::SetInfo {
+                    key: GENERATION_KEY.into(),
+                    value: generation.to_string(),
+                },
                 Op::DropLayer { layer: old_head },
                 Op::AddLayer {
                     id: new_layer,
@@ -1115,6 +1135,19 @@ impl Inner {
         op: impl Fn(u64, u64) -> io::Result<()> + Send,
     ) -> Result<(), VolumeError> {
         self.check_open()?;
+        if !self.written.swap(true, Ordering::SeqCst) {
+            let bumped = lock(&self.meta).and_then(|mut meta| {
+                let generation = meta.get_i64(GENERATION_KEY)?.max(0) + 1;
+                meta.commit(&[Op::SetInfo {
+                    key: GENERATION_KEY.into(),
+                    value: generation.to_string(),
+                }])
+            });
+            if let Err(e) = bumped {
+                self.written.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
         let _gate = self.gate.read().await;
         let end = offset + len;
         let mut pos = offset;

@@ -539,3 +539,48 @@ async fn a_reopened_volume_reads_its_cache_without_downloading() {
     assert_eq!(counting.segment_gets.load(Ordering::SeqCst), 1);
     vol.close().await.unwrap();
 }
+
+/// The content generation a saved VM state is checked against: it moves with every
+/// open that writes and with a restore, and with nothing else (opens, reads,
+/// checkpoints, other hosts' opens).
+#[tokio::test]
+async fn the_generation_moves_only_when_the_content_may_have() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    store.create_volume("g", 16 * MIB).await.unwrap();
+    let vol = store.open_volume("g").await.unwrap();
+    let g0 = vol.generation().unwrap();
+    write(&vol, 0, &pattern(1, 4096)).await;
+    let g1 = vol.generation().unwrap();
+    assert_ne!(g0, g1, "a write moves it");
+    write(&vol, MIB, &pattern(2, 4096)).await;
+    assert_eq!(vol.generation().unwrap(), g1, "once per open");
+    vol.checkpoint(None).await.unwrap();
+    assert_eq!(vol.generation().unwrap(), g1, "a checkpoint does not");
+    vol.close().await.unwrap();
+
+    let vol = store.open_volume("g").await.unwrap();
+    let _ = read(&vol, 0, 4096).await;
+    assert_eq!(vol.generation().unwrap(), g1, "an open and a read do not");
+    vol.close().await.unwrap();
+    let elsewhere = env.store("b").await.open_volume("g").await.unwrap();
+    assert_eq!(
+        elsewhere.generation().unwrap(),
+        g1,
+        "another host sees the same"
+    );
+    write(&elsewhere, 0, &pattern(3, 4096)).await;
+    let g2 = elsewhere.generation().unwrap();
+    assert_ne!(g2, g1);
+    elsewhere.close().await.unwrap();
+
+    let vol = store.open_volume("g").await.unwrap();
+    assert_eq!(
+        vol.generation().unwrap(),
+        g2,
+        "this host learns the other's write"
+    );
+    vol.restore("v0").await.unwrap();
+    assert_ne!(vol.generation().unwrap(), g2, "a restore moves it");
+    vol.close().await.unwrap();
+}

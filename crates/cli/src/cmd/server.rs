@@ -16,9 +16,18 @@ pub struct ServerArgs {
     /// Interval of background gc and compaction of the store, like 10m or 1h (0 disables).
     #[arg(long, env = "WISP_GC_INTERVAL", default_value = "10m", value_parser = crate::cmd::volume::humantime_like)]
     pub gc_interval: std::time::Duration,
-    /// Put a sprite to sleep after this long without a request, like 30s or 5m.
+    /// Put a sprite to sleep (warm: memory kept) after this long without a request,
+    /// like 30s or 5m; 0 never. A sprite's own `idle_timeout` overrides it.
     #[arg(long, env = "WISP_IDLE_TIMEOUT", default_value = "30s", value_parser = crate::cmd::volume::humantime_like)]
     pub idle_timeout: std::time::Duration,
+    /// A warm sprite goes cold (its memory dropped, or kept in the bucket with
+    /// `keep_memory`) after this long; 0 never. A sprite's own `cold_after` overrides it.
+    #[arg(long, env = "WISP_COLD_AFTER", default_value = "10m", value_parser = crate::cmd::volume::humantime_like)]
+    pub cold_after: std::time::Duration,
+    /// Disk space warm sprites' saved states may take on this host, like 20G; past it
+    /// the longest-sleeping ones go cold first.
+    #[arg(long, env = "WISP_WARM_BUDGET", default_value = "20G", value_parser = crate::cmd::volume::parse_size)]
+    pub warm_budget: u64,
     /// Sprite URLs are http://NAME.DOMAIN:PORT; the default resolves to loopback.
     #[arg(long, env = "WISP_SPRITE_DOMAIN", default_value = "localhost")]
     pub sprite_domain: String,
@@ -42,7 +51,13 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCo
         store: global.store_url()?,
         image: args.image,
         gc_interval: args.gc_interval,
-        idle_timeout: args.idle_timeout,
+        sleep: wisp_control::sleep::SleepPolicy {
+            idle_timeout: args.idle_timeout,
+            cold_after: args.cold_after,
+            warm_budget: args.warm_budget,
+            // A restarted daemon adopts the machines: sprites survive it.
+            outlive_daemon: true,
+        },
         sprite_domain: args.sprite_domain,
         require_token: match args.require_token.as_str() {
             "yes" => true,

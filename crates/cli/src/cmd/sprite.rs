@@ -52,6 +52,30 @@ pub enum SpriteCommand {
     },
     /// Set who may reach a sprite's URL: `sprite` (token holders) or `public`.
     SetAuth { name: String, auth: UrlAuth },
+    /// Change when a sprite sleeps and what it keeps.
+    Set {
+        name: String,
+        /// Sleep (warm) after this long without a request: like 30s, 5m, or `never`;
+        /// `default` for the server's.
+        #[arg(long)]
+        idle_timeout: Option<String>,
+        /// Go from warm to cold after this long (`never`, `default`).
+        #[arg(long)]
+        cold_after: Option<String>,
+        /// Keep the memory in the bucket when going cold (any host resumes it warm).
+        #[arg(long)]
+        keep_memory: Option<bool>,
+    },
+    /// Put a sprite to sleep now: warm (memory kept; the next request resumes it)
+    /// unless --cold.
+    Sleep {
+        name: String,
+        /// Drop the memory (or keep it in the bucket with keep-memory).
+        #[arg(long)]
+        cold: bool,
+    },
+    /// Wake a sprite now (resuming it where it slept when warm).
+    Wake { name: String },
     /// Delete a sprite with its disk and checkpoints.
     #[command(alias = "destroy")]
     Delete { name: String },
@@ -196,6 +220,20 @@ fn print_sprite(sprite: &SpriteView) {
     println!("url auth:   {}", sprite.url_settings.auth);
     println!("created:    {}", sprite.created_at);
     println!("updated:    {}", sprite.updated_at);
+    let seconds = |s: Option<u64>| s.map_or("never".to_string(), |s| format!("{s}s"));
+    println!(
+        "sleep:      after {} idle; cold {} later; keep memory: {}",
+        seconds(sprite.sleep.idle_timeout),
+        seconds(sprite.sleep.cold_after),
+        if sprite.sleep.keep_memory {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    if let Some(memory) = &sprite.sleep.memory {
+        println!("memory:     kept ({memory})");
+    }
 }
 
 pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCode> {
@@ -247,6 +285,40 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
                 "sprite {}: url auth {}",
                 sprite.name, sprite.url_settings.auth
             );
+        }
+        SpriteCommand::Set {
+            name,
+            idle_timeout,
+            cold_after,
+            keep_memory,
+        } => {
+            let mut changes = serde_json::Map::new();
+            for (field, value) in [("idle_timeout", idle_timeout), ("cold_after", cold_after)] {
+                if let Some(v) = value {
+                    let v = if v == "default" {
+                        serde_json::Value::Null
+                    } else {
+                        serde_json::Value::String(v)
+                    };
+                    changes.insert(field.into(), v);
+                }
+            }
+            if let Some(keep) = keep_memory {
+                changes.insert("keep_memory".into(), keep.into());
+            }
+            if changes.is_empty() {
+                anyhow::bail!("nothing to set: give --idle-timeout, --cold-after or --keep-memory");
+            }
+            let sprite = client.update(&name, changes.into()).await?;
+            print_sprite(&sprite);
+        }
+        SpriteCommand::Sleep { name, cold } => {
+            let sprite = client.sleep(&name, cold).await?;
+            println!("sprite {}: {}", sprite.name, sprite.status);
+        }
+        SpriteCommand::Wake { name } => {
+            let sprite = client.wake(&name).await?;
+            println!("sprite {}: {}", sprite.name, sprite.status);
         }
         SpriteCommand::Delete { name } => {
             client.delete(&name).await?;

@@ -11,13 +11,40 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-/// A child process killed when the test ends, even by a panic.
-pub struct Daemon(pub Child);
+/// A child process killed when the test ends, even by a panic; for a `wisp
+/// server`, with the QEMU processes it left (they outlive a daemon, for the
+/// next one to adopt).
+pub struct Daemon(pub Child, pub Option<PathBuf>);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Some(home) = &self.1 {
+            kill_machines(home);
+        }
+    }
+}
+
+/// SIGKILLs every QEMU a `wisp server` on `home` left running (recorded in
+/// `run/*/machine.json`).
+pub fn kill_machines(home: &Path) {
+    let Ok(dirs) = std::fs::read_dir(home.join("run")) else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        let Ok(text) = std::fs::read_to_string(dir.path().join("machine.json")) else {
+            continue;
+        };
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let Some(pid) = record["qemu_pid"].as_i64() else {
+            continue;
+        };
+        // Only a process still working in that run folder is that QEMU.
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+        if cwd.is_some() && cwd == std::fs::canonicalize(dir.path()).ok() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
     }
 }
 
@@ -34,7 +61,7 @@ pub fn start_server(home: &Path, extra: &[&str]) -> (Daemon, String) {
         .spawn()
         .expect("spawn wisp server");
     let line = first_stdout_line(&mut child);
-    let daemon = Daemon(child);
+    let daemon = Daemon(child, Some(home.to_path_buf()));
     let url = line
         .trim()
         .strip_prefix("wisp server listening on ")
@@ -262,10 +289,10 @@ pub async fn status(url: &str, name: &str) -> String {
     body["status"].as_str().unwrap_or_default().to_string()
 }
 
-/// Waits (at most 120 s) until sprite `name` is asleep.
+/// Waits (at most 120 s) until sprite `name` is asleep (warm or cold).
 pub async fn until_asleep(url: &str, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while status(url, name).await != "cold" {
+    while status(url, name).await == "running" {
         assert!(
             Instant::now() < deadline,
             "sprite `{name}` did not go to sleep"

@@ -11,6 +11,7 @@ mod policy;
 mod proxy;
 pub(crate) use proxy::port_message;
 mod services;
+mod sleep;
 mod sprites;
 
 use std::sync::Arc;
@@ -102,6 +103,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sprites::upgrade_sprite))
         .routes(routes!(sprites::restart_sprite))
         .routes(routes!(sprites::check_sprite))
+        .routes(routes!(sleep::sleep_sprite))
+        .routes(routes!(sleep::wake_sprite))
         .routes(routes!(proxy::proxy))
         .routes(routes!(proxy::ports_watch))
         .routes(routes!(policy::not_yet))

@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::{body, AppState};
-use crate::model::{ConfigView, ListView, SpriteView, UrlSettingsView};
+use crate::model::{ConfigView, ListView, SleepView, SpriteView, UrlSettingsView};
 use crate::registry::{SpriteConfig, SpriteRecord, SpriteSettings, UrlAuth};
 use crate::sprites::{dedup_labels, DEFAULT_STORAGE_GB};
 use crate::{ControlError, HealthReport};
@@ -22,11 +22,12 @@ const ORGANIZATION: &str = "personal";
 impl AppState {
     /// A sprite as the API shows it.
     pub(crate) fn view(&self, record: SpriteRecord) -> SpriteView {
-        // "warm" (memory kept across sleep) is a later stage.
-        let status = if self.sprites.is_awake(&record.name) {
-            "running"
-        } else {
-            "cold"
+        let status = self.sprites.status(&record);
+        let sleep = SleepView {
+            idle_timeout: self.sprites.idle_timeout(&record).map(|d| d.as_secs()),
+            cold_after: self.sprites.cold_after(&record).map(|d| d.as_secs()),
+            keep_memory: record.settings.keep_memory,
+            memory: self.sprites.memory_place(&record).map(str::to_string),
         };
         let settings = record.settings;
         let config = &settings.config;
@@ -53,6 +54,7 @@ impl AppState {
             },
             environment: settings.environment,
             runtime: settings.runtime,
+            sleep,
         }
     }
 }
@@ -84,6 +86,34 @@ pub(super) struct CreateBody {
     #[serde(default)]
     #[allow(dead_code)]
     wait_for_capacity: Option<bool>,
+    /// Seconds (`30`), a duration (`"5m"`) or `"never"`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    idle_timeout: Option<serde_json::Value>,
+    /// Seconds, a duration or `"never"`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    cold_after: Option<serde_json::Value>,
+    #[serde(default)]
+    keep_memory: Option<bool>,
+}
+
+/// `idle_timeout` or `cold_after` as a request gives it: seconds, a duration
+/// text (`"90s"`, `"5m"`), or `"never"` (stored as 0).
+fn sleep_seconds(field: &str, value: &serde_json::Value) -> Result<u64, ControlError> {
+    let bad = || {
+        ControlError::BadRequest(format!(
+            "bad `{field}` value `{value}`: give seconds, a duration like \"5m\", or \"never\""
+        ))
+    };
+    match value {
+        serde_json::Value::Number(n) => n.as_u64().ok_or_else(bad),
+        serde_json::Value::String(s) if s == "never" => Ok(0),
+        serde_json::Value::String(s) => crate::services::parse_duration(s)
+            .map(|d| d.as_secs())
+            .ok_or_else(bad),
+        _ => Err(bad()),
+    }
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -105,6 +135,23 @@ pub(super) struct UpdateBody {
     labels: Option<Vec<String>>,
     #[serde(default)]
     clear_labels: bool,
+    /// Seconds, a duration or `"never"`; `null` for the server's default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    idle_timeout: Option<Option<serde_json::Value>>,
+    /// Seconds, a duration or `"never"`; `null` for the server's default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    cold_after: Option<Option<serde_json::Value>>,
+    #[serde(default)]
+    keep_memory: Option<bool>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<serde_json::Value>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
 }
 
 #[utoipa::path(
@@ -152,6 +199,17 @@ pub(super) async fn create_sprite(
         environment: request.environment,
         runtime: request.runtime,
         private_access: url_settings.private_access,
+        idle_timeout: request
+            .idle_timeout
+            .as_ref()
+            .map(|v| sleep_seconds("idle_timeout", v))
+            .transpose()?,
+        cold_after: request
+            .cold_after
+            .as_ref()
+            .map(|v| sleep_seconds("cold_after", v))
+            .transpose()?,
+        keep_memory: request.keep_memory.unwrap_or(false),
         ..SpriteSettings::default()
     };
     let auth = url_settings.auth.unwrap_or(UrlAuth::Sprite);
@@ -305,11 +363,12 @@ fn watched_names(state: &AppState, params: &ListParams) -> std::vec::IntoIter<St
 fn org_counts(state: &AppState) -> serde_json::Value {
     let total = state.sprites.registry().count().unwrap_or(0);
     let running = state.sprites.awake_count() as u64;
+    let warm = state.sprites.warm_count();
     serde_json::json!({
         "name": ORGANIZATION,
         "running": running,
-        "warm": 0,
-        "cold": total.saturating_sub(running),
+        "warm": warm,
+        "cold": total.saturating_sub(running + warm),
     })
 }
 
@@ -434,12 +493,36 @@ pub(super) async fn update_sprite(
     request: Result<Json<UpdateBody>, JsonRejection>,
 ) -> Result<Json<SpriteView>, ControlError> {
     let request = body(request)?;
-    if request.url_settings.is_none() && request.labels.is_none() && !request.clear_labels {
+    if request.url_settings.is_none()
+        && request.labels.is_none()
+        && !request.clear_labels
+        && request.idle_timeout.is_none()
+        && request.cold_after.is_none()
+        && request.keep_memory.is_none()
+    {
         return Err(ControlError::BadRequest(
-            "nothing to update: give `url_settings`, `labels` or `clear_labels`".into(),
+            "nothing to update: give `url_settings`, `labels`, `clear_labels`, `idle_timeout`, \
+             `cold_after` or `keep_memory`"
+                .into(),
         ));
     }
+    let seconds = |field: &str, v: &Option<Option<serde_json::Value>>| match v {
+        Some(Some(v)) => sleep_seconds(field, v).map(|s| Some(Some(s))),
+        Some(None) => Ok(Some(None)),
+        None => Ok(None),
+    };
+    let idle_timeout = seconds("idle_timeout", &request.idle_timeout)?;
+    let cold_after = seconds("cold_after", &request.cold_after)?;
     let record = state.sprites.update(&name, |record| {
+        if let Some(v) = idle_timeout {
+            record.settings.idle_timeout = v;
+        }
+        if let Some(v) = cold_after {
+            record.settings.cold_after = v;
+        }
+        if let Some(keep) = request.keep_memory {
+            record.settings.keep_memory = keep;
+        }
         if let Some(url_settings) = request.url_settings {
             if let Some(auth) = url_settings.auth {
                 record.url_auth = auth;
