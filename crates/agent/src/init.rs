@@ -465,6 +465,41 @@ pub fn power_off(out: &Out, session: u32) -> ! {
     }
 }
 
+/// Puts `sprite-env` (this binary: see `api::client_main`) at `/.sprite/bin/sprite-env`,
+/// rewritten only when it differs, and links `/usr/local/bin/sprite-env` to it so it is
+/// on the PATH. Failures are logged: a sprite without it still runs.
+pub fn install_sprite_env() {
+    let target = Path::new("/.sprite/bin/sprite-env");
+    let me = match std::fs::read("/proc/self/exe") {
+        Ok(bytes) => bytes,
+        Err(e) => return log(&format!("sprite-env: cannot read the agent binary: {e}")),
+    };
+    if std::fs::read(target).ok().as_deref() != Some(me.as_slice()) {
+        let tmp = target.with_extension("tmp");
+        let written = std::fs::create_dir_all("/.sprite/bin")
+            .and_then(|()| std::fs::write(&tmp, &me))
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            })
+            .and_then(|()| std::fs::rename(&tmp, target));
+        if let Err(e) = written {
+            return log(&format!(
+                "sprite-env: cannot install {}: {e}",
+                target.display()
+            ));
+        }
+    }
+    let link = Path::new("/usr/local/bin/sprite-env");
+    if std::fs::read_link(link).ok().as_deref() != Some(target) {
+        let _ = std::fs::create_dir_all("/usr/local/bin");
+        let _ = std::fs::remove_file(link);
+        if let Err(e) = std::os::unix::fs::symlink(target, link) {
+            log(&format!("sprite-env: cannot link {}: {e}", link.display()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 //! - `--stdio` / `--listen PATH`: channel mode for tests on the host: serve the protocol on
 //!   stdin/stdout or on a unix socket, with PID-1 duties disabled.
 
+mod api;
 mod channel;
 mod exec;
 mod files;
@@ -18,13 +19,14 @@ mod server;
 mod services;
 mod spawn;
 mod sys;
+mod tasks;
 mod tunnel;
 mod users;
 mod watch;
 
 use std::io;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +49,15 @@ enum Mode {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // One binary, two programs: `sprite-env` (in the guest's PATH) is the in-sprite
+    // API's client.
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "sprite-env")
+    {
+        std::process::exit(api::client_main(&args));
+    }
     // SAFETY: getpid has no preconditions.
     let pid1 = unsafe { libc::getpid() } == 1;
     let mut mode = None;
@@ -92,13 +103,17 @@ fn main() {
             let reaper = Reaper::start();
             let services = Services::new(dir.join("services"), dir.join("log"), reaper.clone());
             services.start_all();
+            let hub = api::Hub::new(services.clone());
+            if let Err(e) = api::serve(hub.clone(), &dir.join("api.sock")) {
+                eprintln!("wisp-agent: cannot serve the in-sprite API: {e}");
+            }
             let r = match mode {
-                Mode::Listen(path) => serve_listen(&path, &reaper, &services),
+                Mode::Listen(path) => serve_listen(&path, &reaper, &hub),
                 _ => {
                     let agent = Agent::new(
                         Out::new(Box::new(io::stdout())),
                         reaper,
-                        services,
+                        hub,
                         OnShutdown::Exit,
                     );
                     agent.serve(&mut io::stdin().lock())
@@ -117,7 +132,7 @@ fn usage_exit(msg: &str) -> ! {
     std::process::exit(2);
 }
 
-fn serve_listen(path: &PathBuf, reaper: &Arc<Reaper>, services: &Arc<Services>) -> io::Result<()> {
+fn serve_listen(path: &PathBuf, reaper: &Arc<Reaper>, hub: &Arc<api::Hub>) -> io::Result<()> {
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path)?;
     for conn in l.incoming() {
@@ -126,7 +141,7 @@ fn serve_listen(path: &PathBuf, reaper: &Arc<Reaper>, services: &Arc<Services>) 
         let agent = Agent::new(
             Out::new(Box::new(w)),
             reaper.clone(),
-            services.clone(),
+            hub.clone(),
             OnShutdown::Exit,
         );
         let mut r = conn;
@@ -155,7 +170,15 @@ fn run_pid1() -> ! {
             Out::new(Box::new(io::sink()))
         }
     };
-    let agent = Agent::new(out, reaper, services, OnShutdown::PowerOff);
+    let hub = api::Hub::new(services);
+    init::install_sprite_env();
+    if let Err(e) = api::serve(hub.clone(), Path::new(api::SOCKET)) {
+        init::log(&format!(
+            "cannot serve the in-sprite API on {}: {e}",
+            api::SOCKET
+        ));
+    }
+    let agent = Agent::new(out, reaper, hub, OnShutdown::PowerOff);
     // Guest uptime at this point: compare with the kernel's timestamps on the console.
     init::log(&format!("ready (uptime {} s)", init::uptime()));
     // In its own thread: a write to the port blocks until a host is connected.

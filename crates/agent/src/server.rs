@@ -21,6 +21,9 @@ enum Session {
     Tunnel(Arc<tunnel::Tunnel>),
     /// A port or file watch: closing it stops its thread.
     Ports(Arc<std::sync::atomic::AtomicBool>),
+    /// The host's `guest_requests` session: the guest's requests go out on it and the
+    /// host's `guest_reply` answers come back.
+    Requests,
 }
 
 /// What `shutdown` does after services are stopped and data synced.
@@ -36,6 +39,8 @@ pub struct Agent {
     pub out: Out,
     pub reaper: Arc<Reaper>,
     pub services: Arc<Services>,
+    /// Keep-awake tasks and the in-sprite API's route to the host.
+    pub hub: Arc<crate::api::Hub>,
     sessions: Mutex<HashMap<u32, Session>>,
     on_shutdown: OnShutdown,
 }
@@ -44,13 +49,14 @@ impl Agent {
     pub fn new(
         out: Out,
         reaper: Arc<Reaper>,
-        services: Arc<Services>,
+        hub: Arc<crate::api::Hub>,
         on_shutdown: OnShutdown,
     ) -> Arc<Agent> {
         Arc::new(Agent {
             out,
             reaper,
-            services,
+            services: hub.services().clone(),
+            hub,
             sessions: Mutex::new(HashMap::new()),
             on_shutdown,
         })
@@ -153,6 +159,7 @@ impl Agent {
             Some(Session::Read(_)) => Some("data frame on a read session".into()),
             Some(Session::Tunnel(t)) => t.send(payload).err(),
             Some(Session::Ports(_)) => Some("data frame on a port watch".into()),
+            Some(Session::Requests) => Some("data frame on the guest requests session".into()),
             None => Some(format!("data frame for session `{s}`, which is not open")),
         };
         drop(sessions);
@@ -246,6 +253,17 @@ impl Agent {
                     } else {
                         Some(format!("bad signal number `{signal}`"))
                     }
+                }
+                (Session::Requests, Control::GuestReply { id, result, error }) => {
+                    self.hub.reply(
+                        id,
+                        match (result, error) {
+                            (_, Some(e)) => Err(e),
+                            (Some(r), None) => Ok(r),
+                            (None, None) => Ok("null".into()),
+                        },
+                    );
+                    None
                 }
                 (_, Control::Close) => {
                     if let Some(old) = sessions.remove(&s) {
@@ -355,6 +373,44 @@ impl Agent {
                     None
                 })
                 .map_err(io_err(format!("signal service `{name}`"))),
+            Control::TaskSet {
+                name,
+                ttl_secs,
+                description,
+            } => match self.hub.tasks.set(
+                &name,
+                std::time::Duration::from_secs(ttl_secs),
+                description,
+            ) {
+                Ok(_) => {
+                    let tasks = self.hub.tasks.list();
+                    self.out.control(s, &Control::Tasks { tasks });
+                    Ok(None)
+                }
+                Err(message) => Err((message, None)),
+            },
+            Control::TaskDelete { name } => {
+                if self.hub.tasks.remove(&name) {
+                    let tasks = self.hub.tasks.list();
+                    self.out.control(s, &Control::Tasks { tasks });
+                    Ok(None)
+                } else {
+                    Err((
+                        format!("no task `{name}`"),
+                        Some(std::io::Error::from_raw_os_error(libc::ENOENT)),
+                    ))
+                }
+            }
+            Control::TaskList => {
+                let tasks = self.hub.tasks.list();
+                self.out.control(s, &Control::Tasks { tasks });
+                Ok(None)
+            }
+            Control::GuestRequests => {
+                self.hub.set_route(self, s);
+                self.out.control(s, &Control::Ok);
+                Ok(Some(Session::Requests))
+            }
             Control::ServiceList => {
                 let services = self.services.list();
                 self.out.control(s, &Control::Services { services });
@@ -423,5 +479,6 @@ fn close_session(s: Session) {
         Session::Read(c) => c.close(),
         Session::Tunnel(t) => t.close(),
         Session::Ports(stop) => stop.store(true, std::sync::atomic::Ordering::SeqCst),
+        Session::Requests => {}
     }
 }

@@ -514,6 +514,42 @@ impl Client {
     }
 
     /// Sprite `name`'s exec sessions, as the API lists them.
+    /// Sprite `name`'s live keep-awake tasks, as the API gives them.
+    pub async fn tasks(&self, name: &str) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.json(Method::GET, &format!("{}/tasks", sprite_path(name)?), None)
+            .await
+    }
+
+    /// Creates or refreshes task `task` on sprite `name` (waking it); `ttl` as the
+    /// API takes it (`"10m"`, seconds), the API's default when `None`.
+    pub async fn set_task(
+        &self,
+        name: &str,
+        task: &str,
+        ttl: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut body = serde_json::json!({ "name": task });
+        if let Some(ttl) = ttl {
+            body["ttl"] = ttl.into();
+        }
+        if let Some(d) = description {
+            body["description"] = d.into();
+        }
+        self.json(
+            Method::POST,
+            &format!("{}/tasks", sprite_path(name)?),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Ends task `task` of sprite `name`.
+    pub async fn delete_task(&self, name: &str, task: &str) -> Result<(), ClientError> {
+        let path = format!("{}/tasks/{}", sprite_path(name)?, urlencode(task));
+        self.send(Method::DELETE, &path, None).await.map(|_| ())
+    }
+
     pub async fn sessions(&self, name: &str) -> Result<Vec<serde_json::Value>, ClientError> {
         let list: serde_json::Value = self
             .json(Method::GET, &format!("{}/exec", sprite_path(name)?), None)
@@ -651,4 +687,9 @@ impl Client {
             }
         }
     }
+}
+
+/// `text` as one URL path segment.
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }

@@ -54,6 +54,8 @@ pub struct Awake {
     /// How it came up: `boot`, `resume` (a saved state) or `adopt` (from an
     /// earlier daemon).
     pub woke_by: &'static str,
+    /// Whether the guest's requests are being served (see `Sprites::serve_guest_requests`).
+    guest_requests: std::sync::atomic::AtomicBool,
 }
 
 /// A port that started (`opened`) or stopped listening in a sprite.
@@ -86,6 +88,11 @@ impl Awake {
     /// How long ago the machine finished booting.
     pub fn awake_for(&self) -> Duration {
         self.woke_at.elapsed()
+    }
+
+    /// True once: the caller starts serving the guest's requests.
+    pub fn claim_guest_requests(&self) -> bool {
+        !self.guest_requests.swap(true, Ordering::SeqCst)
     }
 
     /// Counts as a request just ended: the idle clock starts again (a
@@ -399,6 +406,7 @@ impl Machines {
             memory_mib,
             accel,
             woke_by,
+            guest_requests: std::sync::atomic::AtomicBool::new(false),
         });
         self.awake_map().insert(name.to_string(), awake.clone());
         self.changed(name);

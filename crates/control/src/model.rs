@@ -88,6 +88,16 @@ pub struct CheckpointView {
     pub comment: String,
 }
 
+impl From<wisp_volume::CheckpointInfo> for CheckpointView {
+    fn from(c: wisp_volume::CheckpointInfo) -> CheckpointView {
+        CheckpointView {
+            id: c.id,
+            create_time: crate::sprites::rfc3339_from_unix(c.created),
+            comment: c.comment.unwrap_or_default(),
+        }
+    }
+}
+
 /// One line of a progress stream (checkpoint, restore).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProgressEvent {

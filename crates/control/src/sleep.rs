@@ -229,7 +229,7 @@ impl Sprites {
     /// Takes over the machines an earlier daemon on this host left running (it
     /// crashed or was killed): their sprites are running again at once. Returns
     /// how many.
-    pub async fn adopt_running(&self) -> usize {
+    pub async fn adopt_running(self: &std::sync::Arc<Self>) -> usize {
         let run = self.home().join("run");
         let mut adopted = 0;
         let mut after: Option<String> = None;
@@ -251,7 +251,12 @@ impl Sprites {
                 }
                 let _turn = self.turn(&record.name).await;
                 match self.machines.adopt(record).await {
-                    Ok(true) => adopted += 1,
+                    Ok(true) => {
+                        adopted += 1;
+                        if let Some(awake) = self.machines.get(&record.name) {
+                            self.serve_guest_requests(&record.name, &awake);
+                        }
+                    }
                     Ok(false) => {
                         tracing::info!(sprite = %record.name, "its machine had stopped while no daemon ran; it boots on its next request")
                     }

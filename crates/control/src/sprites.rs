@@ -246,6 +246,9 @@ impl Sprites {
             let _turn = sprites.turn(&name).await;
             let record = sprites.get(&name)?;
             let activity = sprites.machines.wake(&record).await;
+            if let Ok(activity) = &activity {
+                sprites.serve_guest_requests(&name, activity.awake());
+            }
             if record.settings.memory_in_bucket {
                 // Resumed from it or not, the bucket's copy is spent.
                 sprites.forget_bucket_memory(&record).await;

@@ -13,8 +13,8 @@ pub use codec::{
     decode, encode, encode_header, Decoded, Frame, FrameError, FrameReader, Kind, HEADER_LEN,
 };
 pub use message::{
-    Control, ExecRequest, ExitStatus, FileEvent, FsEntry, FsOp, ListeningPort, ServiceSpec,
-    ServiceStatus, TtySize, CAPABILITIES,
+    Control, ExecRequest, ExitStatus, FileEvent, FsEntry, FsOp, GuestRequest, ListeningPort,
+    ServiceSpec, ServiceStatus, TaskInfo, TtySize, CAPABILITIES,
 };
 
 /// Protocol version spoken by this crate. Bumped on any incompatible change; the agent

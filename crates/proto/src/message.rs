@@ -4,7 +4,18 @@ use serde::{Deserialize, Serialize};
 
 /// Capabilities the agent announces in its `hello` answer.
 pub const CAPABILITIES: &[&str] = &[
-    "exec", "pty", "files", "services", "shutdown", "clock", "fs", "tunnel", "ports", "watch",
+    "exec",
+    "pty",
+    "files",
+    "services",
+    "shutdown",
+    "clock",
+    "fs",
+    "tunnel",
+    "ports",
+    "watch",
+    "tasks",
+    "guest_requests",
 ];
 
 /// A control message. Serialised as JSON with a `type` field (`{"type":"ping"}`).
@@ -161,6 +172,70 @@ pub enum Control {
     },
     /// Host to agent: abandon this session (kill its process, stop its transfer).
     Close,
+    /// Creates keep-awake task `name`, or refreshes it (a heartbeat): it lives `ttl_secs`
+    /// seconds of the guest's running time from now. Answered with `tasks`.
+    TaskSet {
+        name: String,
+        ttl_secs: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+    /// Ends keep-awake task `name` (an `error` with `ENOENT` when there is none);
+    /// answered with `tasks`.
+    TaskDelete {
+        name: String,
+    },
+    /// Asks for the live keep-awake tasks; answered with `tasks`.
+    TaskList,
+    Tasks {
+        tasks: Vec<TaskInfo>,
+    },
+    /// Host to agent: opens the session on which the guest asks the host for things
+    /// only the host can do (capability "guest_requests"); the agent answers `ok`, then
+    /// sends a `guest_request` per request, and the host answers each with a
+    /// `guest_reply` on the same session. One such session at a time: a new one
+    /// replaces the last.
+    GuestRequests,
+    GuestRequest {
+        id: u64,
+        request: GuestRequest,
+    },
+    GuestReply {
+        id: u64,
+        /// The answer's JSON on success.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<String>,
+        /// Why it failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+/// What a program in the guest asks the host for (through the agent's
+/// `/.sprite/api.sock`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum GuestRequest {
+    /// A checkpoint of this sprite, with an optional comment.
+    Checkpoint {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+    /// This sprite's checkpoints.
+    ListCheckpoints,
+}
+
+/// A live keep-awake task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Seconds each refresh gives it.
+    pub ttl_secs: u64,
+    /// Seconds of running time left before it expires.
+    pub expires_in_secs: u64,
 }
 
 fn yes() -> bool {

@@ -18,12 +18,14 @@ use wisp_proto::{encode, Frame, FrameReader, CHUNK, INITIAL_WINDOW, PROTOCOL_VER
 
 mod fs;
 mod net;
+mod tasks;
 pub use fs::{FileStream, FileWatch, WriteOptions, MAX_LISTING};
 pub use net::{PortWatch, Tunnel, TunnelReader, TunnelWriter};
+pub use tasks::{GuestReplier, GuestRequests};
 
 pub use wisp_proto::{
-    Control, ExecRequest, ExitStatus, FsEntry, FsOp, Kind, ListeningPort, ServiceSpec,
-    ServiceStatus, TtySize,
+    Control, ExecRequest, ExitStatus, FsEntry, FsOp, GuestRequest, Kind, ListeningPort,
+    ServiceSpec, ServiceStatus, TaskInfo, TtySize,
 };
 
 /// Default time [`AgentClient::connect`] waits for the agent's `hello` (covers a TCG boot).

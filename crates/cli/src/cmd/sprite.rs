@@ -135,6 +135,10 @@ pub enum SpriteCommand {
     /// A sprite's exec sessions: commands that outlive their connection.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Keep-awake tasks: while one lives the sprite does not sleep; each expires
+    /// by itself unless refreshed.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
     /// Run a command in a sprite, waking it if it sleeps; exits with the command's code.
     Exec {
         /// The sprite (default: the one `wisp sprite use` chose here).
@@ -149,6 +153,28 @@ pub enum SpriteCommand {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// List a sprite's live tasks (none while it sleeps).
+    List {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or refresh (heartbeat) a task; wakes the sprite.
+    Set {
+        name: String,
+        task: String,
+        /// How long it lives from now, like 10m (the default) or 1h (at most).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// End a task.
+    Rm { name: String, task: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -427,6 +453,45 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
                 "sprite {} is this folder's (written to {USE_FILE})",
                 sprite.name
             );
+        }
+        SpriteCommand::Tasks(TasksCommand::List { name, json }) => {
+            let tasks = client.tasks(&name).await?;
+            if json {
+                print_json(&tasks)?;
+            } else {
+                println!(
+                    "{:<24} {:>8} {:>10}  DESCRIPTION",
+                    "TASK", "TTL", "EXPIRES IN"
+                );
+                for t in tasks {
+                    println!(
+                        "{:<24} {:>7}s {:>9}s  {}",
+                        t["name"].as_str().unwrap_or(""),
+                        t["ttl_secs"],
+                        t["expires_in_secs"],
+                        t["description"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        SpriteCommand::Tasks(TasksCommand::Set {
+            name,
+            task,
+            ttl,
+            description,
+        }) => {
+            let t = client
+                .set_task(&name, &task, ttl.as_deref(), description.as_deref())
+                .await?;
+            println!(
+                "task {} on sprite {name}: expires in {}s",
+                t["name"].as_str().unwrap_or(&task),
+                t["expires_in_secs"]
+            );
+        }
+        SpriteCommand::Tasks(TasksCommand::Rm { name, task }) => {
+            client.delete_task(&name, &task).await?;
+            println!("task {task} on sprite {name} ended");
         }
         SpriteCommand::Sessions(SessionsCommand::List { name, json }) => {
             let sessions = client.sessions(&sprite_name(name)?).await?;

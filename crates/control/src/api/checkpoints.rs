@@ -8,15 +8,11 @@ use serde::Deserialize;
 
 use super::AppState;
 use crate::model::{CheckpointView, ProgressEvent};
-use crate::sprites::{rfc3339, rfc3339_from_unix};
+use crate::sprites::rfc3339;
 use crate::ControlError;
 
 fn checkpoint_view(c: wisp_volume::CheckpointInfo) -> CheckpointView {
-    CheckpointView {
-        id: c.id,
-        create_time: rfc3339_from_unix(c.created),
-        comment: c.comment.unwrap_or_default(),
-    }
+    CheckpointView::from(c)
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

@@ -13,6 +13,7 @@ pub(crate) use proxy::port_message;
 mod services;
 mod sleep;
 mod sprites;
+mod tasks;
 
 use std::sync::Arc;
 
@@ -105,6 +106,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sprites::check_sprite))
         .routes(routes!(sleep::sleep_sprite))
         .routes(routes!(sleep::wake_sprite))
+        .routes(routes!(tasks::list_tasks, tasks::set_task))
+        .routes(routes!(tasks::delete_task))
         .routes(routes!(proxy::proxy))
         .routes(routes!(proxy::ports_watch))
         .routes(routes!(policy::not_yet))
