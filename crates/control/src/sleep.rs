@@ -84,12 +84,19 @@ impl Sprites {
     }
 
     /// Puts sprite `name` to sleep now: an awake sprite goes `mode`; a warm one
-    /// asked to go cold does (its memory kept in the bucket with `keep_memory`).
+    /// asked to go cold does. Cold with `keep_memory` saves the machine's state and
+    /// moves it to the bucket.
     pub async fn sleep(&self, name: &str, mode: SleepMode) -> Result<(), ControlError> {
         let _turn = self.turn(name).await;
         let record = self.get(name)?;
         if self.machines.get(name).is_some() {
-            self.machines.sleep(name, mode).await?;
+            // Cold with `keep_memory` keeps the memory, in the bucket: saved first.
+            let stop = if record.settings.keep_memory {
+                SleepMode::Warm
+            } else {
+                mode
+            };
+            self.machines.sleep(name, stop).await?;
         }
         if mode == SleepMode::Cold {
             self.make_cold(&record).await?;
