@@ -104,7 +104,14 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn warm_sleep_keeps_processes_and_cold_sleep_does_not() {
     let home = common::vm_home("wisp-warm-test-home");
     wisp(&home, &["image", "build", "tiny"]);
-    let flags = ["--image", "tiny", "--idle-timeout", "3s", "--cold-after", "0"];
+    let flags = [
+        "--image",
+        "tiny",
+        "--idle-timeout",
+        "3s",
+        "--cold-after",
+        "0",
+    ];
     let (daemon, url) = common::start_server(&home, &flags);
     assert_eq!(common::create_sprite(&url, "box").await, 201);
     wisp(
@@ -152,11 +159,18 @@ async fn warm_sleep_keeps_processes_and_cold_sleep_does_not() {
         after.epoch
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(probe(&url, "box").await.count > after.count, "still counting");
+    assert!(
+        probe(&url, "box").await.count > after.count,
+        "still counting"
+    );
 
     // Forced sleeps through the API and the CLI.
     let (code, body) = post_json(&url, "/v1/sprites/box/sleep", serde_json::json!({})).await;
-    assert_eq!((code, body["status"].as_str()), (200, Some("warm")), "{body}");
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("warm")),
+        "{body}"
+    );
     let out = wisp(&home, &["sprite", "--api", &url, "wake", "box"]);
     assert_eq!(out.trim(), "sprite box: running");
     assert_eq!(probe(&url, "box").await.loop_pid, before.loop_pid);
@@ -193,7 +207,11 @@ async fn warm_sleep_keeps_processes_and_cold_sleep_does_not() {
     exec(
         &url,
         "box",
-        &["sh", "-c", &format!("echo two > /root/two; sync; {START_LOOP}")],
+        &[
+            "sh",
+            "-c",
+            &format!("echo two > /root/two; sync; {START_LOOP}"),
+        ],
         None,
     )
     .await;
@@ -301,7 +319,11 @@ async fn warm_sleep_keeps_processes_and_cold_sleep_does_not() {
     let out = exec(
         &url,
         "box",
-        &["sh", "-c", "echo after > /root/after; sync; cat /root/after"],
+        &[
+            "sh",
+            "-c",
+            "echo after > /root/after; sync; cat /root/after",
+        ],
         None,
     )
     .await;
