@@ -11,6 +11,7 @@ pub mod metadata;
 pub mod procs;
 pub mod report;
 pub mod sdk;
+pub mod sleep;
 pub mod throughput;
 pub mod vm;
 pub mod wakes;

@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use wisp_bench::report::{Machine, Report, SectionError};
 use wisp_bench::{
-    api, checkpoint, cold_read, metadata, sdk, throughput, vm, wakes, wisp, Ctx, GIB, MIB,
+    api, checkpoint, cold_read, metadata, sdk, sleep, throughput, vm, wakes, wisp, Ctx, GIB, MIB,
 };
 
 /// Measures wisp against references in one run and reports ratios and targets.
@@ -19,11 +19,11 @@ struct Args {
     /// minute-scale smoke run, not figures to publish.
     #[arg(long)]
     quick: bool,
-    /// Also run the VM section (`wisp vm run`).
+    /// Also run the VM sections (`wisp vm run`, the SDK, warm sleep).
     #[arg(long)]
     vm: bool,
     /// Run only these sections (comma-separated): fio, checkpoint, cold, metadata, api, vm,
-    /// wakes (`wakes` runs only when named: 200 wakes, about 20 minutes).
+    /// sdk, sleep, wakes (`wakes` runs only when named: 200 wakes, about 20 minutes).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The `wisp` binary to measure. Default: the one next to this binary.
@@ -46,7 +46,7 @@ struct Args {
     keep_work: bool,
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "fio",
     "checkpoint",
     "cold",
@@ -54,6 +54,7 @@ const SECTIONS: [&str; 8] = [
     "api",
     "vm",
     "sdk",
+    "sleep",
     "wakes",
 ];
 
@@ -78,7 +79,7 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     let wanted = |s: &str| {
         if args.only.is_empty() {
-            (!matches!(s, "vm" | "sdk") || args.vm) && s != "wakes"
+            (!matches!(s, "vm" | "sdk" | "sleep") || args.vm) && s != "wakes"
         } else {
             args.only.iter().any(|o| o == s)
         }
@@ -113,7 +114,7 @@ fn run(args: Args) -> Result<ExitCode> {
         errors: Vec::new(),
     };
     type Section = fn(&Ctx) -> Result<Vec<wisp_bench::report::Row>>;
-    let sections: [(&str, Section); 8] = [
+    let sections: [(&str, Section); 9] = [
         ("fio", throughput::run),
         ("checkpoint", checkpoint::run),
         ("cold", cold_read::run),
@@ -121,6 +122,7 @@ fn run(args: Args) -> Result<ExitCode> {
         ("api", api::run),
         ("vm", vm::run),
         ("sdk", sdk::run),
+        ("sleep", sleep::run),
         ("wakes", wakes::run),
     ];
     for (name, section) in sections {

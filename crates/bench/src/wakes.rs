@@ -1,4 +1,4 @@
-//! The `wakes` section: many wakes of one sprite through `wisp server`, to see the
+//! The `wakes` section: many (cold) wakes of one sprite through `wisp server`, to see the
 //! tail, not just the median. A guest that stalls during boot (issue 8: one boot in
 //! 49 took 65 s) shows here as a wake far above the median; the right value is no
 //! wake over twice the median. Not in the default run (200 wakes take about 20
@@ -23,7 +23,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let dir = ctx.scratch(SECTION)?;
     let wisp = Wisp::new(&ctx.wisp, &dir.join("home"))?;
     wisp.run(&["image", "build", "tiny"])?;
-    let (server, client) = wisp.server(&dir, &["--idle-timeout", "1s"])?;
+    let (server, client) = wisp.server(&dir, &["--idle-timeout", "1s", "--sleep-mode", "cold"])?;
     let wakes = engine::runtime().block_on(async {
         let name = "wakes";
         client
@@ -47,7 +47,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         anyhow::Ok(wakes)
     })?;
     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-    drop(server);
+    server.terminate(std::time::Duration::from_secs(60))?;
     let stalls = log.matches("stalled during boot").count();
     let med = median(wakes.clone());
     let max = wakes.iter().copied().max().unwrap_or_default();

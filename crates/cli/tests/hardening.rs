@@ -233,6 +233,14 @@ async fn first_day_and_field_faults_have_their_right_values() {
     sender.abort();
     // No session is left behind: the sprite goes to sleep.
     until_asleep(&url, "box").await;
+    // Cold, so that the next wake is a boot (a warm one resumes without a new console).
+    let cold = common::client(&url)
+        .post(format!("{url}/v1/sprites/box/sleep"))
+        .json(&serde_json::json!({ "mode": "cold" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cold.status().as_u16(), 200);
 
     // Two requests for the sleeping sprite join one wake: both answered, one boot
     // (each boot writes its own console log in the sprite's run folder).

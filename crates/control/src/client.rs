@@ -546,7 +546,9 @@ impl Client {
 
     /// Ends task `task` of sprite `name`.
     pub async fn delete_task(&self, name: &str, task: &str) -> Result<(), ClientError> {
-        let path = format!("{}/tasks/{}", sprite_path(name)?, urlencode(task));
+        // Percent-encoded: the guest checks the name.
+        let task: String = url::form_urlencoded::byte_serialize(task.as_bytes()).collect();
+        let path = format!("{}/tasks/{task}", sprite_path(name)?);
         self.send(Method::DELETE, &path, None).await.map(|_| ())
     }
 
@@ -687,9 +689,4 @@ impl Client {
             }
         }
     }
-}
-
-/// `text` as one URL path segment.
-fn urlencode(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }

@@ -22,6 +22,9 @@ pub struct SleepPolicy {
     pub warm_budget: u64,
     /// Whether QEMU processes outlive the daemon for the next one to adopt.
     pub outlive_daemon: bool,
+    /// How idle sprites (and every running sprite when the daemon stops) sleep:
+    /// warm (the default) or straight to cold (a host short of disk).
+    pub mode: SleepMode,
 }
 
 impl Default for SleepPolicy {
@@ -31,6 +34,7 @@ impl Default for SleepPolicy {
             cold_after: Duration::from_secs(600),
             warm_budget: 20 << 30,
             outlive_daemon: false,
+            mode: SleepMode::Warm,
         }
     }
 }
@@ -114,7 +118,7 @@ impl Sprites {
             let _turn = self.turn(&name).await;
             // A request may have woken it up again while this waited.
             if self.is_idle(&name).await {
-                if let Err(e) = self.machines.sleep(&name, SleepMode::Warm).await {
+                if let Err(e) = self.machines.sleep(&name, self.policy.mode).await {
                     tracing::warn!(sprite = %name, error = %e.chain(), "putting an idle sprite to sleep failed");
                 }
             }
@@ -222,12 +226,13 @@ impl Sprites {
             });
     }
 
-    /// Puts every awake sprite to sleep, warm (the daemon is stopping): their
-    /// processes carry on when the next daemon wakes them.
+    /// Puts every awake sprite to sleep (the daemon is stopping), warm unless the
+    /// server sleeps sprites cold: their processes carry on when the next daemon
+    /// wakes them.
     pub async fn sleep_all(&self) {
         for name in self.machines.names() {
             let _turn = self.turn(&name).await;
-            if let Err(e) = self.machines.sleep(&name, SleepMode::Warm).await {
+            if let Err(e) = self.machines.sleep(&name, self.policy.mode).await {
                 tracing::warn!(sprite = %name, error = %e.chain(), "stopping a sprite failed");
             }
         }

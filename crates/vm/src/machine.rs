@@ -254,6 +254,7 @@ impl Machine {
             forward: config.http_port.map(|p| (p, GUEST_HTTP_PORT)),
             incoming: None,
             outlive_parent: config.outlive_parent,
+            memory_file: None,
         };
         if let Some(state) = &config.resume_from {
             let resumed = resume_once(&qemu_config, run, &qemu_log, state).await;

@@ -114,6 +114,11 @@ pub struct QemuConfig {
     /// [`Qmp::save_state`]) instead of booting: `-incoming exec:cat FILE`. The VM
     /// stays paused after loading; [`Qmp::resume`] starts it.
     pub incoming: Option<PathBuf>,
+    /// Guest RAM in this file, mapped shared (`memory-backend-file,share=on`): with
+    /// the `x-ignore-shared` migration capability a save then writes only device
+    /// state. Measured against a plain save in `wisp-bench` (section `sleep`); not
+    /// used by sprites (see `docs/VM.md`).
+    pub memory_file: Option<PathBuf>,
     /// Let QEMU outlive this process (a daemon restart re-adopts it): no
     /// parent-death signal, and a process group of its own so a terminal's
     /// Ctrl-C reaches only the daemon. Otherwise QEMU is killed when this
@@ -134,7 +139,17 @@ impl QemuConfig {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |s: &str| a.push(s.into());
         push("-M");
-        push("microvm,acpi=on");
+        if let Some(file) = &self.memory_file {
+            push("microvm,acpi=on,memory-backend=mem");
+            push("-object");
+            push(&format!(
+                "memory-backend-file,id=mem,size={}M,mem-path={},share=on",
+                self.memory_mib,
+                qemu_escape(file)
+            ));
+        } else {
+            push("microvm,acpi=on");
+        }
         push("-accel");
         push(&self.accel.to_string());
         push("-cpu");
@@ -503,6 +518,17 @@ impl Qmp {
         Ok(started.elapsed())
     }
 
+    /// Turns migration capability `name` (`x-ignore-shared`, ...) on or off; both
+    /// ends of a migration need the same.
+    pub async fn set_capability(&mut self, name: &str, on: bool) -> Result<(), QemuError> {
+        self.execute(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": [{ "capability": name, "state": on }] })),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// After `-incoming` (see [`QemuConfig::incoming`]): waits until the saved
     /// state is loaded, then starts the vCPUs.
     pub async fn resume(&mut self) -> Result<(), QemuError> {
@@ -577,6 +603,7 @@ mod tests {
             forward: Some((18080, 8080)),
             incoming: None,
             outlive_parent: false,
+            memory_file: None,
         }
     }
 

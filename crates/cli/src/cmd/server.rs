@@ -28,6 +28,10 @@ pub struct ServerArgs {
     /// the longest-sleeping ones go cold first.
     #[arg(long, env = "WISP_WARM_BUDGET", default_value = "20G", value_parser = crate::cmd::volume::parse_size)]
     pub warm_budget: u64,
+    /// How idle sprites sleep: `warm` (memory kept on this host's disk; the next wake
+    /// resumes) or `cold` (memory dropped; the next wake boots).
+    #[arg(long, env = "WISP_SLEEP_MODE", default_value = "warm", value_parser = ["warm", "cold"])]
+    pub sleep_mode: String,
     /// Sprite URLs are http://NAME.DOMAIN:PORT; the default resolves to loopback.
     #[arg(long, env = "WISP_SPRITE_DOMAIN", default_value = "localhost")]
     pub sprite_domain: String,
@@ -57,6 +61,11 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCo
             warm_budget: args.warm_budget,
             // A restarted daemon adopts the machines: sprites survive it.
             outlive_daemon: true,
+            mode: if args.sleep_mode == "cold" {
+                wisp_control::machines::SleepMode::Cold
+            } else {
+                wisp_control::machines::SleepMode::Warm
+            },
         },
         sprite_domain: args.sprite_domain,
         require_token: match args.require_token.as_str() {
