@@ -191,7 +191,7 @@ fn run_pid1() -> ! {
         // PID 1 must never exit (the kernel would panic): survive even a bug.
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| agent.serve(&mut port)));
         match r {
-            // EOF: no host connected to the port yet (virtio-serial then reads 0 at once).
+            // `serve` reads on through EOF on the port (see `Agent::serve`): not reached.
             Ok(Ok(())) => std::thread::sleep(Duration::from_millis(20)),
             Ok(Err(e)) => {
                 init::log(&format!("agent port: {e}"));

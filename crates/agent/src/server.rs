@@ -42,6 +42,10 @@ pub struct Agent {
     /// Keep-awake tasks and the in-sprite API's route to the host.
     pub hub: Arc<crate::api::Hub>,
     sessions: Mutex<HashMap<u32, Session>>,
+    /// The highest session number the host has opened on this connection: a frame
+    /// for a lower one that is not open is for a session that just ended (its end
+    /// raced with the host's frame) and is dropped, not answered with an error.
+    highest: std::sync::atomic::AtomicU32,
     on_shutdown: OnShutdown,
 }
 
@@ -58,6 +62,7 @@ impl Agent {
             services: hub.services().clone(),
             hub,
             sessions: Mutex::new(HashMap::new()),
+            highest: std::sync::atomic::AtomicU32::new(0),
             on_shutdown,
         })
     }
@@ -72,11 +77,21 @@ impl Agent {
 
     /// Serves frames from `r` until EOF, then abandons every open session (the host that
     /// owned them is gone).
+    ///
+    /// On the virtio port (PID 1) a read of 0 bytes is no end: the port reads 0 while no
+    /// host is connected, and also once for a host disconnect that the guest learns of
+    /// late, after a new host's first frames (seen after resuming a saved machine). So
+    /// there it waits and reads on with the same frame reader, and a new host's `hello`
+    /// is what ends the sessions of an earlier one.
     pub fn serve(self: &Arc<Self>, r: &mut dyn Read) -> io::Result<()> {
         let mut frames = FrameReader::new();
         let mut tmp = vec![0u8; 256 * 1024];
         let result = loop {
             let n = match r.read(&mut tmp) {
+                Ok(0) if self.on_shutdown == OnShutdown::PowerOff => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
                 Ok(0) => break Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -160,12 +175,18 @@ impl Agent {
             Some(Session::Tunnel(t)) => t.send(payload).err(),
             Some(Session::Ports(_)) => Some("data frame on a port watch".into()),
             Some(Session::Requests) => Some("data frame on the guest requests session".into()),
+            None if self.ended(s) => None,
             None => Some(format!("data frame for session `{s}`, which is not open")),
         };
         drop(sessions);
         if let Some(e) = err {
             self.fail(s, e);
         }
+    }
+
+    /// Whether session `s`, not open, is one that was open on this connection.
+    fn ended(&self, s: u32) -> bool {
+        s <= self.highest.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn eof(&self, s: u32) {
@@ -191,6 +212,7 @@ impl Agent {
                 drop(sessions);
                 self.fail(s, "eof frame on a read session".into());
             }
+            None if self.ended(s) => {}
             None => {
                 drop(sessions);
                 self.out
@@ -283,6 +305,17 @@ impl Agent {
         // at once cannot be removed before it is inserted.
         // Errors are a sentence and, for a failed system call, the error itself.
         let io_err = |context: String| move |e: std::io::Error| (context, Some(e));
+        let opens = !matches!(
+            msg,
+            Control::Close
+                | Control::Resize { .. }
+                | Control::Signal { .. }
+                | Control::GuestReply { .. }
+        );
+        if opens {
+            self.highest
+                .fetch_max(s, std::sync::atomic::Ordering::SeqCst);
+        }
         let started: Result<Option<Session>, (String, Option<std::io::Error>)> = match msg {
             Control::Exec(req) => exec::start(self, s, &req)
                 .map(|h| Some(Session::Exec(h)))
@@ -423,8 +456,14 @@ impl Agent {
                     .spawn(move || me.shutdown(s));
                 Ok(None)
             }
-            // Closing a session that already ended is not an error.
+            // Closing a session that already ended is not an error; nor is a resize,
+            // a signal or an answer racing with its end.
             Control::Close => Ok(None),
+            Control::Resize { .. } | Control::Signal { .. } | Control::GuestReply { .. }
+                if self.ended(s) =>
+            {
+                Ok(None)
+            }
             other => Err((format!("unexpected {other:?} to open session `{s}`"), None)),
         };
         match started {

@@ -9,7 +9,8 @@
 //!   back to the host) and the disk is flushed and uploaded. Target: under 1.5 s for
 //!   the 1 GiB guest.
 //! - State size: a guest that wrote and freed 300 MiB, then holds 200 MiB: the state
-//!   file vs the guest's memory in use (MemTotal - MemFree). Target: at most 1.1.
+//!   file vs the guest's memory in use (its RAM less MemFree: the kernel's code and
+//!   page tables, which MemTotal leaves out, are in use). Target: at most 1.1.
 //! - A warm wake on a second host from the bucket (`keep_memory`) vs a local warm
 //!   wake. Target: at most 2.
 //! - A daemon killed with SIGKILL while 3 sprites run: the longest of the first execs
@@ -30,6 +31,8 @@ use crate::{engine, median, Ctx};
 const SECTION: &str = "sleep";
 /// Wakes of each kind measured.
 const SAMPLES: usize = 5;
+/// The sprites' memory (the server's default), in MiB.
+const GUEST_MIB: u64 = 1024;
 
 /// GETs the sprite's URL through the daemon until it answers 200; how long that took.
 async fn get_until_ok(
@@ -240,21 +243,43 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             warm.push(get_until_ok(&http, &client, name, &token).await?);
         }
         // 300 MiB written and freed, then 200 MiB held (random bytes: no page is zero).
-        let used: u64 = sh(
+        // In use: the guest's RAM less its free pages (MemTotal leaves out what the
+        // kernel reserved at boot, its code and page tables, which is in use too).
+        let free: u64 = sh(
             &client,
             name,
             "head -c 314572800 /dev/urandom > /dev/shm/junk && rm /dev/shm/junk && \
              head -c 209715200 /dev/urandom > /dev/shm/fill && \
-             awk '/MemTotal/{t=$2} /MemFree/{f=$2} END{print (t-f)*1024}' /proc/meminfo",
+             awk '/MemFree/{print $2*1024}' /proc/meminfo",
         )
         .await?
         .trim()
         .parse()
-        .context("the guest's memory in use")?;
+        .context("the guest's free memory")?;
+        let used = (GUEST_MIB << 20).saturating_sub(free);
         sleep_now(&client, name, false).await?;
         let state = state_bytes(&wisp.home);
         get_until_ok(&http, &client, name, &token).await?;
         sh(&client, name, "rm /dev/shm/fill").await?;
+        // Three running sprites for the restart.
+        for i in 0..3 {
+            let sprite = format!("run{i}");
+            client.create(&sprite, UrlAuth::Sprite).await?;
+            api_exec(&client, &sprite).await?;
+        }
+        anyhow::Ok((median(cold), median(warm), median(sleeps), state, used))
+    })?;
+    // The daemon killed outright: the next one adopts the three running sprites.
+    let pid = server.pid().context("wisp server is not running")?;
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    drop(server);
+    let (server, client) = wisp.server(&dir, &never)?;
+    let restart_exec = engine::runtime().block_on(async {
+        let mut longest = Duration::ZERO;
+        for i in 0..3 {
+            longest = longest.max(api_exec(&client, &format!("run{i}")).await?);
+        }
         // The memory goes to the bucket for the second host.
         client
             .update(name, serde_json::json!({ "keep_memory": true }))
@@ -265,9 +290,9 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             "the memory did not go to the bucket: {:?}",
             view.sleep
         );
-        anyhow::Ok((median(cold), median(warm), median(sleeps), state, used))
+        anyhow::Ok(longest)
     })?;
-    server.terminate(Duration::from_secs(60))?;
+    server.terminate(Duration::from_secs(120))?;
 
     // A second host: its own home (the kernel and the accelerator verdict copied, the
     // volume cache empty), the same bucket, and a copy of the registry standing in
@@ -292,30 +317,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let token = std::fs::read_to_string(other.home.join("token"))?
         .trim()
         .to_string();
-    let bucket_wake = engine::runtime().block_on(async {
-        let took = get_until_ok(&http, &client, name, &token).await?;
-        // Three running sprites for the restart.
-        for i in 0..3 {
-            let sprite = format!("run{i}");
-            client.create(&sprite, UrlAuth::Sprite).await?;
-            api_exec(&client, &sprite).await?;
-        }
-        anyhow::Ok(took)
-    })?;
-    let pid = server
-        .pid()
-        .context("the second wisp server is not running")?;
-    // SAFETY: a signal to our own child.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    drop(server);
-    let (server, client) = other.server(&second_dir, &never)?;
-    let restart_exec = engine::runtime().block_on(async {
-        let mut longest = Duration::ZERO;
-        for i in 0..3 {
-            longest = longest.max(api_exec(&client, &format!("run{i}")).await?);
-        }
-        anyhow::Ok(longest)
-    })?;
+    let bucket_wake = engine::runtime().block_on(get_until_ok(&http, &client, name, &token))?;
     server.terminate(Duration::from_secs(120))?;
     // The design choice: plain migration vs RAM in a shared file, on a bare guest.
     let (migration, shared_ram) = engine::runtime().block_on(async {
@@ -364,7 +366,7 @@ fn rows(f: Figures) -> Result<Vec<Row>> {
             "MiB",
             Target::RatioAtMost(1.1),
         )
-        .with_note("the guest wrote and freed 300 MiB, then holds 200 MiB of random bytes; in use = MemTotal - MemFree"),
+        .with_note("the guest wrote and freed 300 MiB, then holds 200 MiB of random bytes; in use = its 1024 MiB of RAM - MemFree"),
         Row::ratio(
             SECTION,
             "warm wake on a second host from the bucket vs a local warm wake",

@@ -22,6 +22,14 @@ use crate::registry::SpriteRecord;
 use crate::warm::{SavedState, WarmStates};
 use crate::ControlError;
 
+/// How a machine came up (see [`Machines::insert`]).
+struct Woke {
+    http_port: u16,
+    size: (u32, u64, wisp_vm::Accel),
+    by: &'static str,
+    listening: Vec<u16>,
+}
+
 /// How a sprite goes to sleep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SleepMode {
@@ -56,6 +64,9 @@ pub struct Awake {
     pub woke_by: &'static str,
     /// Whether the guest's requests are being served (see `Sprites::serve_guest_requests`).
     guest_requests: std::sync::atomic::AtomicBool,
+    /// Ports known to be listening from the moment it woke (a resumed machine's, as
+    /// saved with its state).
+    pub listening_at_wake: Vec<u16>,
 }
 
 /// A port that started (`opened`) or stopped listening in a sprite.
@@ -186,9 +197,14 @@ impl Awake {
 }
 
 /// Keeps a sprite awake while it lives: one per request in progress.
-pub struct Activity(Arc<Awake>);
+pub struct Activity(Arc<Awake>, bool);
 
 impl Activity {
+    /// Whether this request's wake started the machine (rather than finding it up).
+    pub fn woke_it(&self) -> bool {
+        self.1
+    }
+
     pub fn agent(&self) -> &Arc<AgentClient> {
         &self.0.agent
     }
@@ -200,7 +216,7 @@ impl Activity {
     /// Another hold on the same awake sprite.
     pub fn another(&self) -> Activity {
         self.0.sessions.fetch_add(1, Ordering::SeqCst);
-        Activity(self.0.clone())
+        Activity(self.0.clone(), false)
     }
 }
 
@@ -297,8 +313,12 @@ impl Machines {
     /// `config`), and marks a request in progress on it.
     pub async fn wake(&self, record: &SpriteRecord) -> Result<Activity, ControlError> {
         let name = record.name.as_str();
+        let mut woke = true;
         let awake = match self.get(name) {
-            Some(awake) if !awake.is_dead() => awake,
+            Some(awake) if !awake.is_dead() => {
+                woke = false;
+                awake
+            }
             Some(dead) => {
                 // The guest went away by itself: clean up (QEMU, disk server,
                 // volume) and boot it again.
@@ -310,7 +330,7 @@ impl Machines {
             None => self.boot(record).await?,
         };
         awake.sessions.fetch_add(1, Ordering::SeqCst);
-        Ok(Activity(awake))
+        Ok(Activity(awake, woke))
     }
 
     async fn boot(&self, record: &SpriteRecord) -> Result<Arc<Awake>, ControlError> {
@@ -340,7 +360,7 @@ impl Machines {
         }
         let http_port = free_loopback_port().map_err(ControlError::Io)?;
         config.http_port = Some(http_port);
-        let (mut woke_by, mut machine) = ("boot", None);
+        let (mut woke_by, mut machine, mut listening) = ("boot", None, Vec::new());
         if let Some(saved) = self.usable_state(record, &volume, config.accel).await {
             let mut resume = config.clone();
             resume.resume_from = Some(self.warm.state_path(volume_name)?);
@@ -349,6 +369,7 @@ impl Machines {
                 Ok(m) => {
                     (woke_by, machine) = ("resume", Some(m));
                     (config.cpus, config.memory_mib) = (saved.cpus, saved.memory_mib);
+                    listening = saved.ports.clone();
                 }
                 Err(e) => {
                     tracing::warn!(sprite = %name, error = %e, "resuming the saved state failed; booting instead")
@@ -378,24 +399,20 @@ impl Machines {
             name,
             machine,
             volume,
-            http_port,
-            (cpus, memory_mib, accel),
-            woke_by,
+            Woke {
+                http_port,
+                size: (cpus, memory_mib, accel),
+                by: woke_by,
+                listening,
+            },
         ))
     }
 
-    fn insert(
-        &self,
-        name: &str,
-        machine: Machine,
-        volume: Arc<Volume>,
-        http_port: u16,
-        (cpus, memory_mib, accel): (u32, u64, wisp_vm::Accel),
-        woke_by: &'static str,
-    ) -> Arc<Awake> {
+    fn insert(&self, name: &str, machine: Machine, volume: Arc<Volume>, woke: Woke) -> Arc<Awake> {
+        let (cpus, memory_mib, accel) = woke.size;
         let awake = Arc::new(Awake {
             agent: machine.agent().clone(),
-            http_port,
+            http_port: woke.http_port,
             woke_at: Instant::now(),
             volume,
             machine: tokio::sync::Mutex::new(Some(machine)),
@@ -405,8 +422,9 @@ impl Machines {
             cpus,
             memory_mib,
             accel,
-            woke_by,
+            woke_by: woke.by,
             guest_requests: std::sync::atomic::AtomicBool::new(false),
+            listening_at_wake: woke.listening,
         });
         self.awake_map().insert(name.to_string(), awake.clone());
         self.changed(name);
@@ -456,6 +474,15 @@ impl Machines {
         };
         let started = Instant::now();
         let volume_name = awake.volume.info().name.clone();
+        // The ports listening now, saved with the state (see `SavedState::ports`).
+        let ports = if mode == SleepMode::Warm && !awake.is_dead() {
+            match tokio::time::timeout(Duration::from_secs(2), awake.ports()).await {
+                Ok(Ok((now, _))) => now.iter().map(|p| p.port).collect(),
+                _ => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
         let machine = awake.machine.lock().await.take();
         let mut saved = None;
         let stopped = match (machine, mode) {
@@ -503,6 +530,7 @@ impl Machines {
                     accel,
                     saved_at: unix_now(),
                     bytes: report.bytes,
+                    ports,
                 };
                 self.warm.record(&volume_name, &state)?;
                 tracing::info!(sprite = %name, took = ?started.elapsed(), save = ?report.save, qemu_gone = ?report.total, bytes = report.bytes, "sprite asleep (warm)");
@@ -561,9 +589,12 @@ impl Machines {
             name,
             machine,
             volume,
-            http_port,
-            (prior.cpus, prior.memory_mib, prior.accel),
-            "adopt",
+            Woke {
+                http_port,
+                size: (prior.cpus, prior.memory_mib, prior.accel),
+                by: "adopt",
+                listening: Vec::new(),
+            },
         );
         Ok(true)
     }

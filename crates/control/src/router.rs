@@ -270,10 +270,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Waits, while the sprite is within `LISTEN_GRACE` of its boot, until
-/// something in it listens on `port`.
+/// Waits, while the sprite is within `LISTEN_GRACE` of its wake, until
+/// something in it listens on `port`. A request that itself resumed a saved
+/// machine does not wait for a port that was listening when it was saved: it
+/// listens again (nothing in the guest ran in between to change it).
 async fn wait_listening(activity: &Activity, port: u16) {
     let awake = activity.awake();
+    if activity.woke_it() && awake.listening_at_wake.contains(&port) {
+        return;
+    }
     let Some(left) = LISTEN_GRACE.checked_sub(awake.awake_for()) else {
         return;
     };

@@ -35,6 +35,10 @@ pub struct SavedState {
     pub saved_at: u64,
     /// The state file's size in bytes.
     pub bytes: u64,
+    /// The guest's listening TCP ports when it was saved: listening again the moment
+    /// it resumes, so a request to one need not wait for the guest to say so.
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 /// The bucket copy's description (`memory.json`).

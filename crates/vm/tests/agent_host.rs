@@ -911,3 +911,223 @@ async fn file_watches_report_changes_below_them() {
         "{missing}"
     );
 }
+
+/// One HTTP/1.1 request to the in-sprite API on `socket`: the status and the body.
+fn api_call(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: sprite\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// Keep-awake tasks set through the channel and through the in-sprite API are the
+/// same; requests from inside reach the host on its `guest_requests` session and come
+/// back answered; `sprite-env` (the agent under that name) is the API's client.
+#[tokio::test]
+async fn tasks_and_guest_requests_through_the_in_sprite_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_agent(dir.path()).await;
+    let socket = dir.path().join("api.sock");
+    let tasks = a
+        .client
+        .set_task("build", 60, Some("from the host".into()))
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].ttl_secs, 60);
+    let s = socket.clone();
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        api_call(&s, "POST", "/v1/tasks", r#"{"name":"inside","ttl":"2m"}"#)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"ttl_secs\":120"), "{body}");
+    let names: Vec<String> = a
+        .client
+        .tasks()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["build", "inside"]);
+    let s = socket.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        [
+            api_call(&s, "DELETE", "/v1/tasks/nope", ""),
+            api_call(&s, "POST", "/v1/tasks", r#"{"name":"x","ttl":"9h"}"#),
+            api_call(&s, "POST", "/v1/tasks", "{not json"),
+            api_call(&s, "GET", "/v1/nothing", ""),
+            // No host takes guest requests yet.
+            api_call(&s, "POST", "/v1/checkpoints", "{}"),
+        ]
+    })
+    .await
+    .unwrap();
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [404, 400, 400, 404, 503], "{answers:?}");
+    assert!(answers[1].1.contains("32400 s"), "{answers:?}");
+    match a.client.delete_task("nope").await {
+        Err(AgentError::Os { errno, .. }) => assert_eq!(errno, "ENOENT"),
+        other => panic!("{other:?}"),
+    }
+
+    // The host answers the guest's requests.
+    let mut requests = a.client.guest_requests().await.unwrap();
+    let replier = requests.replier();
+    let host = tokio::spawn(async move {
+        let (id, request) = requests.next().await.unwrap();
+        assert_eq!(
+            request,
+            wisp_vm::agent::GuestRequest::Checkpoint {
+                comment: Some("mid-build".into())
+            }
+        );
+        replier
+            .reply(id, Ok(r#"{"id":"v7","comment":"mid-build"}"#.into()))
+            .await
+            .unwrap();
+        requests
+    });
+    // `sprite-env`: this binary under that name.
+    let sprite_env = dir.path().join("sprite-env");
+    std::os::unix::fs::symlink(common::agent_bin(), &sprite_env).unwrap();
+    let env_socket = socket.clone();
+    let run = move |args: &[&str]| {
+        let out = std::process::Command::new(&sprite_env)
+            .args(args)
+            .env("SPRITE_API_SOCK", &env_socket)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let checkpoint = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(&["checkpoints", "create", "--comment", "mid-build"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(checkpoint.0, Some(0), "{checkpoint:?}");
+    assert!(checkpoint.1.contains("\"v7\""), "{checkpoint:?}");
+    let _requests = host.await.unwrap();
+    let listed = run(&["tasks"]);
+    assert!(
+        listed.1.contains("from the host") && listed.1.contains("inside"),
+        "{listed:?}"
+    );
+    let removed = run(&["tasks", "rm", "missing"]);
+    assert_eq!(removed.0, Some(1), "{removed:?}");
+    assert!(removed.2.contains("no task `missing`"), "{removed:?}");
+    assert_eq!(run(&["frobnicate"]).0, Some(2));
+}
+
+/// A frame for a session that has just ended (the host's end of stdin racing with the
+/// process's exit) is dropped: no error comes back on that session. Spoken frame by
+/// frame, so that nothing on the host side hides an answer.
+#[tokio::test]
+async fn frames_for_an_ended_session_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wisp_proto::{encode, Control, Frame, FrameReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(common::agent_bin())
+        .arg("--stdio")
+        .arg("--state-dir")
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut to_agent = child.stdin.take().unwrap();
+    let mut from_agent = child.stdout.take().unwrap();
+    let mut frames = FrameReader::new();
+    let mut pending: std::collections::VecDeque<Frame> = Default::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    // The next frame from the agent.
+    macro_rules! next {
+        () => {
+            loop {
+                if let Some(f) = pending.pop_front() {
+                    break f;
+                }
+                let n = tokio::time::timeout(Duration::from_secs(30), from_agent.read(&mut buf))
+                    .await
+                    .expect("the agent answers")
+                    .unwrap();
+                assert!(n > 0, "the agent closed its output");
+                frames.feed(&buf[..n], |f| pending.push_back(f.unwrap()));
+            }
+        };
+    }
+    let control = |session: u32, msg: &Control| Frame::control(session, msg);
+    let send = |f: Frame| encode(f.kind, f.session, &f.payload).unwrap();
+    let hello = Control::Hello {
+        version: wisp_proto::PROTOCOL_VERSION,
+        agent: String::new(),
+        capabilities: vec![],
+    };
+    to_agent.write_all(&send(control(0, &hello))).await.unwrap();
+    let exec = Control::Exec(ExecRequest {
+        argv: argv(&["true"]),
+        ..Default::default()
+    });
+    to_agent.write_all(&send(control(1, &exec))).await.unwrap();
+    loop {
+        let f = next!();
+        if f.session == 1 && matches!(f.to_control(), Ok(Control::Exit(_))) {
+            break;
+        }
+    }
+    // Late frames for session 1, then a ping on a new session.
+    to_agent
+        .write_all(&encode(Kind::Eof, 1, b"").unwrap())
+        .await
+        .unwrap();
+    to_agent
+        .write_all(&encode(Kind::Data, 1, b"late").unwrap())
+        .await
+        .unwrap();
+    to_agent
+        .write_all(&send(control(2, &Control::Ping)))
+        .await
+        .unwrap();
+    loop {
+        let f = next!();
+        assert_ne!(
+            f.session,
+            1,
+            "an answer for the ended session: {:?}",
+            f.to_control()
+        );
+        if f.session == 2 {
+            assert!(matches!(f.to_control(), Ok(Control::Pong)));
+            break;
+        }
+    }
+    // A session number never opened is still an error.
+    to_agent
+        .write_all(&encode(Kind::Data, 9, b"stray").unwrap())
+        .await
+        .unwrap();
+    let f = next!();
+    assert_eq!(f.session, 9);
+    assert!(
+        matches!(f.to_control(), Ok(Control::Error { ref message, .. }) if message.contains("not open")),
+        "{:?}",
+        f.to_control()
+    );
+}
