@@ -202,6 +202,23 @@ impl Client {
         self.json(Method::GET, &sprite_path(name)?, None).await
     }
 
+    /// Creates sprite `name` as a fork of `source` at `checkpoint` (its current
+    /// state when `None`).
+    pub async fn fork(
+        &self,
+        name: &str,
+        source: &str,
+        checkpoint: Option<&str>,
+        auth: UrlAuth,
+    ) -> Result<SpriteView, ClientError> {
+        let body = serde_json::json!({
+            "name": name,
+            "url_settings": { "auth": auth },
+            "source": { "sprite": source, "checkpoint": checkpoint },
+        });
+        self.json(Method::POST, "/v1/sprites", Some(body)).await
+    }
+
     /// Puts sprite `name` to sleep now: warm (memory kept) or cold.
     pub async fn sleep(&self, name: &str, cold: bool) -> Result<SpriteView, ClientError> {
         let mode = if cold { "cold" } else { "warm" };

@@ -15,6 +15,7 @@ pub mod client;
 mod error;
 mod exec;
 pub mod files;
+mod fork;
 pub mod machines;
 pub mod model;
 pub mod registry;

@@ -33,6 +33,9 @@ pub struct SpriteView {
     /// When the sprite sleeps and what it keeps (a wisp addition).
     #[serde(default)]
     pub sleep: SleepView,
+    /// The sprite and checkpoint this one was forked from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::registry::SpriteSource>,
 }
 
 /// A sprite's sleep settings in effect, and where its memory is while it sleeps.

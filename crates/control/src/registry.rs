@@ -142,6 +142,18 @@ pub struct SpriteSettings {
     /// kept here so every host sees it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub memory_in_bucket: bool,
+    /// The sprite and checkpoint this sprite was forked from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SpriteSource>,
+}
+
+/// Where a forked sprite's disk came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SpriteSource {
+    pub sprite: String,
+    /// The checkpoint forked (`v3`); a fork of a sprite's current state forks a
+    /// checkpoint taken for it.
+    pub checkpoint: String,
 }
 
 /// The machine a sprite gets (`config` on create). Absent fields take the

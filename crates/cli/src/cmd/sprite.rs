@@ -36,6 +36,16 @@ pub enum SpriteCommand {
         #[arg(long)]
         public: bool,
     },
+    /// Create a sprite as a fork of another: `SOURCE` (its current state, taken as a
+    /// live checkpoint) or `SOURCE@v3` (a checkpoint). Copy-on-write: milliseconds.
+    Fork {
+        /// `SOURCE` or `SOURCE@CHECKPOINT`.
+        source: String,
+        name: String,
+        /// Let anyone reach the fork's URL (default: token holders only).
+        #[arg(long)]
+        public: bool,
+    },
     /// List sprites, by name.
     List {
         /// Only names starting with this.
@@ -260,6 +270,9 @@ fn print_sprite(sprite: &SpriteView) {
     if let Some(memory) = &sprite.sleep.memory {
         println!("memory:     kept ({memory})");
     }
+    if let Some(source) = &sprite.source {
+        println!("forked from: {}@{}", source.sprite, source.checkpoint);
+    }
 }
 
 pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCode> {
@@ -279,6 +292,31 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
             };
             let sprite = client.create(&name, auth).await?;
             println!("created sprite {} ({})", sprite.name, sprite.url);
+        }
+        SpriteCommand::Fork {
+            source,
+            name,
+            public,
+        } => {
+            let auth = if public {
+                UrlAuth::Public
+            } else {
+                UrlAuth::Sprite
+            };
+            let (from, checkpoint) = match source.split_once('@') {
+                Some((s, c)) => (s, Some(c)),
+                None => (source.as_str(), None),
+            };
+            let sprite = client.fork(&name, from, checkpoint, auth).await?;
+            let origin = sprite
+                .source
+                .as_ref()
+                .map(|s| format!("{}@{}", s.sprite, s.checkpoint))
+                .unwrap_or_default();
+            println!(
+                "forked sprite {} from {origin} ({})",
+                sprite.name, sprite.url
+            );
         }
         SpriteCommand::List { prefix, json } => {
             let sprites = client.list(&prefix).await?;

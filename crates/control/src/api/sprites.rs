@@ -55,6 +55,7 @@ impl AppState {
             environment: settings.environment,
             runtime: settings.runtime,
             sleep,
+            source: settings.source,
         }
     }
 }
@@ -96,6 +97,19 @@ pub(super) struct CreateBody {
     cold_after: Option<serde_json::Value>,
     #[serde(default)]
     keep_memory: Option<bool>,
+    /// Fork another sprite instead of the image: its checkpoint `checkpoint`, or its
+    /// current state (a live checkpoint taken now). The fork copies the source's
+    /// settings; with `source`, `config` is refused and other settings must be left out.
+    #[serde(default)]
+    source: Option<SourceBody>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SourceBody {
+    sprite: String,
+    #[serde(default)]
+    checkpoint: Option<String>,
 }
 
 /// `idle_timeout` or `cold_after` as a request gives it: seconds, a duration
@@ -187,6 +201,35 @@ pub(super) async fn create_sprite(
 ) -> Result<(StatusCode, Json<SpriteView>), ControlError> {
     let request = body(request)?;
     let url_settings = request.url_settings.unwrap_or_default();
+    if let Some(source) = &request.source {
+        let settings_given = request.config.is_some()
+            || !request.labels.is_empty()
+            || !request.environment.is_empty()
+            || request.runtime.is_some()
+            || request.idle_timeout.is_some()
+            || request.cold_after.is_some()
+            || request.keep_memory.is_some()
+            || url_settings.private_access.is_some();
+        if settings_given {
+            return Err(ControlError::BadRequest(
+                "a fork (`source`) copies its source's settings: leave out `config`, `labels`, \
+                 `environment`, `runtime`, `idle_timeout`, `cold_after` and `keep_memory`, \
+                 and change them after"
+                    .into(),
+            ));
+        }
+        let auth = url_settings.auth.unwrap_or(UrlAuth::Sprite);
+        let record = state
+            .sprites
+            .fork(
+                &request.name,
+                &source.sprite,
+                source.checkpoint.as_deref(),
+                auth,
+            )
+            .await?;
+        return Ok((StatusCode::CREATED, Json(state.view(record))));
+    }
     let config = request.config.unwrap_or_default();
     let settings = SpriteSettings {
         labels: dedup_labels(request.labels),

@@ -1,0 +1,172 @@
+//! Forks of sprites with real VMs (TCG here): a fork has its checkpoint's data and
+//! its own future, both ways; forks of forks; forks outlive their source; many forks
+//! of one checkpoint share its data. Sprites sleep cold 2 s after use, so at most a
+//! VM or two run at once.
+
+use std::path::Path;
+
+mod common;
+
+use common::wisp_ok as wisp;
+use common::{client, exec, sprite_json, status};
+
+async fn sh(url: &str, name: &str, script: &str) -> String {
+    let out = exec(url, name, &["sh", "-c", script], None).await;
+    assert_eq!(out.code, Some(0), "`{script}` in `{name}`: {out:?}");
+    out.stdout
+}
+
+async fn fork(url: &str, name: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let mut body = body;
+    body["name"] = name.into();
+    let r = client(url)
+        .post(format!("{url}/v1/sprites"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or_default())
+}
+
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            tree_bytes(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+#[tokio::test]
+async fn forks_share_a_checkpoint_and_have_their_own_future() {
+    let home = common::vm_home("wisp-fork-test-home");
+    wisp(&home, &["image", "build", "tiny"]);
+    let (_daemon, url) = common::start_server(
+        &home,
+        &[
+            "--image",
+            "tiny",
+            "--idle-timeout",
+            "2s",
+            "--sleep-mode",
+            "cold",
+        ],
+    );
+    assert_eq!(common::create_sprite(&url, "a").await, 201);
+    sh(&url, "a", "echo one > /root/f; sync").await;
+    let checkpoint = client(&url)
+        .post(format!("{url}/v1/sprites/a/checkpoint"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(checkpoint.status().as_u16(), 200);
+    sh(&url, "a", "echo two > /root/f; sync").await;
+
+    // A fork of a checkpoint, through the API; a fork of the current state of the
+    // running source, through the CLI (a live checkpoint: the source keeps running).
+    let (code, b) = fork(
+        &url,
+        "b",
+        serde_json::json!({ "source": { "sprite": "a", "checkpoint": "v0" } }),
+    )
+    .await;
+    assert_eq!(code, 201, "{b}");
+    assert_eq!(
+        b["source"],
+        serde_json::json!({ "sprite": "a", "checkpoint": "v0" })
+    );
+    assert_eq!(b["status"], "cold");
+    assert_ne!(b["id"], sprite_json(&url, "a").await["id"]);
+    let out = wisp(&home, &["sprite", "--api", &url, "fork", "a", "c"]);
+    assert!(out.contains("from a@v1"), "{out}");
+    assert_eq!(status(&url, "a").await, "running");
+
+    // Each has its checkpoint's data, then its own future, both ways.
+    assert_eq!(sh(&url, "b", "cat /root/f").await, "one\n");
+    assert_eq!(sh(&url, "c", "cat /root/f").await, "two\n");
+    sh(&url, "b", "echo bee > /root/f; sync").await;
+    sh(&url, "a", "echo new > /root/g; sync").await;
+    assert_eq!(sh(&url, "a", "cat /root/f").await, "two\n");
+    assert_eq!(
+        sh(
+            &url,
+            "c",
+            "cat /root/f; test -e /root/g && echo g || echo no-g"
+        )
+        .await,
+        "two\nno-g\n"
+    );
+    // Its own history, starting at the fork point.
+    let out = wisp(&home, &["sprite", "--api", &url, "checkpoints", "b"]);
+    assert!(
+        out.contains("v0") && out.contains("fork of `a`@v0"),
+        "{out}"
+    );
+    // A fork of a fork.
+    let (code, d) = fork(
+        &url,
+        "d",
+        serde_json::json!({ "source": { "sprite": "b", "checkpoint": "v0" } }),
+    )
+    .await;
+    assert_eq!(code, 201, "{d}");
+    assert_eq!(sh(&url, "d", "cat /root/f").await, "one\n");
+
+    // Bad forks, each with a clear error.
+    for (name, body, want) in [
+        (
+            "e",
+            serde_json::json!({ "source": { "sprite": "a", "checkpoint": "v9" } }),
+            404,
+        ),
+        (
+            "e",
+            serde_json::json!({ "source": { "sprite": "nope" } }),
+            404,
+        ),
+        ("b", serde_json::json!({ "source": { "sprite": "a" } }), 409),
+        (
+            "e",
+            serde_json::json!({ "source": { "sprite": "a" }, "config": { "cpus": 1 } }),
+            400,
+        ),
+    ] {
+        let (code, body) = fork(&url, name, body).await;
+        assert_eq!(code, want, "{body}");
+    }
+
+    // Deleting the source keeps its forks whole.
+    let deleted = client(&url)
+        .delete(format!("{url}/v1/sprites/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    assert_eq!(sh(&url, "c", "cat /root/f").await, "two\n");
+    assert_eq!(sh(&url, "b", "cat /root/f").await, "bee\n");
+
+    // Fifty forks of one checkpoint: each works, and they share its data.
+    let store = home.join("store");
+    let before = tree_bytes(&store);
+    for i in 0..50 {
+        let (code, body) = fork(
+            &url,
+            &format!("many{i}"),
+            serde_json::json!({ "source": { "sprite": "d", "checkpoint": "v0" } }),
+        )
+        .await;
+        assert_eq!(code, 201, "{body}");
+    }
+    let growth = tree_bytes(&store) - before;
+    assert_eq!(sh(&url, "many49", "cat /root/f").await, "one\n");
+    let image = tree_bytes(&store);
+    assert!(
+        growth / 50 < 512 << 10,
+        "50 forks grew the bucket by {growth} bytes (it holds {image})"
+    );
+}
