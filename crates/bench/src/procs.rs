@@ -14,9 +14,25 @@ pub struct Server {
     name: String,
     child: Option<Child>,
     log: PathBuf,
+    /// For a `wisp server`: its `$WISP_HOME`, whose running QEMUs (which outlive their
+    /// daemon) are killed when it is dropped without a clean stop.
+    machines_of: Option<PathBuf>,
 }
 
 impl Server {
+    /// Kills the QEMUs this `wisp server` on `home` leaves running when it is dropped
+    /// (they outlive their daemon).
+    pub fn owning_machines_of(mut self, home: &Path) -> Server {
+        self.machines_of = Some(home.to_path_buf());
+        self
+    }
+
+    /// Leaves this server's QEMUs running when it is dropped (for the next daemon to
+    /// adopt).
+    pub fn keep_machines(&mut self) {
+        self.machines_of = None;
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
@@ -40,6 +56,7 @@ impl Server {
             name: name.to_string(),
             child: Some(child),
             log: log.to_path_buf(),
+            machines_of: None,
         })
     }
 
@@ -120,6 +137,31 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            if let Some(home) = &self.machines_of {
+                kill_machines(home);
+            }
+        }
+    }
+}
+
+/// SIGKILLs the QEMU of every machine recorded under `home/run/*/machine.json` that
+/// still runs in its run folder.
+fn kill_machines(home: &Path) {
+    let Ok(dirs) = std::fs::read_dir(home.join("run")) else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        let Ok(text) = std::fs::read_to_string(dir.path().join("machine.json")) else {
+            continue;
+        };
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let Some(pid) = record["qemu_pid"].as_i64() else {
+            continue;
+        };
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+        if cwd.is_some() && cwd == std::fs::canonicalize(dir.path()).ok() {
+            // SAFETY: a signal to a process we checked is that machine's QEMU.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
     }
 }

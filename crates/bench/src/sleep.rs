@@ -273,6 +273,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let pid = server.pid().context("wisp server is not running")?;
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let mut server = server;
+    server.keep_machines();
     drop(server);
     let (server, client) = wisp.server(&dir, &never)?;
     let restart_exec = engine::runtime().block_on(async {

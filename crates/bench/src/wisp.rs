@@ -114,7 +114,8 @@ impl Wisp {
         let listen = format!("127.0.0.1:{}", wisp_testkit::free_port());
         let mut cmd = self.cmd(["server", "--listen", &listen, "--image", "tiny"]);
         cmd.args(["--gc-interval", "0"]).args(extra);
-        let server = Server::spawn("wisp server", cmd, &dir.join("server.log"))?;
+        let server = Server::spawn("wisp server", cmd, &dir.join("server.log"))?
+            .owning_machines_of(&self.home);
         let client = engine::runtime().block_on(async {
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             loop {
