@@ -91,6 +91,26 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             async move { Ok(client.restore("s0", "v0").await?) }
         })
         .await?;
+        // A fork of that sprite's checkpoint (issue 11): the API's adds the fork's own
+        // first checkpoint and its registry row.
+        let api_fork = timed(|i| {
+            let client = &client;
+            async move {
+                Ok(client
+                    .fork(&format!("f{i}"), "s0", Some("v0"), UrlAuth::Sprite)
+                    .await?)
+            }
+        })
+        .await?;
+        let lib_sprite_fork = timed(|i| {
+            let (store, volume_name) = (&store, &volume_name);
+            async move {
+                Ok(store
+                    .fork(volume_name, "v0", &format!("ref-sprite-fork{i}"))
+                    .await?)
+            }
+        })
+        .await?;
 
         let note = format!("median of {SAMPLES}; reference: the engine call in this process");
         let row = |metric: &str, value: Duration, reference: Duration| {
@@ -119,6 +139,11 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
                 "POST checkpoints/v0/restore, cold sprite, 1 GiB written",
                 api_restore,
                 lib_restore,
+            ),
+            row(
+                "POST /v1/sprites with source (fork of a sprite's v0, 1 GiB written)",
+                api_fork,
+                lib_sprite_fork,
             ),
         ])
     })?;
