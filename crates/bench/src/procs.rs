@@ -138,30 +138,8 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
             if let Some(home) = &self.machines_of {
-                kill_machines(home);
+                wisp_vm::machine::kill_recorded(&home.join("run"));
             }
-        }
-    }
-}
-
-/// SIGKILLs the QEMU of every machine recorded under `home/run/*/machine.json` that
-/// still runs in its run folder.
-fn kill_machines(home: &Path) {
-    let Ok(dirs) = std::fs::read_dir(home.join("run")) else {
-        return;
-    };
-    for dir in dirs.flatten() {
-        let Ok(text) = std::fs::read_to_string(dir.path().join("machine.json")) else {
-            continue;
-        };
-        let record: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        let Some(pid) = record["qemu_pid"].as_i64() else {
-            continue;
-        };
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
-        if cwd.is_some() && cwd == std::fs::canonicalize(dir.path()).ok() {
-            // SAFETY: a signal to a process we checked is that machine's QEMU.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
     }
 }

@@ -19,14 +19,7 @@ async fn sh(url: &str, name: &str, script: &str) -> String {
 async fn fork(url: &str, name: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     let mut body = body;
     body["name"] = name.into();
-    let r = client(url)
-        .post(format!("{url}/v1/sprites"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let code = r.status().as_u16();
-    (code, r.json().await.unwrap_or_default())
+    common::post_json(url, "/v1/sprites", body).await
 }
 
 fn tree_bytes(dir: &Path) -> u64 {

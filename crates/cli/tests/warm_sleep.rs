@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 mod common;
 
 use common::wisp_ok as wisp;
-use common::{client, exec, sprite_json, status};
+use common::{client, exec, post_json, sprite_json, status};
 
 /// A loop whose command line names it (`ps` finds it by `warm-loop`), counting in
 /// `/tmp/loop` five times a second, started in a session of its own so it outlives
@@ -74,17 +74,6 @@ async fn until_status(url: &str, name: &str, want: &str) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn post_json(url: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let r = client(url)
-        .post(format!("{url}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let code = r.status().as_u16();
-    (code, r.json().await.unwrap_or_default())
 }
 
 fn copy_dir(from: &Path, to: &Path) {

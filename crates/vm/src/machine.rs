@@ -148,6 +148,26 @@ impl MachineRecord {
     }
 }
 
+/// SIGKILLs the QEMU of every machine recorded in the run folders under `run_root`
+/// (`$WISP_HOME/run`) that still runs there (checked as [`Qemu::adopt`] does): what a
+/// daemon killed outright leaves behind, for a test or a benchmark that will not adopt it.
+pub fn kill_recorded(run_root: &Path) {
+    let Ok(dirs) = std::fs::read_dir(run_root) else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        let dir = dir.path();
+        let Some(record) = MachineRecord::read(&dir) else {
+            continue;
+        };
+        if let Some(qemu) = Qemu::adopt(record.qemu_pid, &dir) {
+            // SAFETY: kill has no memory preconditions; the pid was checked to be that
+            // machine's QEMU just above.
+            unsafe { libc::kill(qemu.pid() as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
 /// What [`Machine::save`] measured.
 #[derive(Debug, Clone, Copy)]
 pub struct SaveReport {

@@ -21,29 +21,7 @@ impl Drop for Daemon {
         let _ = self.0.kill();
         let _ = self.0.wait();
         if let Some(home) = &self.1 {
-            kill_machines(home);
-        }
-    }
-}
-
-/// SIGKILLs every QEMU a `wisp server` on `home` left running (recorded in
-/// `run/*/machine.json`).
-pub fn kill_machines(home: &Path) {
-    let Ok(dirs) = std::fs::read_dir(home.join("run")) else {
-        return;
-    };
-    for dir in dirs.flatten() {
-        let Ok(text) = std::fs::read_to_string(dir.path().join("machine.json")) else {
-            continue;
-        };
-        let record: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        let Some(pid) = record["qemu_pid"].as_i64() else {
-            continue;
-        };
-        // Only a process still working in that run folder is that QEMU.
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
-        if cwd.is_some() && cwd == std::fs::canonicalize(dir.path()).ok() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            wisp_vm::machine::kill_recorded(&home.join("run"));
         }
     }
 }
@@ -299,6 +277,19 @@ pub async fn until_asleep(url: &str, name: &str) {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// POSTs `body` as JSON to `path` on the server at `url`: the status and the JSON
+/// answer (`null` when there is none).
+pub async fn post_json(url: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = client(url)
+        .post(format!("{url}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or_default())
 }
 
 pub async fn post(url: &str) -> u16 {
