@@ -133,6 +133,48 @@ async fn forks_share_a_checkpoint_and_have_their_own_future() {
         assert_eq!(code, want, "{body}");
     }
 
+    // Checkpoints: deleting one that a fork or the current state stands on is
+    // refused naming it; one in between goes, and what came after it stays whole.
+    for _ in 0..2 {
+        let made = client(&url)
+            .post(format!("{url}/v1/sprites/a/checkpoint"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status().as_u16(), 200);
+    }
+    let delete_checkpoint = async |id: &str| {
+        let answer = client(&url)
+            .delete(format!("{url}/v1/sprites/a/checkpoints/{id}"))
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), answer.text().await.unwrap())
+    };
+    let (code, body) = delete_checkpoint("v0").await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("sprite `b` was forked from it"), "{body}");
+    let (code, body) = delete_checkpoint("v1").await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("sprite `c` was forked from it"), "{body}");
+    let (code, body) = delete_checkpoint("v3").await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("current state stands on it"), "{body}");
+    assert_eq!(delete_checkpoint("v9").await.0, 404);
+    let out = wisp(
+        &home,
+        &["sprite", "--api", &url, "delete-checkpoint", "a", "v2"],
+    );
+    assert!(out.contains("deleted checkpoint v2"), "{out}");
+    assert_eq!(delete_checkpoint("v2").await.0, 404);
+    let restored = client(&url)
+        .post(format!("{url}/v1/sprites/a/checkpoints/v3/restore"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(restored.status().as_u16(), 200);
+    assert_eq!(sh(&url, "a", "cat /root/f /root/g").await, "two\nnew\n");
+
     // Deleting the source keeps its forks whole.
     let deleted = client(&url)
         .delete(format!("{url}/v1/sprites/a"))

@@ -313,6 +313,17 @@ impl Client {
         self.send(Method::DELETE, &path, None).await.map(|_| ())
     }
 
+    /// Deletes checkpoint `checkpoint` of sprite `name` (409 while something
+    /// stands on it).
+    pub async fn delete_checkpoint(&self, name: &str, checkpoint: &str) -> Result<(), ClientError> {
+        let path = format!(
+            "{}/checkpoints/{}",
+            sprite_path(name)?,
+            checkpoint_id(checkpoint)?
+        );
+        self.send(Method::DELETE, &path, None).await.map(|_| ())
+    }
+
     pub async fn restore(&self, name: &str, checkpoint: &str) -> Result<String, ClientError> {
         self.progress(
             &format!(

@@ -290,6 +290,18 @@ impl Registry {
         }
     }
 
+    /// The name of the sprite whose disk is volume `volume`, if any.
+    pub fn name_of_volume(&self, volume: &str) -> Result<Option<String>, RegistryError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT name FROM sprites WHERE volume = ?1",
+                params![volume],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// The sprite named `name`, if registered.
     pub fn get(&self, name: &str) -> Result<Option<SpriteRecord>, RegistryError> {
         let row = self

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use wisp_vm::image::{self, ImageKind};
-use wisp_volume::{CheckpointInfo, Store, Volume, VolumeError};
+use wisp_volume::{CheckpointInfo, Dependant, Store, Volume, VolumeError};
 
 use crate::machines::{Activity, Awake, Machines, SleepMode};
 use crate::registry::{Page, Registry, RegistryError, SpriteRecord, SpriteSettings, UrlAuth};
@@ -536,6 +536,48 @@ impl Sprites {
         .await?;
         tracing::info!(sprite = %name, checkpoint = %id, "checkpoint restored");
         Ok(())
+    }
+}
+
+impl Sprites {
+    /// Deletes checkpoint `id` of sprite `name` (the volume engine merges it
+    /// into the checkpoints after it, so they read as before; gc frees what only
+    /// it held). Refused with a conflict naming the dependant while the
+    /// sprite's current state stands on it (its newest checkpoint, or the one
+    /// last restored) or a sprite was forked from it.
+    pub async fn delete_checkpoint(&self, name: &str, id: &str) -> Result<(), ControlError> {
+        let result = self
+            .with_volume(name, "delete a checkpoint of", IfAwake::Use, async |v| {
+                v.delete_checkpoint(id).await
+            })
+            .await;
+        match result {
+            Err(ControlError::Volume {
+                source: VolumeError::CheckpointInUse { dependant, .. },
+                ..
+            }) => {
+                let why = match dependant {
+                    Dependant::Head => format!(
+                        "sprite `{name}`'s current state stands on it (its newest checkpoint, or the one it was last restored to); take a new checkpoint first"
+                    ),
+                    Dependant::Fork { name: volume, deleted } => {
+                        match self.registry.name_of_volume(&volume)? {
+                            Some(fork) => format!("sprite `{fork}` was forked from it"),
+                            None if deleted => format!("deleted volume `{volume}` was forked from it and still has forks of its own"),
+                            None => format!("volume `{volume}` was forked from it"),
+                        }
+                    }
+                };
+                Err(ControlError::Conflict(format!(
+                    "checkpoint `{id}` of sprite `{name}` cannot be deleted: {why}"
+                )))
+            }
+            Err(e) => Err(e),
+            Ok(()) => {
+                tracing::info!(sprite = %name, checkpoint = %id, "checkpoint deleted");
+                Ok(())
+            }
+        }
     }
 }
 

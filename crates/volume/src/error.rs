@@ -29,6 +29,14 @@ pub enum VolumeError {
     CheckpointNotFound { volume: String, checkpoint: String },
     #[error("volume `{name}` cannot be deleted: {reason}")]
     DeleteRefused { name: String, reason: String },
+    /// [`crate::Volume::delete_checkpoint`] of a checkpoint something still
+    /// stands on.
+    #[error("checkpoint `{checkpoint}` of volume `{volume}` is still needed: {dependant}")]
+    CheckpointInUse {
+        volume: String,
+        checkpoint: String,
+        dependant: crate::Dependant,
+    },
     /// The object store failed for longer than the configured timeout.
     #[error("object store unavailable for {after:?} while {action} `{key}`: {source}")]
     StoreUnavailable {

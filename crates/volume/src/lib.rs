@@ -2,6 +2,7 @@
 //! object store as immutable segments and whose block map lives in SQLite,
 //! shipped to the same bucket. See `docs/STORAGE.md`.
 
+mod checkpoints;
 mod config;
 mod error;
 mod lease;
@@ -11,6 +12,7 @@ mod store;
 mod transfer;
 mod volume;
 
+pub use checkpoints::Dependant;
 pub use config::{
     CheckpointInfo, Compression, Durability, GcOptions, GcReport, StoreConfig, SyncReport,
     VolumeInfo,

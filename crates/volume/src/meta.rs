@@ -132,6 +132,14 @@ pub enum Op {
     DropSegment {
         id: i64,
     },
+    /// Deletes checkpoint `v<num>` and its frozen `layer`: every layer of this
+    /// volume whose parent is `layer` first takes the rows of `layer` it does not
+    /// override, and `layer`'s parent, so what each of them reads is unchanged.
+    /// Replaying it is harmless: once `layer` is gone nothing has it as parent.
+    DeleteCheckpoint {
+        num: i64,
+        layer: i64,
+    },
 }
 
 /// A row as shipped in logs: `[chunk, segment, offset, stored_len, raw_len, crc, flags]`.
@@ -405,9 +413,15 @@ impl Meta {
     pub fn next_id(&self, table: &str) -> Result<i64, VolumeError> {
         let col = if table == "checkpoints" { "num" } else { "id" };
         let sql = format!("SELECT COALESCE(MAX({col}), -1) + 1 FROM {table}");
-        self.conn
+        let next: i64 = self
+            .conn
             .query_row(&sql, [], |r| r.get(0))
-            .map_err(self.err())
+            .map_err(self.err())?;
+        if table == "checkpoints" {
+            // Past every deleted checkpoint too (see `Op::DeleteCheckpoint`).
+            return Ok(next.max(self.get_i64("checkpoint_floor")?));
+        }
+        Ok(next)
     }
 
     /// Operations not yet shipped, oldest first.
@@ -521,6 +535,45 @@ fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<()> {
         }
         Op::DropSegment { id } => {
             tx.execute("DELETE FROM segments WHERE id = ?1", [id])?;
+            Ok(())
+        }
+        Op::DeleteCheckpoint { num, layer } => {
+            let parent: Option<(Option<String>, Option<i64>)> = tx
+                .query_row(
+                    "SELECT parent_volume, parent_layer FROM layers WHERE id = ?1",
+                    [layer],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((parent_volume, parent_layer)) = parent {
+                let children: Vec<i64> = tx
+                    .prepare(
+                        "SELECT id FROM layers WHERE parent_volume IS NULL AND parent_layer = ?1 AND id != ?1",
+                    )?
+                    .query_map([layer], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for child in children {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO extents (layer, chunk, segment, offset, stored_len, raw_len, crc, flags)
+                         SELECT ?2, chunk, segment, offset, stored_len, raw_len, crc, flags
+                         FROM extents WHERE layer = ?1",
+                        params![layer, child],
+                    )?;
+                    tx.execute(
+                        "UPDATE layers SET parent_volume = ?2, parent_layer = ?3 WHERE id = ?1",
+                        params![child, parent_volume, parent_layer],
+                    )?;
+                }
+                tx.execute("DELETE FROM extents WHERE layer = ?1", [layer])?;
+                tx.execute("DELETE FROM layers WHERE id = ?1", [layer])?;
+            }
+            tx.execute("DELETE FROM checkpoints WHERE num = ?1", [num])?;
+            // Numbers are never reused: the next checkpoint stays past this one.
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('checkpoint_floor', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), ?1)",
+                [num + 1],
+            )?;
             Ok(())
         }
     }

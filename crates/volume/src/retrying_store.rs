@@ -197,4 +197,20 @@ impl Blobs {
         })
         .await
     }
+
+    /// The names of the "folders" directly under `prefix` (one delimited LIST).
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, VolumeError> {
+        let path = Path::from(prefix);
+        let listing = self
+            .retry("listing", prefix, || {
+                let path = &path;
+                async move { self.store.list_with_delimiter(Some(path)).await }
+            })
+            .await?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
 }

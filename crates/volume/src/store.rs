@@ -184,7 +184,7 @@ impl Store {
         Ok(entry.id)
     }
 
-    async fn info_by_id(&self, id: &str) -> Result<VolumeInfo, VolumeError> {
+    pub(crate) async fn info_by_id(&self, id: &str) -> Result<VolumeInfo, VolumeError> {
         let key = format!("volumes/{id}/volume.json");
         let bytes = self.inner.blobs.get(&key).await?;
         serde_json::from_slice(&bytes).map_err(|e| VolumeError::BadMetadata {

@@ -117,7 +117,7 @@ pub(crate) struct Inner {
     pub(crate) info: VolumeInfo,
     dir: PathBuf,
     chunk: u64,
-    meta: Mutex<Meta>,
+    pub(crate) meta: Mutex<Meta>,
     file: File,
     /// The cache file opened with `O_DIRECT` (when the file system allows it)
     /// for filling fetched chunks: data read once from the store does not go
@@ -127,8 +127,8 @@ pub(crate) struct Inner {
     drained: tokio::sync::Notify,
     state: Mutex<State>,
     /// Writes and reads take it shared; checkpoint/restore exclusively.
-    gate: tokio::sync::RwLock<()>,
-    upload: tokio::sync::Mutex<u32>,
+    pub(crate) gate: tokio::sync::RwLock<()>,
+    pub(crate) upload: tokio::sync::Mutex<u32>,
     next_segment: AtomicI64,
     closed: AtomicBool,
     /// Whether this open has bumped the content generation (see
@@ -142,7 +142,7 @@ pub(crate) struct Inner {
 /// An open volume. Cheap to clone; the writer lease is held until [`Volume::close`].
 #[derive(Clone)]
 pub struct Volume {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 enum Presence {
@@ -154,7 +154,7 @@ enum Presence {
     Zero,
 }
 
-fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, VolumeError> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, VolumeError> {
     m.lock().map_err(|_| poisoned())
 }
 
@@ -438,7 +438,7 @@ impl Volume {
             .collect())
     }
 
-    fn checkpoint_layer(&self, checkpoint: &str) -> Result<i64, VolumeError> {
+    pub(crate) fn checkpoint_layer(&self, checkpoint: &str) -> Result<i64, VolumeError> {
         lock(&self.inner.meta)?
             .checkpoint_layer(checkpoint)?
             .ok_or_else(|| VolumeError::CheckpointNotFound {
@@ -652,7 +652,7 @@ struct Uploaded {
 }
 
 impl Inner {
-    fn check_open(&self) -> Result<(), VolumeError> {
+    pub(crate) fn check_open(&self) -> Result<(), VolumeError> {
         if self.closed.load(Ordering::SeqCst) {
             Err(VolumeError::Closed(self.info.name.clone()))
         } else {

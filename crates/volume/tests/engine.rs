@@ -105,14 +105,7 @@ async fn checkpoint_restore_fork_and_diff() {
     assert!(read(&vol, 8 * MIB, 4096).await.iter().all(|x| *x == 0));
     assert!(vol.diff("v0", None).await.unwrap().is_empty());
     // Later checkpoints survive a restore (git checkout, not rewind).
-    let ids: Vec<String> = vol
-        .checkpoints()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    assert_eq!(ids, ["v0", "v1"]);
+    assert_eq!(checkpoint_ids(&vol).await, ["v0", "v1"]);
     vol.restore("v1").await.unwrap();
     assert_eq!(read(&vol, 4 * MIB, 256 * 1024).await, two);
     vol.restore("v0").await.unwrap();
@@ -197,6 +190,95 @@ async fn gc_frees_garbage_but_keeps_what_checkpoints_and_forks_need() {
     let report = store.gc(no_compaction).await.unwrap();
     assert!(report.objects_deleted > 0);
     assert!(env.segment_files().is_empty(), "{:?}", env.segment_files());
+}
+
+#[tokio::test]
+async fn deleting_a_checkpoint_keeps_every_other_state_and_gc_frees_what_only_it_held() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    store.create_volume("h", 8 * MIB).await.unwrap();
+    let vol = store.open_volume("h").await.unwrap();
+    // v0: 1 MiB that v1 overwrites whole (only v0 holds it), and 1 MiB kept.
+    let old = pattern(50, MIB as usize);
+    let kept = pattern(51, MIB as usize);
+    write(&vol, 0, &old).await;
+    vol.sync().await.unwrap(); // a segment of its own
+    write(&vol, 2 * MIB, &kept).await;
+    vol.checkpoint(None).await.unwrap();
+    let newer = pattern(52, MIB as usize);
+    write(&vol, 0, &newer).await;
+    vol.checkpoint(None).await.unwrap(); // v1
+    let later = pattern(53, MIB as usize);
+    write(&vol, 4 * MIB, &later).await;
+    vol.checkpoint(None).await.unwrap(); // v2
+    write(&vol, 6 * MIB, &pattern(54, 4096)).await;
+    store.fork("h", "v1", "f").await.unwrap();
+    let no_compaction = GcOptions {
+        grace: std::time::Duration::ZERO,
+        compact_below: 0.0,
+    };
+    vol.sync().await.unwrap();
+    store.gc(no_compaction.clone()).await.unwrap();
+    // The head stands on v2 and fork `f` on v1: both refused, naming why.
+    let err = vol.delete_checkpoint("v2").await.unwrap_err();
+    assert!(matches!(err, VolumeError::CheckpointInUse { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "checkpoint `v2` of volume `h` is still needed: the volume's current state stands on it (its newest checkpoint, or the one last restored)"
+    );
+    let err = vol.delete_checkpoint("v1").await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "checkpoint `v1` of volume `h` is still needed: volume `f` was forked from it"
+    );
+    assert!(matches!(
+        vol.delete_checkpoint("v9").await,
+        Err(VolumeError::CheckpointNotFound { .. })
+    ));
+    // v0 goes; the data only it held is garbage for the next gc.
+    vol.delete_checkpoint("v0").await.unwrap();
+    assert_eq!(checkpoint_ids(&vol).await, ["v1", "v2"]);
+    assert!(matches!(
+        vol.restore("v0").await,
+        Err(VolumeError::CheckpointNotFound { .. })
+    ));
+    assert_eq!(read(&vol, 0, newer.len()).await, newer);
+    assert_eq!(read(&vol, 2 * MIB, kept.len()).await, kept);
+    let report = store.gc(no_compaction.clone()).await.unwrap();
+    assert!(report.bytes_freed >= MIB, "{report:?}");
+    // Every remaining state reads as before, on this host and on a fresh one
+    // (which replays the shipped log).
+    vol.restore("v1").await.unwrap();
+    assert_eq!(read(&vol, 0, newer.len()).await, newer);
+    assert_eq!(read(&vol, 2 * MIB, kept.len()).await, kept);
+    assert!(read(&vol, 4 * MIB, 4096).await.iter().all(|b| *b == 0));
+    vol.close().await.unwrap();
+    let fresh = env.store("b").await;
+    let fork = fresh.open_volume("f").await.unwrap();
+    assert_eq!(read(&fork, 0, newer.len()).await, newer);
+    assert_eq!(read(&fork, 2 * MIB, kept.len()).await, kept);
+    fork.close().await.unwrap();
+    let vol = fresh.open_volume("h").await.unwrap();
+    vol.restore("v2").await.unwrap();
+    assert_eq!(read(&vol, 0, newer.len()).await, newer);
+    assert_eq!(read(&vol, 2 * MIB, kept.len()).await, kept);
+    assert_eq!(read(&vol, 4 * MIB, later.len()).await, later);
+    // Once the fork is deleted (and nothing forked from it), v1 may go too;
+    // the head now stands on v2's successor, so only v2 stays refused.
+    fresh.delete_volume("f").await.unwrap();
+    vol.delete_checkpoint("v1").await.unwrap();
+    assert_eq!(read(&vol, 4 * MIB, later.len()).await, later);
+    assert_eq!(read(&vol, 0, newer.len()).await, newer);
+    // The newest checkpoint, once nothing stands on it, goes too, and its
+    // number is not given again.
+    assert_eq!(vol.checkpoint(None).await.unwrap().id, "v3");
+    vol.restore("v2").await.unwrap();
+    vol.delete_checkpoint("v3").await.unwrap();
+    assert_eq!(vol.checkpoint(None).await.unwrap().id, "v4");
+    vol.close().await.unwrap();
+    let vol = store.open_volume("h").await.unwrap();
+    assert_eq!(vol.checkpoint(None).await.unwrap().id, "v5");
+    vol.close().await.unwrap();
 }
 
 #[tokio::test]
@@ -583,4 +665,9 @@ async fn the_generation_moves_only_when_the_content_may_have() {
     vol.restore("v0").await.unwrap();
     assert_ne!(vol.generation().unwrap(), g2, "a restore moves it");
     vol.close().await.unwrap();
+}
+
+async fn checkpoint_ids(vol: &wisp_volume::Volume) -> Vec<String> {
+    let list = vol.checkpoints().await.unwrap();
+    list.into_iter().map(|c| c.id).collect()
 }

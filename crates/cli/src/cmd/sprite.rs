@@ -104,6 +104,9 @@ pub enum SpriteCommand {
     },
     /// Make a sprite's disk equal to a checkpoint again (later checkpoints stay).
     Restore { name: String, checkpoint: String },
+    /// Delete a checkpoint (refused while the sprite's current state or a fork
+    /// stands on it); the next gc frees the data only it held.
+    DeleteCheckpoint { name: String, checkpoint: String },
     /// List a sprite's services (waking it).
     Services {
         name: String,
@@ -404,6 +407,10 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
         }
         SpriteCommand::Restore { name, checkpoint } => {
             println!("{}", client.restore(&name, &checkpoint).await?);
+        }
+        SpriteCommand::DeleteCheckpoint { name, checkpoint } => {
+            client.delete_checkpoint(&name, &checkpoint).await?;
+            println!("deleted checkpoint {checkpoint} of sprite {name}");
         }
         SpriteCommand::Services { name, json } => {
             let services = client.services(&name).await?;

@@ -1,4 +1,4 @@
-//! `/v1/sprites/{name}/checkpoint(s)`: create, list, get and restore a
+//! `/v1/sprites/{name}/checkpoint(s)`: create, list, get, delete and restore a
 //! sprite's checkpoints. Create and restore answer a progress stream (NDJSON).
 
 use axum::extract::{Path, State};
@@ -130,4 +130,19 @@ pub(super) async fn restore_checkpoint(
         &format!("Restoring to {id}..."),
         format!("Restored to {id}"),
     ))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/sprites/{name}/checkpoints/{id}",
+    tag = "checkpoints",
+    params(("name" = String, Path, description = "Sprite name"), ("id" = String, Path, description = "Checkpoint id (`v3`)")),
+    responses((status = 204, description = "Deleted"), (status = 409, description = "The sprite's current state or a fork stands on it: {error, message} naming which", body = crate::error::ErrorBody), (status = "4XX", description = "Bad input, unknown sprite or checkpoint: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed: {error, message}", body = crate::error::ErrorBody))
+)]
+pub(super) async fn delete_checkpoint(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<axum::http::StatusCode, ControlError> {
+    state.sprites.delete_checkpoint(&name, &id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

@@ -136,7 +136,10 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(services::service_logs))
         .routes(routes!(checkpoints::create_checkpoint))
         .routes(routes!(checkpoints::list_checkpoints))
-        .routes(routes!(checkpoints::get_checkpoint))
+        .routes(routes!(
+            checkpoints::get_checkpoint,
+            checkpoints::delete_checkpoint
+        ))
         .routes(routes!(checkpoints::restore_checkpoint))
         .split_for_parts()
 }
