@@ -110,6 +110,50 @@ async fn forks_share_a_checkpoint_and_have_their_own_future() {
     assert_eq!(code, 201, "{d}");
     assert_eq!(sh(&url, "d", "cat /root/f").await, "one\n");
 
+    // What changed between two checkpoints, and since the last one, read on the
+    // host: exactly the files the commands touched.
+    let checkpoint = async |name: &str| {
+        let made = client(&url)
+            .post(format!("{url}/v1/sprites/{name}/checkpoint"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status().as_u16(), 200);
+    };
+    checkpoint("d").await; // v1, after the boot's own writes
+    sh(
+        &url,
+        "d",
+        "echo x > /root/new; rm /root/f; mkdir /root/dir; echo y > /root/dir/z; sync",
+    )
+    .await;
+    checkpoint("d").await; // v2
+    let out = wisp(&home, &["sprite", "--api", &url, "diff", "d", "v1", "v2"]);
+    assert_eq!(
+        out, "A /root/dir\nA /root/dir/z\nD /root/f\nA /root/new\n",
+        "{out}"
+    );
+    sh(&url, "d", "echo changed > /root/new; sync").await;
+    let diff = client(&url)
+        .get(format!("{url}/v1/sprites/d/checkpoints/v2/diff"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(diff.status().as_u16(), 200);
+    let diff: serde_json::Value = diff.json().await.unwrap();
+    assert_eq!(
+        diff,
+        serde_json::json!({ "from": "v2", "to": null, "changes": [
+            { "path": "/root/new", "kind": "changed", "type": "file" }
+        ] })
+    );
+    let bad = client(&url)
+        .get(format!("{url}/v1/sprites/d/checkpoints/v9/diff"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 404);
+
     // Bad forks, each with a clear error.
     for (name, body, want) in [
         (

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::exec::{framed, EXIT, STDERR, STDIN, STDIN_EOF, STDOUT};
-use crate::model::{CheckpointView, ListView, ProgressEvent, ServiceView, SpriteView};
+use crate::model::{CheckpointView, DiffView, ListView, ProgressEvent, ServiceView, SpriteView};
 use crate::registry::UrlAuth;
 
 #[derive(Debug, thiserror::Error)]
@@ -311,6 +311,25 @@ impl Client {
     pub async fn delete_service(&self, name: &str, service: &str) -> Result<(), ClientError> {
         let path = format!("{}/services/{}", sprite_path(name)?, segment(service)?);
         self.send(Method::DELETE, &path, None).await.map(|_| ())
+    }
+
+    /// The files added, changed and deleted from checkpoint `from` to checkpoint
+    /// `to`, or to the current state.
+    pub async fn diff(
+        &self,
+        name: &str,
+        from: &str,
+        to: Option<&str>,
+    ) -> Result<DiffView, ClientError> {
+        let mut path = format!(
+            "{}/checkpoints/{}/diff",
+            sprite_path(name)?,
+            checkpoint_id(from)?
+        );
+        if let Some(to) = to {
+            path.push_str(&format!("?to={}", checkpoint_id(to)?));
+        }
+        self.json(Method::GET, &path, None).await
     }
 
     /// Deletes checkpoint `checkpoint` of sprite `name` (409 while something

@@ -82,6 +82,13 @@ pub enum ControlError {
         message: String,
         path: String,
     },
+    /// Reading a sprite's filesystems for a diff failed (not ext4, unreadable).
+    #[error("cannot diff the files of sprite `{name}`")]
+    Diff {
+        name: String,
+        #[source]
+        source: wisp_vm::fsdiff::FsDiffError,
+    },
     #[error("exec in sprite `{name}` failed")]
     Exec {
         name: String,

@@ -12,6 +12,7 @@ mod api;
 pub mod warm;
 pub use api::openapi;
 pub mod client;
+mod diff;
 mod error;
 mod exec;
 pub mod files;

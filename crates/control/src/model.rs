@@ -91,6 +91,29 @@ pub struct CheckpointView {
     pub comment: String,
 }
 
+/// `GET /v1/sprites/{name}/checkpoints/{id}/diff`: the files added, changed
+/// and deleted from checkpoint `from` to checkpoint `to` (or the current state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DiffView {
+    pub from: String,
+    /// `null` for the current state.
+    pub to: Option<String>,
+    /// Sorted by path.
+    pub changes: Vec<ChangeView>,
+}
+
+/// One changed path in a [`DiffView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChangeView {
+    /// Absolute in the sprite: `/root/f`.
+    pub path: String,
+    /// `added`, `changed` or `deleted`.
+    pub kind: String,
+    /// `file`, `dir`, `symlink` or `special`.
+    #[serde(rename = "type")]
+    pub file_type: String,
+}
+
 impl From<wisp_volume::CheckpointInfo> for CheckpointView {
     fn from(c: wisp_volume::CheckpointInfo) -> CheckpointView {
         CheckpointView {

@@ -441,7 +441,7 @@ impl Sprites {
 }
 
 /// What [`Sprites::with_volume`] does with an awake sprite.
-enum IfAwake {
+pub(crate) enum IfAwake {
     /// Act on the running volume.
     Use,
     /// Have the guest sync its filesystems, then act on the running volume:
@@ -457,7 +457,7 @@ impl Sprites {
     /// sprite's running volume is used as `awake` says; a sleeping sprite's
     /// volume (or an awake one's, once put to sleep) is opened for `op` and
     /// closed after (which ships the metadata).
-    async fn with_volume<T>(
+    pub(crate) async fn with_volume<T>(
         &self,
         name: &str,
         what: &str,

@@ -5,6 +5,7 @@ pub mod accel;
 pub mod agent;
 pub mod boot_watch;
 pub mod clock;
+pub mod fsdiff;
 pub mod image;
 pub mod initramfs;
 pub mod kernel;

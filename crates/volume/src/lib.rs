@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod lease;
 mod meta;
+mod reader;
 mod retrying_store;
 mod store;
 mod transfer;
@@ -19,6 +20,7 @@ pub use config::{
 };
 pub use error::VolumeError;
 pub use lease::format_time;
+pub use reader::CheckpointReader;
 pub use retrying_store::open_url;
 pub use store::{Store, CHUNK_SIZE, FORMAT_VERSION};
 pub use volume::Volume;

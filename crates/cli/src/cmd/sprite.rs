@@ -104,6 +104,15 @@ pub enum SpriteCommand {
     },
     /// Make a sprite's disk equal to a checkpoint again (later checkpoints stay).
     Restore { name: String, checkpoint: String },
+    /// The files added (A), changed (C) and deleted (D) from checkpoint FROM to
+    /// checkpoint TO, or to the current state; read on the host, nothing woken.
+    Diff {
+        name: String,
+        from: String,
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a checkpoint (refused while the sprite's current state or a fork
     /// stands on it); the next gc frees the data only it held.
     DeleteCheckpoint { name: String, checkpoint: String },
@@ -407,6 +416,26 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
         }
         SpriteCommand::Restore { name, checkpoint } => {
             println!("{}", client.restore(&name, &checkpoint).await?);
+        }
+        SpriteCommand::Diff {
+            name,
+            from,
+            to,
+            json,
+        } => {
+            let diff = client.diff(&name, &from, to.as_deref()).await?;
+            if json {
+                print_json(&diff)?;
+            } else {
+                for c in &diff.changes {
+                    let mark = match c.kind.as_str() {
+                        "added" => 'A',
+                        "deleted" => 'D',
+                        _ => 'C',
+                    };
+                    println!("{mark} {}", c.path);
+                }
+            }
         }
         SpriteCommand::DeleteCheckpoint { name, checkpoint } => {
             client.delete_checkpoint(&name, &checkpoint).await?;

@@ -7,7 +7,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::AppState;
-use crate::model::{CheckpointView, ProgressEvent};
+use crate::model::{CheckpointView, DiffView, ProgressEvent};
 use crate::sprites::rfc3339;
 use crate::ControlError;
 
@@ -145,4 +145,31 @@ pub(super) async fn delete_checkpoint(
 ) -> Result<axum::http::StatusCode, ControlError> {
     state.sprites.delete_checkpoint(&name, &id).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DiffQuery {
+    /// The later checkpoint (`v4`); the sprite's current state when absent.
+    #[serde(default)]
+    to: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/sprites/{name}/checkpoints/{id}/diff",
+    tag = "checkpoints",
+    params(("name" = String, Path, description = "Sprite name"), ("id" = String, Path, description = "The earlier checkpoint (`v3`)"), DiffQuery),
+    responses((status = 200, description = "The files added, changed and deleted since checkpoint `id`", body = DiffView), (status = "4XX", description = "Bad input, unknown sprite or checkpoint: {error, message}", body = crate::error::ErrorBody), (status = "5XX", description = "The host failed (a disk that is not ext4): {error, message}", body = crate::error::ErrorBody))
+)]
+pub(super) async fn diff_checkpoint(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    query: Result<axum::extract::Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DiffView>, ControlError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| ControlError::BadRequest(format!("bad diff query: {e}")))?;
+    Ok(Json(
+        state.sprites.diff(&name, &id, query.to.as_deref()).await?,
+    ))
 }

@@ -141,6 +141,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             checkpoints::delete_checkpoint
         ))
         .routes(routes!(checkpoints::restore_checkpoint))
+        .routes(routes!(checkpoints::diff_checkpoint))
         .split_for_parts()
 }
 
