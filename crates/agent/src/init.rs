@@ -65,33 +65,9 @@ fn mount(
     data: &str,
 ) -> io::Result<()> {
     let _ = std::fs::create_dir_all(target);
-    let (s, t, f, d) = (
-        cstring(src)?,
-        cstring(target)?,
-        cstring(fstype)?,
-        cstring(data)?,
-    );
-    // SAFETY: all pointers are valid C strings for the duration of the call.
-    let r = unsafe {
-        libc::mount(
-            s.as_ptr(),
-            t.as_ptr(),
-            if fstype.is_empty() {
-                std::ptr::null()
-            } else {
-                f.as_ptr()
-            },
-            flags,
-            if data.is_empty() {
-                std::ptr::null()
-            } else {
-                d.as_ptr().cast()
-            },
-        )
-    };
-    match cvt(r) {
+    match crate::sys::mount(src, target, fstype, flags, data) {
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
-        r => r.map(|_| ()),
+        r => r,
     }
 }
 

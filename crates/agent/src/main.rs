@@ -8,6 +8,7 @@
 
 mod api;
 mod channel;
+mod checkpoints;
 mod exec;
 mod files;
 mod fsops;
@@ -172,6 +173,7 @@ fn run_pid1() -> ! {
     };
     let hub = api::Hub::new(services);
     init::install_sprite_env();
+    checkpoints::prepare();
     if let Err(e) = api::serve(hub.clone(), Path::new(api::SOCKET)) {
         init::log(&format!(
             "cannot serve the in-sprite API on {}: {e}",

@@ -434,6 +434,22 @@ impl Agent {
                     ))
                 }
             }
+            Control::MountCheckpoint { serial, name } => {
+                match crate::checkpoints::mount(&serial, &name) {
+                    Ok(()) => {
+                        self.out.control(s, &Control::Ok);
+                        Ok(None)
+                    }
+                    Err(e) => Err((format!("cannot mount checkpoint `{name}`: {e}"), Some(e))),
+                }
+            }
+            Control::UnmountCheckpoint { name } => match crate::checkpoints::unmount(&name) {
+                Ok(()) => {
+                    self.out.control(s, &Control::Ok);
+                    Ok(None)
+                }
+                Err(e) => Err((format!("cannot unmount checkpoint `{name}`: {e}"), Some(e))),
+            },
             Control::TaskList => {
                 let tasks = self.hub.tasks.list();
                 self.out.control(s, &Control::Tasks { tasks });

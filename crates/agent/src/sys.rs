@@ -160,3 +160,31 @@ pub fn set_realtime(unix_ns: u64) -> io::Result<()> {
     // SAFETY: `ts` is a valid timespec for the duration of the call.
     cvt(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }).map(|_| ())
 }
+
+/// mount(2); an empty `fstype` or `data` is passed as NULL.
+pub fn mount(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let (s, t, f, d) = (
+        cstring(src)?,
+        cstring(target)?,
+        cstring(fstype)?,
+        cstring(data)?,
+    );
+    let fstype = if fstype.is_empty() {
+        std::ptr::null()
+    } else {
+        f.as_ptr()
+    };
+    let data = if data.is_empty() {
+        std::ptr::null()
+    } else {
+        d.as_ptr().cast()
+    };
+    // SAFETY: all pointers are valid C strings (or null) for the duration of the call.
+    cvt(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), fstype, flags, data) }).map(|_| ())
+}

@@ -155,6 +155,7 @@ async fn bare_save_resume(
         incoming: None,
         outlive_parent: false,
         memory_file: shared.then(|| run.join("ram")),
+        extra_disks: Vec::new(),
     };
     let agent = async |run: &Path| -> Result<wisp_vm::agent::AgentClient> {
         let t = Instant::now();

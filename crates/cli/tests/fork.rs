@@ -133,6 +133,32 @@ async fn forks_share_a_checkpoint_and_have_their_own_future() {
         out, "A /root/dir\nA /root/dir/z\nD /root/f\nA /root/new\n",
         "{out}"
     );
+    // The newest checkpoints, read-only inside the sprite: each as it was.
+    let mounted = sh(
+        &url,
+        "d",
+        "for i in $(seq 100); do test -e /.sprite/checkpoints/v2/root/new && break; sleep 0.1; done; ls /.sprite/checkpoints",
+    )
+    .await;
+    assert_eq!(mounted, "v0\nv1\nv2\n");
+    assert_eq!(
+        sh(
+            &url,
+            "d",
+            "cat /.sprite/checkpoints/v0/root/f /.sprite/checkpoints/v1/root/f /.sprite/checkpoints/v2/root/new"
+        )
+        .await,
+        "one\none\nx\n"
+    );
+    let out = exec(
+        &url,
+        "d",
+        &["sh", "-c", "echo no > /.sprite/checkpoints/v1/root/f"],
+        None,
+    )
+    .await;
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("Read-only"), "{out:?}");
     sh(&url, "d", "echo changed > /root/new; sync").await;
     let diff = client(&url)
         .get(format!("{url}/v1/sprites/d/checkpoints/v2/diff"))

@@ -9,6 +9,7 @@
 //! [`registry`] (SQLite), [`model`] (JSON shapes), [`client`] (for the CLI).
 
 mod api;
+pub mod checkpoint_mounts;
 pub mod warm;
 pub use api::openapi;
 pub mod client;

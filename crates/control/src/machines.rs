@@ -18,12 +18,14 @@ use wisp_vm::agent::{AgentClient, ListeningPort};
 use wisp_vm::{Machine, Runtime};
 use wisp_volume::{Store, Volume};
 
+use crate::checkpoint_mounts::{self, Slots};
 use crate::registry::SpriteRecord;
 use crate::warm::{SavedState, WarmStates};
 use crate::ControlError;
 
 /// How a machine came up (see [`Machines::insert`]).
 struct Woke {
+    slots: Arc<Slots>,
     http_port: u16,
     size: (u32, u64, wisp_vm::Accel),
     by: &'static str,
@@ -67,6 +69,8 @@ pub struct Awake {
     /// Ports known to be listening from the moment it woke (a resumed machine's, as
     /// saved with its state).
     pub listening_at_wake: Vec<u16>,
+    /// The checkpoint disks (`/.sprite/checkpoints`).
+    slots: Arc<Slots>,
 }
 
 /// A port that started (`opened`) or stopped listening in a sprite.
@@ -360,8 +364,12 @@ impl Machines {
         }
         let http_port = free_loopback_port().map_err(ControlError::Io)?;
         config.http_port = Some(http_port);
+        let slots = Arc::new(Slots::new(volume.info().size));
+        config.extra_disks = slots.machine_disks();
         let (mut woke_by, mut machine, mut listening) = ("boot", None, Vec::new());
         if let Some(saved) = self.usable_state(record, &volume, config.accel).await {
+            let shown = saved.checkpoint_slots.clone().unwrap_or_default();
+            slots.fill(&self.store, volume_name, &shown).await;
             let mut resume = config.clone();
             resume.resume_from = Some(self.warm.state_path(volume_name)?);
             (resume.cpus, resume.memory_mib) = (saved.cpus, saved.memory_mib);
@@ -372,7 +380,8 @@ impl Machines {
                     listening = saved.ports.clone();
                 }
                 Err(e) => {
-                    tracing::warn!(sprite = %name, error = %e, "resuming the saved state failed; booting instead")
+                    tracing::warn!(sprite = %name, error = %e, "resuming the saved state failed; booting instead");
+                    slots.fill(&self.store, volume_name, &[]).await;
                 }
             }
             // Resumed or not, the state is spent: the disk moves on from here.
@@ -400,6 +409,7 @@ impl Machines {
             machine,
             volume,
             Woke {
+                slots,
                 http_port,
                 size: (cpus, memory_mib, accel),
                 by: woke_by,
@@ -425,10 +435,35 @@ impl Machines {
             woke_by: woke.by,
             guest_requests: std::sync::atomic::AtomicBool::new(false),
             listening_at_wake: woke.listening,
+            slots: woke.slots,
         });
         self.awake_map().insert(name.to_string(), awake.clone());
         self.changed(name);
+        self.refresh_checkpoints(name, awake.woke_by != "boot");
         awake
+    }
+
+    /// Brings `/.sprite/checkpoints` of sprite `name` in line with its
+    /// checkpoints, in a task of its own, if it is awake (see
+    /// [`checkpoint_mounts::refresh`]).
+    pub fn refresh_checkpoints(&self, name: &str, remount: bool) {
+        let Some(awake) = self.get(name) else {
+            return;
+        };
+        let (store, sprite) = (self.store.clone(), name.to_string());
+        let run_dir = self.home.join("run").join(awake.volume.info().name);
+        tokio::spawn(async move {
+            checkpoint_mounts::refresh(
+                &sprite,
+                &store,
+                &awake.volume,
+                &awake.agent,
+                &awake.slots,
+                &run_dir,
+                remount,
+            )
+            .await;
+        });
     }
 
     /// The saved state sprite `record` can resume over `volume`, if any: one on
@@ -453,7 +488,9 @@ impl Machines {
         }
         let saved = saved?;
         let generation = volume.generation().ok();
-        if generation != Some(saved.generation) {
+        if saved.checkpoint_slots.is_none() {
+            tracing::info!(sprite = %name, "the machine state was saved without checkpoint disks; booting instead");
+        } else if generation != Some(saved.generation) {
             tracing::info!(sprite = %name, saved = saved.generation, now = ?generation, "the disk changed since the machine state was saved; booting instead");
         } else if saved.accel != accel {
             tracing::info!(sprite = %name, saved = %saved.accel, now = %accel, "the machine state was saved under another accelerator; booting instead");
@@ -505,6 +542,7 @@ impl Machines {
         };
         let volume = awake.volume.clone();
         let (cpus, memory_mib, accel) = (awake.cpus, awake.memory_mib, awake.accel);
+        let checkpoint_slots = Some(awake.slots.shown());
         drop(awake);
         let (closed, generation) = match wisp_vm::machine::reclaim_volume(volume).await {
             Some(volume) => {
@@ -531,6 +569,7 @@ impl Machines {
                     saved_at: unix_now(),
                     bytes: report.bytes,
                     ports,
+                    checkpoint_slots,
                 };
                 self.warm.record(&volume_name, &state)?;
                 tracing::info!(sprite = %name, took = ?started.elapsed(), save = ?report.save, qemu_gone = ?report.total, bytes = report.bytes, "sprite asleep (warm)");
@@ -570,6 +609,11 @@ impl Machines {
         );
         let mut config = runtime.machine_config(volume.clone(), volume_name).await;
         config.outlive_parent = self.outlive_daemon;
+        let slots = Arc::new(Slots::new(volume.info().size));
+        if let Some(shown) = checkpoint_mounts::read_record(&run_dir) {
+            slots.fill(&self.store, volume_name, &shown).await;
+        }
+        config.extra_disks = slots.machine_disks();
         let adopted = Machine::adopt(config).await;
         let machine = match adopted {
             Ok(Some(m)) => m,
@@ -590,6 +634,7 @@ impl Machines {
             machine,
             volume,
             Woke {
+                slots,
                 http_port,
                 size: (prior.cpus, prior.memory_mib, prior.accel),
                 by: "adopt",

@@ -512,6 +512,7 @@ impl Sprites {
             })
             .await?;
         tracing::info!(sprite = %name, checkpoint = %info.id, "checkpoint created");
+        self.machines.refresh_checkpoints(name, false);
         Ok(info)
     }
 
@@ -575,6 +576,7 @@ impl Sprites {
             Err(e) => Err(e),
             Ok(()) => {
                 tracing::info!(sprite = %name, checkpoint = %id, "checkpoint deleted");
+                self.machines.refresh_checkpoints(name, false);
                 Ok(())
             }
         }

@@ -39,6 +39,11 @@ pub struct SavedState {
     /// it resumes, so a request to one need not wait for the guest to say so.
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// Which checkpoint each of the machine's checkpoint slots showed
+    /// ([`crate::checkpoint_mounts`]); `None` for a state saved by a wisp
+    /// without them, whose machine had other devices (it boots instead).
+    #[serde(default)]
+    pub checkpoint_slots: Option<Vec<Option<String>>>,
 }
 
 /// The bucket copy's description (`memory.json`).

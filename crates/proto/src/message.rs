@@ -16,6 +16,7 @@ pub const CAPABILITIES: &[&str] = &[
     "watch",
     "tasks",
     "guest_requests",
+    "checkpoint_mounts",
 ];
 
 /// A control message. Serialised as JSON with a `type` field (`{"type":"ping"}`).
@@ -187,6 +188,18 @@ pub enum Control {
     },
     /// Asks for the live keep-awake tasks; answered with `tasks`.
     TaskList,
+    /// Host to agent: mounts the disk whose virtio serial is `serial` (an ext4
+    /// copy of checkpoint `name`) read-only at `/.sprite/checkpoints/<name>`,
+    /// replacing nothing: answered `ok`, or `error` (`EEXIST` when mounted).
+    MountCheckpoint {
+        serial: String,
+        name: String,
+    },
+    /// Host to agent: unmounts `/.sprite/checkpoints/<name>`; answered `ok`, or
+    /// `error` (`EBUSY` while a process uses it, `ENOENT` when not mounted).
+    UnmountCheckpoint {
+        name: String,
+    },
     Tasks {
         tasks: Vec<TaskInfo>,
     },

@@ -123,6 +123,7 @@ async fn probe_kvm(home: &Path, kernel: &Path, initramfs: &Path) -> Result<Durat
         incoming: None,
         outlive_parent: false,
         memory_file: None,
+        extra_disks: Vec::new(),
     };
     let t0 = std::time::Instant::now();
     let mut qemu = Qemu::spawn(&config, &dir.path().join("qemu.log")).map_err(|e| e.to_string())?;

@@ -853,6 +853,33 @@ impl AgentClient {
 
     /// Asks the agent to stop services, sync and power the guest off. Returns when the
     /// agent confirmed (root read-only, about to power off) or the channel closed.
+    /// Mounts the disk with serial `serial` read-only at
+    /// `/.sprite/checkpoints/<name>` in the guest. Errors: `AgentError::Os`
+    /// (`EEXIST` when mounted, `ENOENT` for no such disk), an older agent's
+    /// refusal.
+    pub async fn mount_checkpoint(&self, serial: &str, name: &str) -> Result<(), AgentError> {
+        let request = Control::MountCheckpoint {
+            serial: serial.to_string(),
+            name: name.to_string(),
+        };
+        match self.request(&request).await? {
+            Control::Ok => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Unmounts `/.sprite/checkpoints/<name>` in the guest (`EBUSY` while a
+    /// process uses it).
+    pub async fn unmount_checkpoint(&self, name: &str) -> Result<(), AgentError> {
+        let request = Control::UnmountCheckpoint {
+            name: name.to_string(),
+        };
+        match self.request(&request).await? {
+            Control::Ok => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     pub async fn shutdown(&self) -> Result<(), AgentError> {
         match self.request(&Control::Shutdown).await {
             Ok(Control::Ok) | Err(AgentError::Disconnected) => Ok(()),

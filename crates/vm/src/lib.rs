@@ -4,6 +4,7 @@
 pub mod accel;
 pub mod agent;
 pub mod boot_watch;
+pub mod checkpoint_disk;
 pub mod clock;
 pub mod fsdiff;
 pub mod image;
@@ -21,3 +22,4 @@ pub use kernel::{Kernel, KernelError};
 pub use machine::{Machine, MachineConfig, MachineError};
 pub use qemu::Accel;
 pub use runtime::{Runtime, RuntimeError};
+pub use wisp_nbd::BlockDevice;

@@ -93,6 +93,11 @@ pub struct MachineConfig {
     /// QEMU keeps running when this process dies, for the next one to adopt
     /// ([`Machine::adopt`]); otherwise the kernel kills it with this process.
     pub outlive_parent: bool,
+    /// More disks, served next to the root disk by export name (the guest sees
+    /// the name as the disk's serial): the checkpoint slots
+    /// ([`crate::checkpoint_disk`]). A resumed or adopted machine needs the same
+    /// names as when it booted.
+    pub extra_disks: Vec<(String, Arc<dyn BlockDevice>)>,
 }
 
 impl MachineConfig {
@@ -119,6 +124,7 @@ impl MachineConfig {
             qemu_binary: QemuConfig::default_binary(),
             resume_from: None,
             outlive_parent: false,
+            extra_disks: Vec::new(),
         }
     }
 }
@@ -239,6 +245,9 @@ impl Machine {
 
         let mut server = wisp_nbd::Server::new();
         server.add_export("root", config.disk.clone());
+        for (name, disk) in &config.extra_disks {
+            server.add_export(name, disk.clone());
+        }
         let bound = server
             .bind(&Listen::Unix(run.socket(NBD_SOCKET)))
             .await
@@ -275,6 +284,7 @@ impl Machine {
             incoming: None,
             outlive_parent: config.outlive_parent,
             memory_file: None,
+            extra_disks: config.extra_disks.iter().map(|(n, _)| n.clone()).collect(),
         };
         if let Some(state) = &config.resume_from {
             let resumed = resume_once(&qemu_config, run, &qemu_log, state).await;
@@ -387,6 +397,9 @@ impl Machine {
         };
         let mut server = wisp_nbd::Server::new();
         server.add_export("root", config.disk.clone());
+        for (name, disk) in &config.extra_disks {
+            server.add_export(name, disk.clone());
+        }
         let bound = server
             .bind(&Listen::Unix(run.socket(NBD_SOCKET)))
             .await

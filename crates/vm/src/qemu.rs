@@ -98,6 +98,11 @@ pub struct QemuConfig {
     /// Added after [`kernel_cmdline`] (the agent reads `wisp.*` words).
     pub cmdline_extra: Vec<String>,
     pub disk: Option<DiskSource>,
+    /// More disks served by the root disk's NBD server (`DiskSource::Nbd` only),
+    /// by export name: each is `-drive id=NAME` with `file.export=NAME` and a
+    /// `virtio-blk-device` whose serial is `NAME` (so the guest finds it in
+    /// `/sys/block/*/serial`, whatever order the kernel probed it in).
+    pub extra_disks: Vec<String>,
     /// QEMU's working directory. The socket paths are given relative to it,
     /// because a unix socket's path must fit 107 bytes (see `run_dir`).
     pub dir: PathBuf,
@@ -193,6 +198,17 @@ impl QemuConfig {
         if self.disk.is_some() {
             push("-device");
             push("virtio-blk-device,drive=root");
+        }
+        if let Some(DiskSource::Nbd(sock)) = &self.disk {
+            for name in &self.extra_disks {
+                push("-drive");
+                push(&format!(
+                    "id={name},driver=raw,file.driver=nbd,file.server.type=unix,file.server.path={},file.export={name},file.reconnect-delay={NBD_RECONNECT_DELAY_S},if=none,cache=writeback",
+                    qemu_escape(sock)
+                ));
+                push("-device");
+                push(&format!("virtio-blk-device,drive={name},serial={name}"));
+            }
         }
         if let Some(sock) = &self.agent_socket {
             push("-device");
@@ -604,6 +620,7 @@ mod tests {
             incoming: None,
             outlive_parent: false,
             memory_file: None,
+            extra_disks: Vec::new(),
         }
     }
 
