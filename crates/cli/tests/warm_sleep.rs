@@ -237,6 +237,17 @@ async fn warm_sleep_keeps_processes_and_cold_sleep_does_not() {
     assert_eq!(status(&url, "box").await, "cold");
     assert_eq!(probe(&url, "box").await.loops, 0);
 
+    // A checkpoint mounted inside reads the same after a warm sleep (the new disk
+    // slot shows the same checkpoint, and the wake mounts it afresh).
+    let read_v0 = "for i in $(seq 100); do test -e /.sprite/checkpoints/v0/root/one && break; sleep 0.1; done; cat /.sprite/checkpoints/v0/root/one /proc/sys/kernel/random/boot_id";
+    let before = exec(&url, "box", &["sh", "-c", read_v0], None).await;
+    assert!(before.stdout.starts_with("one\n"), "{before:?}");
+    post_json(&url, "/v1/sprites/box/sleep", serde_json::json!({})).await;
+    assert_eq!(status(&url, "box").await, "warm");
+    let after = exec(&url, "box", &["sh", "-c", read_v0], None).await;
+    assert_eq!(after.stdout, before.stdout, "the same boot, the same file");
+    assert_eq!(sprite_json(&url, "box").await["status"], "running");
+
     // A task keeps the sprite awake past its idle timeout until it expires; tasks set
     // from inside through /.sprite/api.sock count the same.
     let (code, task) = post_json(
