@@ -112,6 +112,42 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         })
         .await?;
 
+        // A sprite with `ctx.big` written (16 GiB; compressible data, since a fork
+        // touches metadata only: one block-map row per 256 KiB chunk either way).
+        // Filled through a store with a 1 GiB cache, so the local disk holds little.
+        client.create("big", UrlAuth::Sprite).await?;
+        let big = client.get("big").await?;
+        let big_volume = format!("sprite-{}", big.id);
+        {
+            let mut config = wisp_volume::StoreConfig::new(url.as_str(), cache.as_path());
+            config.cache_size = GIB;
+            config.dirty_limit = GIB / 2;
+            let filler = wisp_volume::Store::open(config).await?;
+            let volume = filler.open_volume(&big_volume).await?;
+            engine::fill_compressible(&volume, ctx.big).await?;
+            volume.sync().await?;
+            volume.close().await?;
+        }
+        client.checkpoint("big", None).await?;
+        let api_fork_big = timed(|i| {
+            let client = &client;
+            async move {
+                Ok(client
+                    .fork(&format!("g{i}"), "big", Some("v0"), UrlAuth::Sprite)
+                    .await?)
+            }
+        })
+        .await?;
+        let lib_fork_big = timed(|i| {
+            let (store, big_volume) = (&store, &big_volume);
+            async move {
+                Ok(store
+                    .fork(big_volume, "v0", &format!("ref-big-fork{i}"))
+                    .await?)
+            }
+        })
+        .await?;
+
         let note = format!("median of {SAMPLES}; reference: the engine call in this process");
         let row = |metric: &str, value: Duration, reference: Duration| {
             Row::ratio(
@@ -144,6 +180,14 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
                 "POST /v1/sprites with source (fork of a sprite's v0, 1 GiB written)",
                 api_fork,
                 lib_sprite_fork,
+            ),
+            row(
+                &format!(
+                    "POST /v1/sprites with source (fork of a sprite's v0, {} GiB written)",
+                    ctx.big / GIB
+                ),
+                api_fork_big,
+                lib_fork_big,
             ),
         ])
     })?;

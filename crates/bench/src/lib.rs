@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cold_read;
 pub mod engine;
 pub mod fio;
+pub mod history;
 pub mod metadata;
 pub mod procs;
 pub mod report;
@@ -44,6 +45,8 @@ pub struct Ctx {
     pub big: u64,
     /// Bytes written per metadata measurement.
     pub meta_written: u64,
+    /// Whether VM rows may run (`--vm`).
+    pub vm: bool,
 }
 
 impl Ctx {

@@ -8,7 +8,8 @@ use anyhow::Result;
 use clap::Parser;
 use wisp_bench::report::{Machine, Report, SectionError};
 use wisp_bench::{
-    api, checkpoint, cold_read, metadata, sdk, sleep, throughput, vm, wakes, wisp, Ctx, GIB, MIB,
+    api, checkpoint, cold_read, history, metadata, sdk, sleep, throughput, vm, wakes, wisp, Ctx,
+    GIB, MIB,
 };
 
 /// Measures wisp against references in one run and reports ratios and targets.
@@ -23,7 +24,7 @@ struct Args {
     #[arg(long)]
     vm: bool,
     /// Run only these sections (comma-separated): fio, checkpoint, cold, metadata, api, vm,
-    /// sdk, sleep, wakes (`wakes` runs only when named: 200 wakes, about 20 minutes).
+    /// sdk, sleep, history, wakes (`wakes` runs only when named: 200 wakes, about 20 minutes).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The `wisp` binary to measure. Default: the one next to this binary.
@@ -46,7 +47,7 @@ struct Args {
     keep_work: bool,
 }
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "fio",
     "checkpoint",
     "cold",
@@ -55,6 +56,7 @@ const SECTIONS: [&str; 9] = [
     "vm",
     "sdk",
     "sleep",
+    "history",
     "wakes",
 ];
 
@@ -97,6 +99,7 @@ fn run(args: Args) -> Result<ExitCode> {
         runtime: Duration::from_secs(args.runtime.unwrap_or(if args.quick { 3 } else { 10 })),
         big: args.big_gib.unwrap_or(if args.quick { 2 } else { 16 }) * GIB,
         meta_written: if args.quick { 256 * MIB } else { GIB },
+        vm: args.vm,
     };
     std::fs::create_dir_all(&ctx.reports)?;
     std::fs::create_dir_all(&ctx.work)?;
@@ -114,7 +117,7 @@ fn run(args: Args) -> Result<ExitCode> {
         errors: Vec::new(),
     };
     type Section = fn(&Ctx) -> Result<Vec<wisp_bench::report::Row>>;
-    let sections: [(&str, Section); 9] = [
+    let sections: [(&str, Section); 10] = [
         ("fio", throughput::run),
         ("checkpoint", checkpoint::run),
         ("cold", cold_read::run),
@@ -123,6 +126,7 @@ fn run(args: Args) -> Result<ExitCode> {
         ("vm", vm::run),
         ("sdk", sdk::run),
         ("sleep", sleep::run),
+        ("history", history::run),
         ("wakes", wakes::run),
     ];
     for (name, section) in sections {

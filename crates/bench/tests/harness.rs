@@ -17,6 +17,7 @@ fn ctx(dir: &std::path::Path) -> Ctx {
         runtime: Duration::from_secs(1),
         big: 64 * MIB,
         meta_written: 32 * MIB,
+        vm: false,
     }
 }
 
