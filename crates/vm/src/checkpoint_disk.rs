@@ -18,7 +18,7 @@ use wisp_volume::CheckpointReader;
 /// Bytes of guest writes one slot keeps before answering ENOSPC: a journal
 /// replay rewrites the blocks the journal holds (a few MiB after the `sync` a
 /// live checkpoint starts with).
-pub const OVERLAY_LIMIT: usize = 256 << 20;
+pub const OVERLAY_LIMIT: usize = 64 << 20;
 const BLOCK: u64 = 4096;
 
 /// One switchable checkpoint disk of `size` bytes.
@@ -114,7 +114,7 @@ impl BlockDevice for CheckpointDisk {
         if (slot.overlay.len() + added) * BLOCK as usize > OVERLAY_LIMIT {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
-                "a checkpoint disk keeps at most 256 MiB of writes",
+                "a checkpoint disk keeps at most 64 MiB of writes",
             ));
         }
         for (i, piece) in data.chunks(BLOCK as usize).enumerate() {
