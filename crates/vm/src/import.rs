@@ -1,0 +1,862 @@
+//! `wisp image import`: a user's root filesystem (a tar archive, an OCI image layout as a
+//! folder or an archive, or a `docker save` archive) turned into an image like the
+//! standard ones, without root privileges or loop mounts: the layers are applied in order
+//! to a folder under `$WISP_HOME/cache` ([`crate::layer`]), `mke2fs -d` makes the ext4
+//! filesystem from it, one `debugfs -w -f` run sets what an unprivileged extraction
+//! cannot (owners, modes, device nodes, extended attributes), and the filesystem is
+//! imported into a 100 GiB volume and checkpointed.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use wisp_volume::Store;
+
+use crate::image::{self, ImageError, ImageInfo, ImageKind, ImageSource, ROOT_DISK_SIZE};
+use crate::layer::{Fixup, Kind, LayerError, Tree};
+use crate::rootfs;
+
+/// Errors of an import that are about its input.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The archive is damaged, cut short or not what it claims to be.
+    #[error("`{file}` is corrupt: {what}")]
+    Corrupt { file: PathBuf, what: String },
+    /// The input is readable but not a format wisp imports.
+    #[error("`{file}`: {what}")]
+    Unsupported { file: PathBuf, what: String },
+    #[error("cannot read `{path}`: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot build the folder tree: {0}")]
+    Tree(LayerError),
+    /// `debugfs` refused some of the fixes.
+    #[error("debugfs could not set owners, modes, devices or attributes: {0}")]
+    Debugfs(String),
+}
+
+/// What an import reports as it goes. `Start` opens a step measured in bytes,
+/// `Advance` gives the bytes done so far in it, `Finish` closes it; `Note` is a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportEvent {
+    Note(String),
+    Start { what: String, total: u64 },
+    Advance(u64),
+    Finish,
+}
+
+/// The formats [`import`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One tar stream holding the root (plain, gzip or zstd).
+    RootfsTar,
+    /// An OCI image layout folder (`oci-layout`, `index.json`, `blobs/`).
+    OciLayout,
+    /// A tar of an OCI image layout.
+    OciArchive,
+    /// `docker save`: `manifest.json` and layer tars.
+    DockerArchive,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::RootfsTar => "rootfs tar",
+            Format::OciLayout => "OCI layout",
+            Format::OciArchive => "OCI archive",
+            Format::DockerArchive => "docker save archive",
+        }
+    }
+}
+
+/// One layer's bytes: `len` bytes at `offset` of `path` (a blob file, or a member
+/// of an uncompressed archive), possibly compressed.
+#[derive(Debug, Clone)]
+struct Blob {
+    name: String,
+    path: PathBuf,
+    offset: u64,
+    len: u64,
+    /// `sha256:<hex>` when the format names the layer by its digest.
+    digest: Option<String>,
+}
+
+/// Imports `file` as image `name` into `store` and records it in `home`. An existing
+/// image of that name is replaced only with `force` (its volume is deleted; forks of
+/// it keep the data they need). Standard image names (`tiny`, `debian`) are refused.
+pub async fn import(
+    store: &Store,
+    home: &Path,
+    name: &str,
+    file: &Path,
+    force: bool,
+    progress: &(dyn Fn(ImportEvent) + Sync),
+) -> Result<ImageInfo, ImageError> {
+    image::validate_name(name)?;
+    if name.parse::<ImageKind>().is_ok() {
+        return Err(ImageError::Standard(name.to_string()));
+    }
+    if !force && image::find(home, name)?.is_some() {
+        return Err(ImageError::Exists(name.to_string()));
+    }
+    let work_root = home.join("cache");
+    std::fs::create_dir_all(&work_root).map_err(|source| ImageError::Io {
+        path: work_root.clone(),
+        source,
+    })?;
+    let work = tempfile::Builder::new()
+        .prefix(&format!("import-{name}-"))
+        .tempdir_in(&work_root)
+        .map_err(|source| ImageError::Io {
+            path: work_root.clone(),
+            source,
+        })?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ImportEvent>();
+    let (dir, input) = (work.path().to_path_buf(), file.to_path_buf());
+    let job = tokio::task::spawn_blocking(move || {
+        let send = |e: ImportEvent| {
+            let _ = tx.send(e);
+        };
+        build_filesystem(&input, &dir, &send)
+    });
+    while let Some(event) = rx.recv().await {
+        progress(event);
+    }
+    let source = job.await.map_err(|e| ImageError::Io {
+        path: file.to_path_buf(),
+        source: io::Error::other(e),
+    })??;
+    let stored = image::store_filesystem(
+        store,
+        name,
+        &work.path().join("root.ext4"),
+        &format!("wisp image import {name}"),
+        progress,
+    )
+    .await?;
+    let info = ImageInfo {
+        name: name.to_string(),
+        volume: stored.volume,
+        checkpoint: stored.checkpoint,
+        built_at: image::now(),
+        kernel_version: None,
+        fs_size: ROOT_DISK_SIZE,
+        url: stored.url,
+        source: Some(source),
+    };
+    image::save_record(home, &info)?;
+    progress(ImportEvent::Note(format!(
+        "image `{name}` imported: volume `{}`@{}",
+        info.volume, info.checkpoint
+    )));
+    Ok(info)
+}
+
+/// The blocking part: layers into `work/root`, `mke2fs -d` into `work/root.ext4`,
+/// `debugfs` fixes.
+fn build_filesystem(
+    file: &Path,
+    work: &Path,
+    progress: &dyn Fn(ImportEvent),
+) -> Result<ImageSource, ImageError> {
+    let (format, blobs) = open_layers(file, work)?;
+    progress(ImportEvent::Note(format!(
+        "{}: {} layer{}",
+        format.name(),
+        blobs.len(),
+        if blobs.len() == 1 { "" } else { "s" }
+    )));
+    let mut tree = Tree::new(&work.join("root")).map_err(ImportError::Tree)?;
+    let count = blobs.len();
+    for (i, blob) in blobs.iter().enumerate() {
+        let label = if count == 1 {
+            blob.name.clone()
+        } else {
+            format!("layer {} of {count} ({})", i + 1, blob.name)
+        };
+        progress(ImportEvent::Start {
+            what: format!("layer {}/{count}", i + 1),
+            total: blob.len,
+        });
+        apply_blob(&mut tree, blob, &label, file, progress)?;
+        progress(ImportEvent::Finish);
+    }
+    tree.add_sprite_dirs().map_err(ImportError::Tree)?;
+    tree.finish();
+    let fixups = tree.fixups().map_err(ImportError::Tree)?;
+    let image = work.join("root.ext4");
+    progress(ImportEvent::Note(format!(
+        "building a sparse {} GiB ext4 filesystem ({} owner, mode, device or xattr fixes)",
+        ROOT_DISK_SIZE >> 30,
+        fixups.len()
+    )));
+    rootfs::make_ext4(tree.root(), &image, ROOT_DISK_SIZE, "wisp-root")?;
+    // The tree is in the filesystem now: free its space before the volume copy.
+    let _ = std::fs::remove_dir_all(tree.root());
+    run_debugfs(&image, &fixups, work)?;
+    Ok(ImageSource {
+        file: file.display().to_string(),
+        format: format.name().to_string(),
+        layers: count,
+    })
+}
+
+fn corrupt(file: &Path, what: impl Into<String>) -> ImportError {
+    ImportError::Corrupt {
+        file: file.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+fn read_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
+    move |source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn apply_blob(
+    tree: &mut Tree,
+    blob: &Blob,
+    label: &str,
+    file: &Path,
+    progress: &dyn Fn(ImportEvent),
+) -> Result<(), ImportError> {
+    let mut f = File::open(&blob.path).map_err(read_err(&blob.path))?;
+    f.seek(SeekFrom::Start(blob.offset))
+        .map_err(read_err(&blob.path))?;
+    let counted = Counting {
+        inner: f.take(blob.len),
+        done: 0,
+        reported: 0,
+        hash: blob.digest.as_ref().map(|_| Sha256::new()),
+        progress,
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, counted);
+    let stream = decompress(&mut reader).map_err(|e| corrupt(file, format!("{label}: {e}")))?;
+    tree.apply(stream, label).map_err(|e| match e {
+        LayerError::Corrupt { layer, what } => corrupt(file, format!("{layer}: {what}")),
+        e => ImportError::Tree(e),
+    })?;
+    // Whatever follows the tar's end blocks (padding) belongs to the digest too.
+    io::copy(&mut reader, &mut io::sink()).map_err(|e| corrupt(file, format!("{label}: {e}")))?;
+    let counted = reader.into_inner();
+    if let (Some(want), Some(hash)) = (&blob.digest, counted.hash) {
+        let got = format!("sha256:{:x}", hash.finalize());
+        if &got != want {
+            return Err(corrupt(
+                file,
+                format!("{label}: its content has digest {got}, not {want}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The stream `r` as a tar stream: gzip and zstd are decompressed, by their magic.
+fn decompress<'a, R: io::BufRead + 'a>(r: &'a mut R) -> io::Result<Box<dyn Read + 'a>> {
+    let head = r.fill_buf()?.to_vec();
+    Ok(match sniff(&head) {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
+        Compression::None => Box::new(r),
+        Compression::Other(what) => {
+            return Err(io::Error::other(format!(
+                "{what} compression is not supported; decompress it first, or use gzip or zstd"
+            )))
+        }
+    })
+}
+
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+    Other(&'static str),
+}
+
+fn sniff(head: &[u8]) -> Compression {
+    match head {
+        [0x1f, 0x8b, ..] => Compression::Gzip,
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Compression::Other("xz"),
+        [b'B', b'Z', b'h', ..] => Compression::Other("bzip2"),
+        _ => Compression::None,
+    }
+}
+
+/// Counts (and hashes) the bytes read, reporting progress every MiB.
+struct Counting<'a, R> {
+    inner: R,
+    done: u64,
+    reported: u64,
+    hash: Option<Sha256>,
+    progress: &'a dyn Fn(ImportEvent),
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = &mut self.hash {
+            h.update(&buf[..n]);
+        }
+        self.done += n as u64;
+        if self.done - self.reported >= 1 << 20 || n == 0 {
+            self.reported = self.done;
+            (self.progress)(ImportEvent::Advance(self.done));
+        }
+        Ok(n)
+    }
+}
+
+/// Finds the format of `file` and its layers, in order (lowest first).
+fn open_layers(file: &Path, work: &Path) -> Result<(Format, Vec<Blob>), ImportError> {
+    let meta = std::fs::metadata(file).map_err(read_err(file))?;
+    if meta.is_dir() {
+        if !file.join("index.json").is_file() {
+            return Err(ImportError::Unsupported {
+                file: file.to_path_buf(),
+                what: "a folder, but not an OCI image layout (no index.json)".into(),
+            });
+        }
+        let layers = oci_layers(file, &|p| {
+            let path = file.join(p);
+            let len = std::fs::metadata(&path).map_err(read_err(&path))?.len();
+            Ok(Some((path, 0, len)))
+        })?;
+        return Ok((Format::OciLayout, layers));
+    }
+    if meta.len() == 0 {
+        return Err(corrupt(file, "the file is empty"));
+    }
+    let mut f = File::open(file).map_err(read_err(file))?;
+    let mut head = [0u8; 8];
+    let n = f.read(&mut head).map_err(read_err(file))?;
+    let whole = Blob {
+        name: file.display().to_string(),
+        path: file.to_path_buf(),
+        offset: 0,
+        len: meta.len(),
+        digest: None,
+    };
+    let archive = match sniff(&head[..n]) {
+        Compression::None => file.to_path_buf(),
+        Compression::Other(what) => {
+            return Err(ImportError::Unsupported {
+                file: file.to_path_buf(),
+                what: format!("{what} compression is not supported; use gzip, zstd or none"),
+            })
+        }
+        // Compressed: a root filesystem is streamed once; an image archive (whose
+        // first member is a blob, a layer folder or a layout file) is unpacked to
+        // a plain tar first, to be read member by member.
+        _ => {
+            if !first_member_is_image_part(file)? {
+                return Ok((Format::RootfsTar, vec![whole]));
+            }
+            let plain = work.join("archive.tar");
+            let mut out = File::create(&plain).map_err(read_err(&plain))?;
+            let mut r = BufReader::new(File::open(file).map_err(read_err(file))?);
+            let mut stream = decompress(&mut r).map_err(|e| corrupt(file, e.to_string()))?;
+            io::copy(&mut stream, &mut out).map_err(|e| corrupt(file, e.to_string()))?;
+            plain
+        }
+    };
+    let members = index_tar(&archive).map_err(|e| corrupt(file, e))?;
+    let lookup = |p: &str| Ok(members.get(p).map(|&(o, l)| (archive.clone(), o, l)));
+    if members.contains_key("manifest.json") {
+        Ok((Format::DockerArchive, docker_layers(file, &lookup)?))
+    } else if members.contains_key("index.json") {
+        Ok((Format::OciArchive, oci_layers(file, &lookup)?))
+    } else {
+        Ok((Format::RootfsTar, vec![whole]))
+    }
+}
+
+/// Where a member of an image is: `(file, offset, length)`, or `None` if absent.
+type Lookup<'a> = dyn Fn(&str) -> Result<Option<(PathBuf, u64, u64)>, ImportError> + 'a;
+
+fn first_member_is_image_part(file: &Path) -> Result<bool, ImportError> {
+    let mut r = BufReader::new(File::open(file).map_err(read_err(file))?);
+    let stream = decompress(&mut r).map_err(|e| corrupt(file, e.to_string()))?;
+    let mut archive = tar::Archive::new(stream);
+    let mut entries = archive
+        .entries()
+        .map_err(|e| corrupt(file, e.to_string()))?;
+    let Some(first) = entries.next() else {
+        return Err(corrupt(file, "no tar entries after decompression"));
+    };
+    let first = first.map_err(|e| corrupt(file, format!("bad first tar header: {e}")))?;
+    let name = String::from_utf8_lossy(&first.path_bytes()).into_owned();
+    let name = name.trim_start_matches("./");
+    let top = name.split('/').next().unwrap_or("");
+    Ok([
+        "blobs",
+        "oci-layout",
+        "index.json",
+        "manifest.json",
+        "repositories",
+    ]
+    .contains(&top)
+        || (top.len() == 64 && top.bytes().all(|b| b.is_ascii_hexdigit())))
+}
+
+/// The members of an uncompressed tar: normalised name -> (data offset, length).
+/// Symlinked members (docker's shared layers) point at their target's data.
+fn index_tar(path: &Path) -> Result<HashMap<String, (u64, u64)>, String> {
+    let f = File::open(path).map_err(|e| e.to_string())?;
+    let mut archive = tar::Archive::new(BufReader::new(f));
+    let mut out = HashMap::new();
+    let mut links = Vec::new();
+    for entry in archive.entries_with_seek().map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| format!("bad tar header: {e}"))?;
+        let Some(name) = crate::layer::normalize(&entry.path().map_err(|e| e.to_string())?) else {
+            continue;
+        };
+        let name = name.to_string_lossy().into_owned();
+        if entry.header().entry_type().is_symlink() {
+            if let Ok(Some(target)) = entry.link_name() {
+                let base = Path::new(&name).parent().unwrap_or(Path::new(""));
+                let mut joined = PathBuf::new();
+                for c in base.join(target).components() {
+                    match c {
+                        std::path::Component::ParentDir => {
+                            joined.pop();
+                        }
+                        std::path::Component::Normal(n) => joined.push(n),
+                        _ => {}
+                    }
+                }
+                links.push((name, joined.to_string_lossy().into_owned()));
+            }
+            continue;
+        }
+        out.insert(name, (entry.raw_file_position(), entry.size()));
+    }
+    for (name, target) in links {
+        if let Some(&v) = out.get(&target) {
+            out.insert(name, v);
+        }
+    }
+    Ok(out)
+}
+
+fn read_member(file: &Path, lookup: &Lookup<'_>, name: &str) -> Result<Vec<u8>, ImportError> {
+    let Some((path, offset, len)) = lookup(name)? else {
+        return Err(corrupt(file, format!("`{name}` is missing")));
+    };
+    if len > 64 << 20 {
+        return Err(corrupt(file, format!("`{name}` is {len} bytes: too large")));
+    }
+    let mut f = File::open(&path).map_err(read_err(&path))?;
+    f.seek(SeekFrom::Start(offset)).map_err(read_err(&path))?;
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(len).read_to_end(&mut buf).map_err(read_err(&path))?;
+    if (buf.len() as u64) < len {
+        return Err(corrupt(file, format!("`{name}` is cut short")));
+    }
+    Ok(buf)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<T, ImportError> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt(file, format!("`{name}`: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+}
+
+/// An OCI index or manifest: an index has `manifests`, a manifest `layers`.
+#[derive(Debug, Deserialize)]
+struct OciDocument {
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+}
+
+/// `sha256:<hex>` as the blob path `blobs/sha256/<hex>`, refusing anything else.
+fn blob_path(file: &Path, digest: &str) -> Result<String, ImportError> {
+    let ok = digest.split_once(':').filter(|(alg, hex)| {
+        !alg.is_empty()
+            && alg.bytes().all(|b| b.is_ascii_alphanumeric())
+            && !hex.is_empty()
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    });
+    match ok {
+        Some((alg, hex)) => Ok(format!("blobs/{alg}/{hex}")),
+        None => Err(corrupt(file, format!("bad digest `{digest}`"))),
+    }
+}
+
+/// The layers of the OCI image at `index.json` (for `linux/amd64` when it lists several).
+fn oci_layers(file: &Path, lookup: &Lookup<'_>) -> Result<Vec<Blob>, ImportError> {
+    let mut doc: OciDocument = parse_json(
+        file,
+        "index.json",
+        &read_member(file, lookup, "index.json")?,
+    )?;
+    for _ in 0..4 {
+        if let Some(layers) = doc.layers.take() {
+            return layers
+                .into_iter()
+                .map(|d| {
+                    let name = blob_path(file, &d.digest)?;
+                    let Some((path, offset, len)) = lookup(&name)? else {
+                        return Err(corrupt(file, format!("layer `{name}` is missing")));
+                    };
+                    if d.size.is_some_and(|s| s != len) {
+                        return Err(corrupt(
+                            file,
+                            format!(
+                                "layer `{name}` is {len} bytes, its manifest says {:?}",
+                                d.size
+                            ),
+                        ));
+                    }
+                    let _ = d.media_type;
+                    Ok(Blob {
+                        name,
+                        path,
+                        offset,
+                        len,
+                        digest: Some(d.digest),
+                    })
+                })
+                .collect();
+        }
+        let manifests = doc.manifests.take().unwrap_or_default();
+        let pick = manifests
+            .iter()
+            .find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+            })
+            .or_else(|| manifests.iter().find(|d| d.platform.is_none()))
+            .or(manifests.first());
+        let Some(pick) = pick else {
+            return Err(corrupt(file, "the OCI index lists no manifest"));
+        };
+        let name = blob_path(file, &pick.digest)?;
+        doc = parse_json(file, &name, &read_member(file, lookup, &name)?)?;
+    }
+    Err(corrupt(file, "OCI indexes nest too deep"))
+}
+
+#[derive(Debug, Deserialize)]
+struct DockerImage {
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// The layers of the first image of a `docker save` archive's `manifest.json`.
+fn docker_layers(file: &Path, lookup: &Lookup<'_>) -> Result<Vec<Blob>, ImportError> {
+    let images: Vec<DockerImage> = parse_json(
+        file,
+        "manifest.json",
+        &read_member(file, lookup, "manifest.json")?,
+    )?;
+    let Some(first) = images.into_iter().next() else {
+        return Err(corrupt(file, "`manifest.json` lists no image"));
+    };
+    first
+        .layers
+        .into_iter()
+        .map(|l| {
+            let name = crate::layer::normalize(Path::new(&l))
+                .ok_or_else(|| corrupt(file, format!("layer path `{l}` climbs out")))?
+                .to_string_lossy()
+                .into_owned();
+            let Some((path, offset, len)) = lookup(&name)? else {
+                return Err(corrupt(file, format!("layer `{name}` is missing")));
+            };
+            // Newer docker names layers by digest (`blobs/sha256/<hex>`): check them.
+            let digest = name
+                .strip_prefix("blobs/sha256/")
+                .map(|hex| format!("sha256:{hex}"));
+            Ok(Blob {
+                name,
+                path,
+                offset,
+                len,
+                digest,
+            })
+        })
+        .collect()
+}
+
+/// `"path"` for debugfs, which splits its arguments on spaces and reads `""` quotes.
+fn quote(path: &str) -> Result<String, ImportError> {
+    if path.contains('"') || path.contains('\n') {
+        return Err(ImportError::Debugfs(format!(
+            "cannot name `{path}` in a debugfs script (a quote or a newline in it)"
+        )));
+    }
+    Ok(format!("\"{path}\""))
+}
+
+/// Applies `fixups` to the ext4 image with one `debugfs -w -f` run. debugfs answers 0
+/// even when a command fails, so anything on its stderr but its banner is an error.
+fn run_debugfs(image: &Path, fixups: &[Fixup], work: &Path) -> Result<(), ImageError> {
+    if fixups.is_empty() {
+        return Ok(());
+    }
+    let script_path = work.join("fixups.debugfs");
+    let mut script = String::new();
+    let mut values = 0usize;
+    for f in fixups {
+        let line = match f {
+            Fixup::Mknod { dir, name, kind } => {
+                let spec = match kind {
+                    Kind::Char(ma, mi) => format!("c {ma} {mi}"),
+                    Kind::Block(ma, mi) => format!("b {ma} {mi}"),
+                    _ => "p".to_string(),
+                };
+                format!("cd {}\nmknod {} {spec}\ncd /", quote(dir)?, quote(name)?)
+            }
+            Fixup::Uid(p, uid) => format!("sif {} uid {uid}", quote(p)?),
+            Fixup::Gid(p, gid) => format!("sif {} gid {gid}", quote(p)?),
+            Fixup::Mode(p, mode) => format!("sif {} mode 0{mode:o}", quote(p)?),
+            Fixup::Xattr(p, name, value) => {
+                let vf = work.join(format!("xattr-{values}"));
+                values += 1;
+                std::fs::write(&vf, value).map_err(|source| ImageError::Io {
+                    path: vf.clone(),
+                    source,
+                })?;
+                format!(
+                    "ea_set -f {} {} {}",
+                    quote(&vf.display().to_string())?,
+                    quote(p)?,
+                    quote(name)?
+                )
+            }
+        };
+        script.push_str(&line);
+        script.push('\n');
+    }
+    let mut f = File::create(&script_path).map_err(|source| ImageError::Io {
+        path: script_path.clone(),
+        source,
+    })?;
+    f.write_all(script.as_bytes())
+        .map_err(|source| ImageError::Io {
+            path: script_path.clone(),
+            source,
+        })?;
+    drop(f);
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(image)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| rootfs::RootfsError::Tool {
+            tool: "debugfs".into(),
+            package: "e2fsprogs",
+            source,
+        })?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .collect();
+    if !out.status.success() || !errors.is_empty() {
+        let shown = errors
+            .iter()
+            .take(10)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(ImportError::Debugfs(format!(
+            "{} error(s), first: {shown} ({})",
+            errors.len(),
+            out.status
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::tests::{entry, tar_of};
+    use tar::EntryType as T;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn sha(data: &[u8]) -> String {
+        format!("{:x}", Sha256::digest(data))
+    }
+
+    /// `debugfs -R CMD image`'s output.
+    fn debugfs(image: &Path, cmd: &str) -> String {
+        let out = Command::new("debugfs")
+            .args(["-R", cmd])
+            .arg(image)
+            .output()
+            .expect("debugfs (Debian package e2fsprogs)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn layers() -> (Vec<u8>, Vec<u8>) {
+        let mut owned = entry("home/app/", T::Directory, b"");
+        owned.uid = 1000;
+        let mut tagged = entry("bin/ping", T::Regular, b"ping");
+        tagged.xattr = Some(("user.wisp", b"kept"));
+        let lower = tar_of(&[
+            entry("bin/", T::Directory, b""),
+            entry("bin/gone", T::Regular, b"x"),
+            owned,
+            tagged,
+            entry("dev/null", T::Char, b""),
+        ]);
+        let upper = tar_of(&[
+            entry("bin/.wh.gone", T::Regular, b""),
+            entry("bin/new", T::Regular, b"new"),
+        ]);
+        (lower, upper)
+    }
+
+    fn check_image(image: &Path) {
+        let root = debugfs(image, "ls -l /bin");
+        assert!(root.contains(" new") && !root.contains(" gone"), "{root}");
+        let app = debugfs(image, "stat /home/app");
+        assert!(app.contains("User:  1000   Group:  1000"), "{app}");
+        let null = debugfs(image, "stat /dev/null");
+        assert!(null.contains("character special"), "{null}");
+        let ea = debugfs(image, "ea_get /bin/ping user.wisp");
+        assert!(ea.contains("kept"), "{ea}");
+        assert!(debugfs(image, "ls -l /.sprite").contains("bin"));
+    }
+
+    #[test]
+    fn docker_save_archive_builds_an_ext4_with_owners_and_whiteouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = layers();
+        let manifest =
+            br#"[{"Config":"c.json","RepoTags":["t:1"],"Layers":["aa/layer.tar","bb/layer.tar"]}]"#;
+        let archive = tar_of(&[
+            entry("aa/layer.tar", T::Regular, &lower),
+            entry("bb/layer.tar", T::Regular, &upper),
+            entry("manifest.json", T::Regular, manifest),
+        ]);
+        let file = dir.path().join("image.tar");
+        std::fs::write(&file, &archive).unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let source = build_filesystem(&file, &work, &|_| {}).unwrap();
+        assert_eq!(
+            (source.format.as_str(), source.layers),
+            ("docker save archive", 2)
+        );
+        check_image(&work.join("root.ext4"));
+    }
+
+    #[test]
+    fn oci_layout_checks_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = layers();
+        let (lower, upper) = (gzip(&lower), upper);
+        let layout = dir.path().join("layout");
+        let blobs = layout.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(blobs.join(sha(&lower)), &lower).unwrap();
+        std::fs::write(blobs.join(sha(&upper)), &upper).unwrap();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": format!("sha256:{}", sha(&lower)), "size": lower.len()},
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{}", sha(&upper)), "size": upper.len()},
+            ]
+        })
+        .to_string();
+        std::fs::write(blobs.join(sha(manifest.as_bytes())), &manifest).unwrap();
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", sha(manifest.as_bytes())), "size": manifest.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}}]});
+        std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+        std::fs::write(
+            layout.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        build_filesystem(&layout, &work, &|_| {}).unwrap();
+        check_image(&work.join("root.ext4"));
+        // A blob whose file data changed (same size, valid tar) is caught by its digest.
+        let mut bad = upper.clone();
+        let at = bad.windows(3).rposition(|w| w == b"new").unwrap();
+        bad[at] = b'N';
+        std::fs::write(blobs.join(sha(&upper)), &bad).unwrap();
+        let work2 = dir.path().join("work2");
+        std::fs::create_dir_all(&work2).unwrap();
+        let err = build_filesystem(&layout, &work2, &|_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is corrupt") && err.contains("digest"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn truncated_and_bogus_archives_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, _) = layers();
+        let gz = gzip(&lower);
+        let cut = dir.path().join("root.tar.gz");
+        std::fs::write(&cut, &gz[..gz.len() / 2]).unwrap();
+        let empty = dir.path().join("empty.tar");
+        std::fs::write(&empty, b"").unwrap();
+        let xz = dir.path().join("root.tar.xz");
+        std::fs::write(&xz, b"\xfd7zXZ\x00rest").unwrap();
+        let folder = dir.path().join("folder");
+        std::fs::create_dir_all(&folder).unwrap();
+        for (file, want) in [
+            (&cut, "is corrupt"),
+            (&empty, "the file is empty"),
+            (&xz, "xz compression is not supported"),
+            (&folder, "not an OCI image layout"),
+        ] {
+            let work = tempfile::tempdir().unwrap();
+            let err = build_filesystem(file, work.path(), &|_| {})
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("`{}`", file.display())) && err.contains(want),
+                "{err}"
+            );
+        }
+    }
+}
