@@ -73,6 +73,11 @@ pub async fn run(global: &GlobalArgs, command: ImageCommand) -> anyhow::Result<E
         ImageCommand::Import { name, file, force } => {
             std::fs::create_dir_all(&global.home)
                 .with_context(|| format!("cannot create WISP_HOME `{}`", global.home.display()))?;
+            // As for a build: the kernel too, so that the image is bootable right away.
+            let home = global.home.clone();
+            let kernel =
+                tokio::task::spawn_blocking(move || wisp_vm::Kernel::ensure(&home)).await??;
+            eprintln!("wisp: guest kernel {}", kernel.version);
             let store = open_store(global).await?;
             let bars = Bars::default();
             let info = wisp_vm::import::import(&store, &global.home, &name, &file, force, &|e| {
