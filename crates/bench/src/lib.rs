@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cold_read;
 pub mod engine;
 pub mod fio;
+pub mod image;
 pub mod metadata;
 pub mod procs;
 pub mod report;

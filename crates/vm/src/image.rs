@@ -331,6 +331,7 @@ pub(crate) async fn store_filesystem(
     volume.sync().await?;
     let checkpoint = volume.checkpoint(Some(comment.to_string())).await?;
     volume.close().await?;
+    tracing::debug!(volume = %volume_name, "image volume checkpointed and closed");
     Ok(Stored {
         volume: volume_name,
         checkpoint: checkpoint.id,
