@@ -343,4 +343,68 @@ async fn imported_images_boot_by_name_without_a_shell_and_outlive_their_removal(
         "kept\nnew\n"
     );
     std::io::stderr().flush().unwrap();
+    drop(_daemon);
+    import_as_nobody(&home, &oci);
+}
+
+/// The import needs no root privileges: as `nobody` (this test runs as root in CI
+/// and on the project's machines), the OCI layout becomes an image whose files keep
+/// their owners and modes (checked on an export of its volume with debugfs).
+fn import_as_nobody(home_with_kernel: &Path, oci: &Path) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // Already unprivileged: the imports above were the proof.
+        return;
+    }
+    let setpriv = wisp_testkit::require_tool("setpriv", "util-linux");
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(home_with_kernel.join("kernel"))
+        .arg(&home));
+    let layout = dir.path().join("oci");
+    run(Command::new("cp").arg("-r").arg(oci).arg(&layout));
+    run(Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(dir.path()));
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = Command::new(&setpriv);
+        cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_wisp"))
+            .args(args)
+            .env("WISP_HOME", &home)
+            .env("WISP_IMPORT_SCRATCH", dir.path().join("scratch"))
+            .env_remove("WISP_STORE");
+        run(&mut cmd);
+    };
+    as_nobody(&["image", "import", "unprivileged", layout.to_str().unwrap()]);
+    let raw = dir.path().join("disk.raw");
+    as_nobody(&[
+        "volume",
+        "export",
+        "image-unprivileged@v0",
+        raw.to_str().unwrap(),
+    ]);
+    let out = Command::new("debugfs")
+        .args(["-R", "ls -l /data"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let line = |name: &str| {
+        listing
+            .lines()
+            .find(|l| l.ends_with(&format!(" {name}")))
+            .unwrap_or_else(|| panic!("no /data/{name} in {listing}"))
+            .split_whitespace()
+            .skip(1)
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(line("keep"), "100640 (1) 1000 1000");
+    assert_eq!(line("secret"), "104711 (1) 1234 1234");
+    assert!(!listing.contains(" gone"), "{listing}");
 }

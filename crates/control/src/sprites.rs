@@ -288,9 +288,13 @@ impl Sprites {
         let base = match image {
             Some(asked) => image::get(&self.home, asked)?,
             None => image::find(&self.home, &self.image)?.ok_or_else(|| {
+                let how = if self.image.parse::<image::ImageKind>().is_ok() {
+                    format!("run `wisp image build {}`", self.image)
+                } else {
+                    format!("run `wisp image import {} FILE`", self.image)
+                };
                 ControlError::Unavailable(format!(
-                    "image `{0}` is not built or imported, so no sprite can be created; run \
-                     `wisp image build {0}` (a standard image) or `wisp image import {0} FILE`",
+                    "image `{}` is not built, so no sprite can be created; {how}",
                     self.image
                 ))
             })?,

@@ -237,7 +237,9 @@ fn build_filesystem(
     let mut tree = Tree::new(&work.join("root")).map_err(ImportError::Tree)?;
     let count = blobs.len();
     for (i, blob) in blobs.iter().enumerate() {
-        let label = if count == 1 {
+        let label = if format == Format::RootfsTar {
+            "the tar stream".to_string()
+        } else if count == 1 {
             blob.name.clone()
         } else {
             format!("layer {} of {count} ({})", i + 1, blob.name)

@@ -501,14 +501,19 @@ impl Tree {
     }
 }
 
+/// A folder no layer described: root's, made now.
 fn dir_meta(mode: u32) -> Meta {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     Meta {
         uid: 0,
         gid: 0,
         mode,
         kind: Kind::Dir,
         xattrs: Vec::new(),
-        mtime: 0,
+        mtime: now,
     }
 }
 
