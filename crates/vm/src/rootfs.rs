@@ -292,16 +292,20 @@ pub fn data_bytes(image: &Path) -> Result<u64, RootfsError> {
 }
 
 /// Copies the raw image `image` into the start of `dev`: only its data
-/// extents, and of those only the non-zero 64 KiB pieces (the device reads
-/// zeros elsewhere). `progress` gets the bytes of data extents read so far
-/// (up to [`data_bytes`]). Returns the bytes written.
+/// extents, and of those only the non-zero 256 KiB pieces (the device reads
+/// zeros elsewhere; a piece is one chunk of a volume, which stores whole
+/// chunks, so a smaller piece would save nothing and cost four writes).
+/// `progress` gets the bytes of data extents read so far (up to
+/// [`data_bytes`]). Returns the bytes written. It does not flush: the caller
+/// makes the data durable its own way (a volume's `sync` uploads it, and an
+/// fdatasync of the volume's cache file on the way would cost as long again).
 pub async fn import_image(
     image: &Path,
     dev: &dyn BlockDevice,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, RootfsError> {
     use std::os::unix::fs::FileExt;
-    const PIECE: u64 = 64 << 10;
+    const PIECE: u64 = wisp_volume::CHUNK_SIZE;
     let file = fs::File::open(image).map_err(io_err(image))?;
     let size = file.metadata().map_err(io_err(image))?.len();
     if size > dev.size() {
@@ -315,9 +319,11 @@ pub async fn import_image(
     let mut buf = vec![0u8; PIECE as usize];
     let mut written = 0u64;
     let mut done = 0u64;
+    let mut next = 0u64;
     for (start, len) in extents {
-        // Align to pieces so every write is a whole, aligned 64 KiB (or the tail).
-        let mut at = start / PIECE * PIECE;
+        // Align to pieces so every write is a whole, aligned piece (or the tail).
+        // Two extents in one piece: the first one's write covered it.
+        let mut at = (start / PIECE * PIECE).max(next);
         let end = (start + len).min(size);
         while at < end {
             let n = PIECE.min(size - at) as usize;
@@ -331,12 +337,10 @@ pub async fn import_image(
             }
             at += n as u64;
         }
+        next = at;
         done += len;
         progress(done);
     }
-    dev.flush()
-        .await
-        .map_err(|source| RootfsError::Device { offset: 0, source })?;
     Ok(written)
 }
 
