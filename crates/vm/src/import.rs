@@ -1,21 +1,20 @@
 //! `wisp image import`: a user's root filesystem (a tar archive, an OCI image layout as a
-//! folder or an archive, or a `docker save` archive) turned into an image like the
-//! standard ones, without root privileges or loop mounts: the layers are applied in order
+//! folder or an archive, or a `docker save` archive: [`crate::archive`] finds the layers)
+//! turned into an image like the standard ones, without root privileges or loop mounts: the layers are applied in order
 //! to a folder under `$WISP_HOME/cache` ([`crate::layer`]), `mke2fs -d` makes the ext4
 //! filesystem from it, one `debugfs -w -f` run sets what an unprivileged extraction
 //! cannot (owners, modes, device nodes, extended attributes), and the filesystem is
 //! imported into a 100 GiB volume and checkpointed.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use wisp_volume::Store;
 
+use crate::archive::{decompress, open_layers, sniff, Blob, Compression, Format};
 use crate::image::{self, ImageError, ImageInfo, ImageKind, ImageSource, ROOT_DISK_SIZE};
 use crate::layer::{Fixup, Kind, LayerError, Tree};
 use crate::rootfs;
@@ -46,42 +45,6 @@ pub enum ImportEvent {
     Start { what: String, total: u64 },
     Advance(u64),
     Finish,
-}
-
-/// The formats [`import`] reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// One tar stream holding the root (plain, gzip or zstd).
-    RootfsTar,
-    /// An OCI image layout folder (`oci-layout`, `index.json`, `blobs/`).
-    OciLayout,
-    /// A tar of an OCI image layout.
-    OciArchive,
-    /// `docker save`: `manifest.json` and layer tars.
-    DockerArchive,
-}
-
-impl Format {
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::RootfsTar => "rootfs tar",
-            Format::OciLayout => "OCI layout",
-            Format::OciArchive => "OCI archive",
-            Format::DockerArchive => "docker save archive",
-        }
-    }
-}
-
-/// One layer's bytes: `len` bytes at `offset` of `path` (a blob file, or a member
-/// of an uncompressed archive), possibly compressed.
-#[derive(Debug, Clone)]
-struct Blob {
-    name: String,
-    path: PathBuf,
-    offset: u64,
-    len: u64,
-    /// `sha256:<hex>` when the format names the layer by its digest.
-    digest: Option<String>,
 }
 
 /// Imports `file` as image `name` into `store` and records it in `home`. An existing
@@ -274,14 +237,14 @@ fn build_filesystem(
     })
 }
 
-fn corrupt(file: &Path, what: impl Into<String>) -> ImportError {
+pub(crate) fn corrupt(file: &Path, what: impl Into<String>) -> ImportError {
     ImportError::Corrupt {
         file: file.to_path_buf(),
         what: what.into(),
     }
 }
 
-fn read_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
+pub(crate) fn read_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
     move |source| ImportError::Read {
         path: path.to_path_buf(),
         source,
@@ -326,38 +289,6 @@ fn apply_blob(
     Ok(())
 }
 
-/// The stream `r` as a tar stream: gzip and zstd are decompressed, by their magic.
-fn decompress<'a, R: io::BufRead + 'a>(r: &'a mut R) -> io::Result<Box<dyn Read + 'a>> {
-    let head = r.fill_buf()?.to_vec();
-    Ok(match sniff(&head) {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
-        Compression::None => Box::new(r),
-        Compression::Other(what) => {
-            return Err(io::Error::other(format!(
-                "{what} compression is not supported; decompress it first, or use gzip or zstd"
-            )))
-        }
-    })
-}
-
-enum Compression {
-    None,
-    Gzip,
-    Zstd,
-    Other(&'static str),
-}
-
-fn sniff(head: &[u8]) -> Compression {
-    match head {
-        [0x1f, 0x8b, ..] => Compression::Gzip,
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
-        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Compression::Other("xz"),
-        [b'B', b'Z', b'h', ..] => Compression::Other("bzip2"),
-        _ => Compression::None,
-    }
-}
-
 /// Counts (and hashes) the bytes read, reporting progress every MiB.
 struct Counting<'a, R> {
     inner: R,
@@ -380,302 +311,6 @@ impl<R: Read> Read for Counting<'_, R> {
         }
         Ok(n)
     }
-}
-
-/// Finds the format of `file` and its layers, in order (lowest first).
-fn open_layers(file: &Path, work: &Path) -> Result<(Format, Vec<Blob>), ImportError> {
-    let meta = std::fs::metadata(file).map_err(read_err(file))?;
-    if meta.is_dir() {
-        if !file.join("index.json").is_file() {
-            return Err(ImportError::Unsupported {
-                file: file.to_path_buf(),
-                what: "a folder, but not an OCI image layout (no index.json)".into(),
-            });
-        }
-        let layers = oci_layers(file, &|p| {
-            let path = file.join(p);
-            let len = std::fs::metadata(&path).map_err(read_err(&path))?.len();
-            Ok(Some((path, 0, len)))
-        })?;
-        return Ok((Format::OciLayout, layers));
-    }
-    if meta.len() == 0 {
-        return Err(corrupt(file, "the file is empty"));
-    }
-    let mut f = File::open(file).map_err(read_err(file))?;
-    let mut head = [0u8; 8];
-    let n = f.read(&mut head).map_err(read_err(file))?;
-    let whole = Blob {
-        name: file.display().to_string(),
-        path: file.to_path_buf(),
-        offset: 0,
-        len: meta.len(),
-        digest: None,
-    };
-    let archive = match sniff(&head[..n]) {
-        Compression::None => file.to_path_buf(),
-        Compression::Other(what) => {
-            return Err(ImportError::Unsupported {
-                file: file.to_path_buf(),
-                what: format!("{what} compression is not supported; use gzip, zstd or none"),
-            })
-        }
-        // Compressed: a root filesystem is streamed once; an image archive (whose
-        // first member is a blob, a layer folder or a layout file) is unpacked to
-        // a plain tar first, to be read member by member.
-        _ => {
-            if !first_member_is_image_part(file)? {
-                return Ok((Format::RootfsTar, vec![whole]));
-            }
-            let plain = work.join("archive.tar");
-            let mut out = File::create(&plain).map_err(read_err(&plain))?;
-            let mut r = BufReader::new(File::open(file).map_err(read_err(file))?);
-            let mut stream = decompress(&mut r).map_err(|e| corrupt(file, e.to_string()))?;
-            io::copy(&mut stream, &mut out).map_err(|e| corrupt(file, e.to_string()))?;
-            plain
-        }
-    };
-    let members = index_tar(&archive).map_err(|e| corrupt(file, e))?;
-    let lookup = |p: &str| Ok(members.get(p).map(|&(o, l)| (archive.clone(), o, l)));
-    if members.contains_key("manifest.json") {
-        Ok((Format::DockerArchive, docker_layers(file, &lookup)?))
-    } else if members.contains_key("index.json") {
-        Ok((Format::OciArchive, oci_layers(file, &lookup)?))
-    } else {
-        Ok((Format::RootfsTar, vec![whole]))
-    }
-}
-
-/// Where a member of an image is: `(file, offset, length)`, or `None` if absent.
-type Lookup<'a> = dyn Fn(&str) -> Result<Option<(PathBuf, u64, u64)>, ImportError> + 'a;
-
-fn first_member_is_image_part(file: &Path) -> Result<bool, ImportError> {
-    let mut r = BufReader::new(File::open(file).map_err(read_err(file))?);
-    let stream = decompress(&mut r).map_err(|e| corrupt(file, e.to_string()))?;
-    let mut archive = tar::Archive::new(stream);
-    let mut entries = archive
-        .entries()
-        .map_err(|e| corrupt(file, e.to_string()))?;
-    let Some(first) = entries.next() else {
-        return Err(corrupt(file, "no tar entries after decompression"));
-    };
-    let first = first.map_err(|e| corrupt(file, format!("bad first tar header: {e}")))?;
-    let name = String::from_utf8_lossy(&first.path_bytes()).into_owned();
-    let name = name.trim_start_matches("./");
-    let top = name.split('/').next().unwrap_or("");
-    Ok([
-        "blobs",
-        "oci-layout",
-        "index.json",
-        "manifest.json",
-        "repositories",
-    ]
-    .contains(&top)
-        || (top.len() == 64 && top.bytes().all(|b| b.is_ascii_hexdigit())))
-}
-
-/// The members of an uncompressed tar: normalised name -> (data offset, length).
-/// Symlinked members (docker's shared layers) point at their target's data.
-fn index_tar(path: &Path) -> Result<HashMap<String, (u64, u64)>, String> {
-    let f = File::open(path).map_err(|e| e.to_string())?;
-    let mut archive = tar::Archive::new(BufReader::new(f));
-    let mut out = HashMap::new();
-    let mut links = Vec::new();
-    for entry in archive.entries_with_seek().map_err(|e| e.to_string())? {
-        let entry = entry.map_err(|e| format!("bad tar header: {e}"))?;
-        let Some(name) = crate::layer::normalize(&entry.path().map_err(|e| e.to_string())?) else {
-            continue;
-        };
-        let name = name.to_string_lossy().into_owned();
-        if entry.header().entry_type().is_symlink() {
-            if let Ok(Some(target)) = entry.link_name() {
-                let base = Path::new(&name).parent().unwrap_or(Path::new(""));
-                let mut joined = PathBuf::new();
-                for c in base.join(target).components() {
-                    match c {
-                        std::path::Component::ParentDir => {
-                            joined.pop();
-                        }
-                        std::path::Component::Normal(n) => joined.push(n),
-                        _ => {}
-                    }
-                }
-                links.push((name, joined.to_string_lossy().into_owned()));
-            }
-            continue;
-        }
-        out.insert(name, (entry.raw_file_position(), entry.size()));
-    }
-    for (name, target) in links {
-        if let Some(&v) = out.get(&target) {
-            out.insert(name, v);
-        }
-    }
-    Ok(out)
-}
-
-fn read_member(file: &Path, lookup: &Lookup<'_>, name: &str) -> Result<Vec<u8>, ImportError> {
-    let Some((path, offset, len)) = lookup(name)? else {
-        return Err(corrupt(file, format!("`{name}` is missing")));
-    };
-    if len > 64 << 20 {
-        return Err(corrupt(file, format!("`{name}` is {len} bytes: too large")));
-    }
-    let mut f = File::open(&path).map_err(read_err(&path))?;
-    f.seek(SeekFrom::Start(offset)).map_err(read_err(&path))?;
-    let mut buf = Vec::with_capacity(len as usize);
-    f.take(len).read_to_end(&mut buf).map_err(read_err(&path))?;
-    if (buf.len() as u64) < len {
-        return Err(corrupt(file, format!("`{name}` is cut short")));
-    }
-    Ok(buf)
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(
-    file: &Path,
-    name: &str,
-    bytes: &[u8],
-) -> Result<T, ImportError> {
-    serde_json::from_slice(bytes).map_err(|e| corrupt(file, format!("`{name}`: {e}")))
-}
-
-#[derive(Debug, Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    size: Option<u64>,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Platform {
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    os: String,
-}
-
-/// An OCI index or manifest: an index has `manifests`, a manifest `layers`.
-#[derive(Debug, Deserialize)]
-struct OciDocument {
-    #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    layers: Option<Vec<Descriptor>>,
-}
-
-/// `sha256:<hex>` as the blob path `blobs/sha256/<hex>`, refusing anything else.
-fn blob_path(file: &Path, digest: &str) -> Result<String, ImportError> {
-    let ok = digest.split_once(':').filter(|(alg, hex)| {
-        !alg.is_empty()
-            && alg.bytes().all(|b| b.is_ascii_alphanumeric())
-            && !hex.is_empty()
-            && hex.bytes().all(|b| b.is_ascii_hexdigit())
-    });
-    match ok {
-        Some((alg, hex)) => Ok(format!("blobs/{alg}/{hex}")),
-        None => Err(corrupt(file, format!("bad digest `{digest}`"))),
-    }
-}
-
-/// The layers of the OCI image at `index.json` (for `linux/amd64` when it lists several).
-fn oci_layers(file: &Path, lookup: &Lookup<'_>) -> Result<Vec<Blob>, ImportError> {
-    let mut doc: OciDocument = parse_json(
-        file,
-        "index.json",
-        &read_member(file, lookup, "index.json")?,
-    )?;
-    for _ in 0..4 {
-        if let Some(layers) = doc.layers.take() {
-            return layers
-                .into_iter()
-                .map(|d| {
-                    let name = blob_path(file, &d.digest)?;
-                    let Some((path, offset, len)) = lookup(&name)? else {
-                        return Err(corrupt(file, format!("layer `{name}` is missing")));
-                    };
-                    if d.size.is_some_and(|s| s != len) {
-                        return Err(corrupt(
-                            file,
-                            format!(
-                                "layer `{name}` is {len} bytes, its manifest says {:?}",
-                                d.size
-                            ),
-                        ));
-                    }
-                    let _ = d.media_type;
-                    Ok(Blob {
-                        name,
-                        path,
-                        offset,
-                        len,
-                        digest: Some(d.digest),
-                    })
-                })
-                .collect();
-        }
-        let manifests = doc.manifests.take().unwrap_or_default();
-        let pick = manifests
-            .iter()
-            .find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-            })
-            .or_else(|| manifests.iter().find(|d| d.platform.is_none()))
-            .or(manifests.first());
-        let Some(pick) = pick else {
-            return Err(corrupt(file, "the OCI index lists no manifest"));
-        };
-        let name = blob_path(file, &pick.digest)?;
-        doc = parse_json(file, &name, &read_member(file, lookup, &name)?)?;
-    }
-    Err(corrupt(file, "OCI indexes nest too deep"))
-}
-
-#[derive(Debug, Deserialize)]
-struct DockerImage {
-    #[serde(rename = "Layers")]
-    layers: Vec<String>,
-}
-
-/// The layers of the first image of a `docker save` archive's `manifest.json`.
-fn docker_layers(file: &Path, lookup: &Lookup<'_>) -> Result<Vec<Blob>, ImportError> {
-    let images: Vec<DockerImage> = parse_json(
-        file,
-        "manifest.json",
-        &read_member(file, lookup, "manifest.json")?,
-    )?;
-    let Some(first) = images.into_iter().next() else {
-        return Err(corrupt(file, "`manifest.json` lists no image"));
-    };
-    first
-        .layers
-        .into_iter()
-        .map(|l| {
-            let name = crate::layer::normalize(Path::new(&l))
-                .ok_or_else(|| corrupt(file, format!("layer path `{l}` climbs out")))?
-                .to_string_lossy()
-                .into_owned();
-            let Some((path, offset, len)) = lookup(&name)? else {
-                return Err(corrupt(file, format!("layer `{name}` is missing")));
-            };
-            // Newer docker names layers by digest (`blobs/sha256/<hex>`): check them.
-            let digest = name
-                .strip_prefix("blobs/sha256/")
-                .map(|hex| format!("sha256:{hex}"));
-            Ok(Blob {
-                name,
-                path,
-                offset,
-                len,
-                digest,
-            })
-        })
-        .collect()
 }
 
 /// `"path"` for debugfs, which splits its arguments on spaces and reads `""` quotes.
@@ -898,6 +533,62 @@ mod tests {
             err.contains("is corrupt") && err.contains("digest"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn zstd_oci_archive_and_shared_docker_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = layers();
+        // A tar of an OCI layout, compressed with zstd: unpacked, then read in place.
+        let manifest = serde_json::json!({"schemaVersion": 2, "layers": [
+            {"digest": format!("sha256:{}", sha(&lower)), "size": lower.len()},
+            {"digest": format!("sha256:{}", sha(&upper)), "size": upper.len()},
+        ]})
+        .to_string();
+        let index = serde_json::json!({"manifests": [
+            {"digest": format!("sha256:{}", sha(manifest.as_bytes()))}]})
+        .to_string();
+        let names = [
+            format!("blobs/sha256/{}", sha(&lower)),
+            format!("blobs/sha256/{}", sha(&upper)),
+            format!("blobs/sha256/{}", sha(manifest.as_bytes())),
+        ];
+        let archive = tar_of(&[
+            entry(
+                "oci-layout",
+                T::Regular,
+                br#"{"imageLayoutVersion":"1.0.0"}"#,
+            ),
+            entry("blobs/sha256/", T::Directory, b""),
+            entry(&names[0], T::Regular, &lower),
+            entry(&names[1], T::Regular, &upper),
+            entry(&names[2], T::Regular, manifest.as_bytes()),
+            entry("index.json", T::Regular, index.as_bytes()),
+        ]);
+        let file = dir.path().join("oci.tar.zst");
+        std::fs::write(&file, zstd::encode_all(&archive[..], 1).unwrap()).unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let source = build_filesystem(&file, &work, &|_| {}).unwrap();
+        assert_eq!((source.format.as_str(), source.layers), ("OCI archive", 2));
+        check_image(&work.join("root.ext4"));
+        // docker save writes a layer shared with another image as a symlink to it.
+        let manifest = br#"[{"Layers":["aa/layer.tar","bb/layer.tar","cc/layer.tar"]}]"#;
+        let archive = tar_of(&[
+            entry("aa/layer.tar", T::Regular, &lower),
+            entry("bb/layer.tar", T::Regular, &upper),
+            entry("cc/layer.tar", T::Symlink, b"../aa/layer.tar"),
+            entry("manifest.json", T::Regular, manifest),
+        ]);
+        let file = dir.path().join("docker.tar");
+        std::fs::write(&file, &archive).unwrap();
+        let work = dir.path().join("work2");
+        std::fs::create_dir_all(&work).unwrap();
+        let source = build_filesystem(&file, &work, &|_| {}).unwrap();
+        assert_eq!(source.layers, 3);
+        // The third layer (the first again) brings back what the second whited out.
+        let bin = debugfs(&work.join("root.ext4"), "ls -l /bin");
+        assert!(bin.contains(" gone") && bin.contains(" new"), "{bin}");
     }
 
     #[test]

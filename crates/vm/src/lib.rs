@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod agent;
+pub mod archive;
 pub mod boot_watch;
 pub mod clock;
 pub mod image;
