@@ -73,11 +73,6 @@ pub async fn run(global: &GlobalArgs, command: ImageCommand) -> anyhow::Result<E
         ImageCommand::Import { name, file, force } => {
             std::fs::create_dir_all(&global.home)
                 .with_context(|| format!("cannot create WISP_HOME `{}`", global.home.display()))?;
-            // As for a build: the kernel too, so that the image is bootable right away.
-            let home = global.home.clone();
-            let kernel =
-                tokio::task::spawn_blocking(move || wisp_vm::Kernel::ensure(&home)).await??;
-            eprintln!("wisp: guest kernel {}", kernel.version);
             let store = open_store(global).await?;
             let bars = Bars::default();
             let info = wisp_vm::import::import(&store, &global.home, &name, &file, force, &|e| {
@@ -87,6 +82,12 @@ pub async fn run(global: &GlobalArgs, command: ImageCommand) -> anyhow::Result<E
             bars.clear();
             let info = info
                 .with_context(|| format!("cannot import `{}` as image `{name}`", file.display()))?;
+            // As after a build: the kernel too, so that the image is bootable right away
+            // (after the import, so that a bad archive fails before any download).
+            let home = global.home.clone();
+            let kernel =
+                tokio::task::spawn_blocking(move || wisp_vm::Kernel::ensure(&home)).await??;
+            eprintln!("wisp: guest kernel {}", kernel.version);
             println!("{}\t{}@{}", info.name, info.volume, info.checkpoint);
             Ok(ExitCode::SUCCESS)
         }
