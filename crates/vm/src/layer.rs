@@ -432,14 +432,15 @@ impl Tree {
     /// ([`SPRITE_DIRS`]); a path that exists (as a folder or a symlink) is left alone.
     pub fn add_sprite_dirs(&mut self) -> Result<(), LayerError> {
         for (dir, mode) in SPRITE_DIRS {
+            // Only inside real folders: a host path through an image's symlink
+            // (`var -> /srv`) would lead out of the tree, onto the host.
+            let parent = Path::new(dir).parent().unwrap_or(Path::new(""));
+            if self.meta.get(parent).is_none_or(|m| m.kind != Kind::Dir) {
+                continue; // under a symlink, a file or nothing: leave it to the image
+            }
             let host = self.root.join(dir);
             if fs::symlink_metadata(&host).is_ok() {
                 continue;
-            }
-            if let Some(parent) = host.parent() {
-                if !parent.is_dir() {
-                    continue; // under a symlink or a file: leave it to the image
-                }
             }
             fs::create_dir(&host).map_err(io_err(&host))?;
             fs::set_permissions(&host, fs::Permissions::from_mode(mode | 0o700))
@@ -741,7 +742,13 @@ pub(crate) mod tests {
         let upper = tar_of(&[entry("var/run", T::Symlink, b"/run")]);
         tree.apply(&upper[..], "upper").unwrap();
         assert!(tree.meta(Path::new("var/run/x")).is_none());
+        // An image whose `var` leads to a host folder: nothing is made there.
+        let host = tempfile::tempdir().unwrap();
+        let outside = host.path().to_str().unwrap().as_bytes();
+        let links = tar_of(&[entry("var", T::Symlink, outside)]);
+        tree.apply(&links[..], "links").unwrap();
         tree.add_sprite_dirs().unwrap();
+        assert_eq!(fs::read_dir(host.path()).unwrap().count(), 0);
         let root = dir.path().join("root");
         for d in [
             ".sprite/bin",
