@@ -750,15 +750,10 @@ pub(crate) mod tests {
         tree.add_sprite_dirs().unwrap();
         assert_eq!(fs::read_dir(host.path()).unwrap().count(), 0);
         let root = dir.path().join("root");
-        for d in [
-            ".sprite/bin",
-            "etc/wisp/services",
-            "var/log/wisp",
-            "proc",
-            "tmp",
-        ] {
+        for d in [".sprite/bin", "etc/wisp/services", "proc", "tmp"] {
             assert!(root.join(d).is_dir(), "{d}");
         }
+        assert!(tree.meta(Path::new("var/log")).is_none());
         assert_eq!(tree.meta(Path::new("tmp")).unwrap().mode, 0o1777);
     }
 
