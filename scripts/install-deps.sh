@@ -45,6 +45,7 @@ test_packages=(
   libnbd-bin        # nbdinfo, nbdcopy, nbdsh: independent NBD clients for tests
   nbdkit            # reference NBD server for benchmarks
   python3           # small HTTP servers on the host for egress tests
+  musl-tools        # musl-gcc: a shell-less, musl-linked root filesystem for the image import test
 )
 
 # Commands wisp and its tests run, each with the package that provides it.
@@ -55,7 +56,7 @@ run_commands=(
 )
 test_commands=(
   "fio:fio" "nbdinfo:libnbd-bin" "nbdcopy:libnbd-bin" "nbdkit:nbdkit" "python3:python3"
-  "node:nodejs" "npm:npm"
+  "musl-gcc:musl-tools" "node:nodejs" "npm:npm"
 )
 # Installed only when their command is missing: a machine may carry a newer Node.js
 # from elsewhere (nodesource ships npm inside its nodejs). The JS SDK conformance test

@@ -131,7 +131,7 @@ fn diff_row(ctx: &Ctx, dir: &Path) -> Result<Row> {
         let store = engine::open_store(&url, &dir.join("cache"), &[]).await?;
         store.create_volume("disk", ctx.big).await?;
         let volume = store.open_volume("disk").await?;
-        wisp_vm::rootfs::import_image(&a, &volume).await?;
+        wisp_vm::rootfs::import_image(&a, &volume, &|_| {}).await?;
         volume.checkpoint(None).await?;
         write_changes(&a, &b, &volume).await?;
         volume.checkpoint(None).await?;

@@ -8,6 +8,7 @@ pub mod cold_read;
 pub mod engine;
 pub mod fio;
 pub mod history;
+pub mod image;
 pub mod metadata;
 pub mod procs;
 pub mod report;

@@ -8,8 +8,8 @@ use anyhow::Result;
 use clap::Parser;
 use wisp_bench::report::{Machine, Report, SectionError};
 use wisp_bench::{
-    api, checkpoint, cold_read, history, metadata, sdk, sleep, throughput, vm, wakes, wisp, Ctx,
-    GIB, MIB,
+    api, checkpoint, cold_read, history, image, metadata, sdk, sleep, throughput, vm, wakes, wisp,
+    Ctx, GIB, MIB,
 };
 
 /// Measures wisp against references in one run and reports ratios and targets.
@@ -23,7 +23,7 @@ struct Args {
     /// Also run the VM sections (`wisp vm run`, the SDK, warm sleep).
     #[arg(long)]
     vm: bool,
-    /// Run only these sections (comma-separated): fio, checkpoint, cold, metadata, api, vm,
+    /// Run only these sections (comma-separated): fio, checkpoint, cold, metadata, image, api, vm,
     /// sdk, sleep, history, wakes (`wakes` runs only when named: 200 wakes, about 20 minutes).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -47,11 +47,12 @@ struct Args {
     keep_work: bool,
 }
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "fio",
     "checkpoint",
     "cold",
     "metadata",
+    "image",
     "api",
     "vm",
     "sdk",
@@ -117,11 +118,12 @@ fn run(args: Args) -> Result<ExitCode> {
         errors: Vec::new(),
     };
     type Section = fn(&Ctx) -> Result<Vec<wisp_bench::report::Row>>;
-    let sections: [(&str, Section); 10] = [
+    let sections: [(&str, Section); 11] = [
         ("fio", throughput::run),
         ("checkpoint", checkpoint::run),
         ("cold", cold_read::run),
         ("metadata", metadata::run),
+        ("image", image::run),
         ("api", api::run),
         ("vm", vm::run),
         ("sdk", sdk::run),

@@ -27,7 +27,7 @@ pub enum Command {
     /// Manage block volumes (create, serve over NBD, checkpoint, fork, ...).
     #[command(subcommand)]
     Volume(cmd::volume::VolumeCommand),
-    /// Build and list the standard images sprites are forked from.
+    /// Build the standard images, import your own, list and remove them: what sprites fork.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
     /// Run commands in real VMs without a daemon.

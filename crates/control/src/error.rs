@@ -111,6 +111,11 @@ impl ControlError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ControlError::Registry(RegistryError::AlreadyExists(_)) => StatusCode::CONFLICT,
+            ControlError::Image(wisp_vm::ImageError::NotFound(_)) => StatusCode::NOT_FOUND,
+            ControlError::Image(wisp_vm::ImageError::BadName(_)) => StatusCode::BAD_REQUEST,
+            ControlError::Image(wisp_vm::ImageError::NotBuilt(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ControlError::Fs { errno, .. } => match errno.as_str() {
                 "ENOENT" => StatusCode::NOT_FOUND,
                 "EACCES" | "EPERM" | "EROFS" => StatusCode::FORBIDDEN,

@@ -36,7 +36,6 @@ use std::time::Duration;
 pub use error::ControlError;
 pub use registry::Registry;
 pub use sprites::Sprites;
-use wisp_vm::ImageKind;
 use wisp_volume::{GcOptions, Store, StoreConfig};
 
 /// How the daemon is configured. Built by the CLI from flags, `WISP_*`
@@ -49,8 +48,9 @@ pub struct ServerConfig {
     pub home: PathBuf,
     /// Object store URL holding volume data and metadata.
     pub store: String,
-    /// The standard image new sprites fork.
-    pub image: ImageKind,
+    /// The image (standard or imported, by name) new sprites fork when a
+    /// create names none.
+    pub image: String,
     /// How often the store's gc and compaction run (zero: never).
     pub gc_interval: Duration,
     /// When sprites sleep: idle timeout, warm to cold, the warm-state budget.
@@ -114,7 +114,7 @@ impl Server {
             registry,
             store,
             config.home.clone(),
-            config.image,
+            config.image.clone(),
             config.sleep.clone(),
         ));
         let listener = tokio::net::TcpListener::bind(config.listen)

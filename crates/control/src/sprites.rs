@@ -1,5 +1,5 @@
-//! The sprite lifecycle: create (a copy-on-write fork of the standard
-//! image), look up, change settings, wake for a request and sleep when idle
+//! The sprite lifecycle: create (a copy-on-write fork of an image: the
+//! server's default or one named in the request), look up, change settings, wake for a request and sleep when idle
 //! (through [`Machines`]), checkpoint and restore, services, delete (the VM,
 //! the volume, the registry row). Operations on one sprite take turns.
 
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use wisp_vm::image::{self, ImageKind};
+use wisp_vm::image;
 use wisp_volume::{CheckpointInfo, Dependant, Store, Volume, VolumeError};
 
 use crate::machines::{Activity, Awake, Machines, SleepMode};
@@ -148,7 +148,8 @@ pub struct Sprites {
     pub(crate) registry: Registry,
     store: Store,
     home: PathBuf,
-    image: ImageKind,
+    /// The image a create forks when the request names none.
+    image: String,
     pub(crate) machines: Machines,
     pub(crate) policy: SleepPolicy,
     /// One operation at a time per sprite: an operation opens the sprite's
@@ -160,13 +161,14 @@ pub struct Sprites {
 }
 
 impl Sprites {
-    /// `image` is the standard image new sprites fork; it is looked up in
-    /// `home` at each create, so building it after the daemon started works.
+    /// `image` names the image (standard or imported) new sprites fork when
+    /// a create names none; it is looked up in `home` at each create, so
+    /// building or importing it after the daemon started works.
     pub fn new(
         registry: Registry,
         store: Store,
         home: PathBuf,
-        image: ImageKind,
+        image: String,
         policy: SleepPolicy,
     ) -> Self {
         let mut machines = Machines::new(home.clone(), store.clone());
@@ -262,8 +264,11 @@ impl Sprites {
         self.machines.prepare_early().await
     }
 
-    /// Creates sprite `name`: its disk is a fork of the standard image's
-    /// checkpoint (metadata only, milliseconds), then the name is registered.
+    /// Creates sprite `name`: its disk is a fork of image `image`'s checkpoint
+    /// (the server's default image when `None`; metadata only, milliseconds),
+    /// then the name is registered. An image that does not exist is
+    /// [`ControlError::Image`] (404, or 400 for a bad name); the default image
+    /// not built yet is [`ControlError::Unavailable`].
     ///
     /// Fork first, register second: a crash in between leaves an unnamed
     /// volume (a few KiB of metadata), never a name without a disk.
@@ -272,18 +277,28 @@ impl Sprites {
         name: &str,
         url_auth: UrlAuth,
         settings: SpriteSettings,
+        image: Option<&str>,
     ) -> Result<SpriteRecord, ControlError> {
         validate_name(name)?;
         validate_settings(&settings)?;
         if self.registry.get(name)?.is_some() {
             return Err(RegistryError::AlreadyExists(name.to_string()).into());
         }
-        let base = image::find(&self.home, self.image)?.ok_or_else(|| {
-            ControlError::Unavailable(format!(
-                "image `{0}` is not built, so no sprite can be created; run `wisp image build {0}`",
-                self.image
-            ))
-        })?;
+        let image_name = image.unwrap_or(&self.image);
+        let base = match image {
+            Some(asked) => image::get(&self.home, asked)?,
+            None => image::find(&self.home, &self.image)?.ok_or_else(|| {
+                let how = if self.image.parse::<image::ImageKind>().is_ok() {
+                    format!("run `wisp image build {}`", self.image)
+                } else {
+                    format!("run `wisp image import {} FILE`", self.image)
+                };
+                ControlError::Unavailable(format!(
+                    "image `{}` is not built, so no sprite can be created; {how}",
+                    self.image
+                ))
+            })?,
+        };
         let id = uuid::Uuid::new_v4().to_string();
         let volume = format!("sprite-{id}");
         // A disk larger than the image's when asked for (10^9-byte GB, rounded up to a
@@ -298,8 +313,8 @@ impl Sprites {
             .await
             .map_err(|source| ControlError::Volume {
                 context: format!(
-                    "cannot fork image `{}` (volume `{}`@{}) for sprite `{name}`",
-                    self.image, base.volume, base.checkpoint
+                    "cannot fork image `{image_name}` (volume `{}`@{}) for sprite `{name}`",
+                    base.volume, base.checkpoint
                 ),
                 source,
             })?;

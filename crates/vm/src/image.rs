@@ -1,7 +1,8 @@
-//! Standard images: a root filesystem built once, imported into a 100 GiB
-//! volume and frozen as checkpoint `v0`. A sprite's disk is a fork of that
-//! checkpoint (metadata only). Image records live in
-//! `$WISP_HOME/images/<name>.json`.
+//! Images: a root filesystem built once (the standard `tiny` and `debian`) or
+//! imported from an archive ([`crate::import`]), imported into a 100 GiB volume
+//! and frozen as checkpoint `v0`. A sprite's disk is a fork of that checkpoint
+//! (metadata only). Image records live in `$WISP_HOME/images/<name>.json`;
+//! images are found by name.
 
 use std::fmt;
 use std::io::{BufRead, BufReader};
@@ -39,10 +40,23 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 /// Errors while building or finding images.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("unknown image `{0}`: choose `tiny` or `debian`")]
+    #[error(
+        "unknown standard image `{0}`: choose `tiny` or `debian` (or `wisp image import` your own)"
+    )]
     Unknown(String),
     #[error("image `{0}` is not built; run `wisp image build {0}`")]
     NotBuilt(String),
+    /// No standard image and no imported image has this name.
+    #[error("no image `{0}`; `wisp image list` shows the images, `wisp image import {0} FILE` makes one")]
+    NotFound(String),
+    #[error("bad image name `{0}`: use 1 to 63 lowercase letters, digits, `.`, `_` and `-`, starting with a letter or digit")]
+    BadName(String),
+    #[error("`{0}` is a standard image name; give an imported image another name")]
+    Standard(String),
+    #[error("image `{0}` exists; `wisp image rm {0}` removes it, or import with --force")]
+    Exists(String),
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
     /// Boxed: a volume error is large and this enum travels through `Result`s.
@@ -102,6 +116,12 @@ impl ImageKind {
     }
 }
 
+impl AsRef<str> for ImageKind {
+    fn as_ref(&self) -> &str {
+        self.name()
+    }
+}
+
 impl fmt::Display for ImageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -134,6 +154,35 @@ pub struct ImageInfo {
     pub fs_size: u64,
     /// The URL of the image volume's durable state.
     pub url: String,
+    /// Where an imported image came from; `None` for a standard image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ImageSource>,
+}
+
+/// What an imported image was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSource {
+    /// The file or folder given to `wisp image import`.
+    pub file: String,
+    /// `rootfs tar`, `OCI layout`, `OCI archive` or `docker save archive`.
+    pub format: String,
+    /// How many layers were applied.
+    pub layers: usize,
+}
+
+/// Checks an image name: 1 to 63 of `a-z 0-9 . _ -`, starting with a letter or
+/// digit (it names a file under `images/` and a volume). Errors: [`ImageError::BadName`].
+pub fn validate_name(name: &str) -> Result<(), ImageError> {
+    let ok = (1..=63).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
+        })
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ImageError::BadName(name.to_string()))
+    }
 }
 
 /// Where image records are kept.
@@ -145,9 +194,13 @@ fn record_path(home: &Path, name: &str) -> PathBuf {
     images_dir(home).join(format!("{name}.json"))
 }
 
-/// The record of image `kind`, if it was built.
-pub fn find(home: &Path, kind: ImageKind) -> Result<Option<ImageInfo>, ImageError> {
-    let path = record_path(home, kind.name());
+/// The record of image `name` (a standard [`ImageKind`] or an imported
+/// image's name), if it was built or imported. A bad name is
+/// [`ImageError::BadName`]; a record that does not parse, [`ImageError::Record`].
+pub fn find(home: &Path, name: impl AsRef<str>) -> Result<Option<ImageInfo>, ImageError> {
+    let name = name.as_ref();
+    validate_name(name)?;
+    let path = record_path(home, name);
     match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
@@ -157,20 +210,133 @@ pub fn find(home: &Path, kind: ImageKind) -> Result<Option<ImageInfo>, ImageErro
     }
 }
 
-/// The record of image `kind`, or [`ImageError::NotBuilt`].
-pub fn get(home: &Path, kind: ImageKind) -> Result<ImageInfo, ImageError> {
-    find(home, kind)?.ok_or_else(|| ImageError::NotBuilt(kind.name().to_string()))
+/// The record of image `name`: [`ImageError::NotBuilt`] for a standard image
+/// not built yet, [`ImageError::NotFound`] for any other missing name.
+pub fn get(home: &Path, name: impl AsRef<str>) -> Result<ImageInfo, ImageError> {
+    let name = name.as_ref();
+    find(home, name)?.ok_or_else(|| {
+        if name.parse::<ImageKind>().is_ok() {
+            ImageError::NotBuilt(name.to_string())
+        } else {
+            ImageError::NotFound(name.to_string())
+        }
+    })
 }
 
-/// Every built image.
+/// Every built or imported image, by name.
 pub fn list(home: &Path) -> Result<Vec<ImageInfo>, ImageError> {
+    let dir = images_dir(home);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
     let mut out = Vec::new();
-    for kind in ImageKind::ALL {
-        if let Some(info) = find(home, kind)? {
+    for entry in entries {
+        let entry = entry.map_err(io_err(&dir))?;
+        let file = entry.file_name();
+        let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
+            continue;
+        };
+        if validate_name(name).is_err() {
+            continue;
+        }
+        if let Some(info) = find(home, name)? {
             out.push(info);
         }
     }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// Removes image `name`: its record, and its volume from `store` (a deleted
+/// volume keeps the data its forks need: sprites made from the image stay
+/// whole). A volume that is already gone is not an error. Errors:
+/// [`ImageError::NotFound`]/[`ImageError::NotBuilt`], store errors.
+pub async fn remove(store: &Store, home: &Path, name: &str) -> Result<ImageInfo, ImageError> {
+    let info = get(home, name)?;
+    match store.delete_volume(&info.volume).await {
+        Ok(()) | Err(VolumeError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let path = record_path(home, name);
+    std::fs::remove_file(&path).map_err(io_err(&path))?;
+    Ok(info)
+}
+
+/// Writes `info` as `images/<name>.json` (through a temporary file, so a
+/// reader never sees half a record).
+pub(crate) fn save_record(home: &Path, info: &ImageInfo) -> Result<(), ImageError> {
+    let dir = images_dir(home);
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let path = record_path(home, &info.name);
+    let json = serde_json::to_string_pretty(info).map_err(|source| ImageError::Record {
+        path: path.clone(),
+        source,
+    })?;
+    let tmp = dir.join(format!(".{}.json.tmp", info.name));
+    std::fs::write(&tmp, json).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))
+}
+
+/// Where [`store_filesystem`] put an image.
+pub(crate) struct Stored {
+    pub volume: String,
+    pub checkpoint: String,
+    pub url: String,
+}
+
+/// Imports the ext4 image file `fs` into a new 100 GiB volume `image-<name>`
+/// (or `image-<name>-<time>` when the old one cannot be deleted yet) and
+/// checkpoints it with `comment`. Progress goes to `progress` in bytes of data.
+pub(crate) async fn store_filesystem(
+    store: &Store,
+    name: &str,
+    fs: &Path,
+    comment: &str,
+    progress: &(dyn Fn(crate::import::ImportEvent) + Sync),
+) -> Result<Stored, ImageError> {
+    use crate::import::ImportEvent;
+    // A rebuild cannot reuse a name that forks may still depend on, so it
+    // gets a fresh one; the old volume is deleted when possible and
+    // otherwise left to gc.
+    let base = format!("image-{name}");
+    let mut volume_name = base.clone();
+    if store.volume_info(&base).await.is_ok() {
+        match store.delete_volume(&base).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::info!(error = %e, "keeping the old image volume");
+                volume_name = format!("{base}-{}", now());
+            }
+        }
+    }
+    progress(ImportEvent::Note(format!(
+        "importing into volume `{volume_name}` ({} GiB)",
+        ROOT_DISK_SIZE >> 30
+    )));
+    store.create_volume(&volume_name, ROOT_DISK_SIZE).await?;
+    let volume = store.open_volume(&volume_name).await?;
+    let url = volume.info().url;
+    let data = rootfs::data_bytes(fs)?;
+    progress(ImportEvent::Start {
+        what: "volume".into(),
+        total: data,
+    });
+    let written =
+        rootfs::import_image(fs, &volume, &|done| progress(ImportEvent::Advance(done))).await;
+    progress(ImportEvent::Finish);
+    let written = written?;
+    tracing::debug!(written, "image data written; syncing");
+    volume.sync().await?;
+    let checkpoint = volume.checkpoint(Some(comment.to_string())).await?;
+    volume.close().await?;
+    tracing::debug!(volume = %volume_name, "image volume checkpointed and closed");
+    Ok(Stored {
+        volume: volume_name,
+        checkpoint: checkpoint.id,
+        url,
+    })
 }
 
 /// Builds image `kind` into `store` unless it is built already (or `force`).
@@ -239,53 +405,30 @@ pub async fn build(
             .await
             .map_err(|e| io_err(&image)(std::io::Error::other(e)))??;
     }
-    // First build: `image-<kind>`. A rebuild cannot reuse a name that forks
-    // may still depend on, so it gets a fresh one; the old volume is deleted
-    // when possible and otherwise left to gc.
-    let base = format!("image-{kind}");
-    let mut volume_name = base.clone();
-    if store.volume_info(&base).await.is_ok() {
-        match store.delete_volume(&base).await {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::info!(error = %e, "keeping the old image volume");
-                volume_name = format!("{base}-{}", now());
-            }
+    let note = |e: crate::import::ImportEvent| {
+        if let crate::import::ImportEvent::Note(line) = e {
+            progress(&line)
         }
-    }
-    progress(&format!(
-        "importing into volume `{volume_name}` ({} GiB)",
-        ROOT_DISK_SIZE >> 30
-    ));
-    store.create_volume(&volume_name, ROOT_DISK_SIZE).await?;
-    let volume = store.open_volume(&volume_name).await?;
-    let volume_url = volume.info().url;
-    let written = rootfs::import_image(&image, &volume).await?;
-    tracing::debug!(written, "image data written; syncing");
-    volume.sync().await?;
-    tracing::debug!("image volume synced; checkpointing");
-    let checkpoint = volume
-        .checkpoint(Some(format!("wisp image {kind}")))
-        .await?;
-    tracing::debug!("checkpointed; closing");
-    volume.close().await?;
+    };
+    let stored = store_filesystem(
+        store,
+        kind.name(),
+        &image,
+        &format!("wisp image {kind}"),
+        &note,
+    )
+    .await?;
     let info = ImageInfo {
         name: kind.name().to_string(),
-        volume: volume_name,
-        checkpoint: checkpoint.id,
+        volume: stored.volume,
+        checkpoint: stored.checkpoint,
         built_at: now(),
         kernel_version,
         fs_size: kind.fs_size(),
-        url: volume_url,
+        url: stored.url,
+        source: None,
     };
-    let dir = images_dir(home);
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let path = record_path(home, kind.name());
-    let json = serde_json::to_string_pretty(&info).map_err(|source| ImageError::Record {
-        path: path.clone(),
-        source,
-    })?;
-    std::fs::write(&path, json).map_err(io_err(&path))?;
+    save_record(home, &info)?;
     progress(&format!(
         "image `{kind}` built: volume `{}`@{}",
         info.volume, info.checkpoint
@@ -293,7 +436,7 @@ pub async fn build(
     Ok(info)
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

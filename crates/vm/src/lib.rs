@@ -3,13 +3,16 @@
 
 pub mod accel;
 pub mod agent;
+pub mod archive;
 pub mod boot_watch;
 pub mod checkpoint_disk;
 pub mod clock;
 pub mod fsdiff;
 pub mod image;
+pub mod import;
 pub mod initramfs;
 pub mod kernel;
+pub mod layer;
 pub mod machine;
 pub mod qemu;
 pub mod rootfs;

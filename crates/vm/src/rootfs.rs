@@ -282,12 +282,30 @@ fn data_extents(file: &fs::File, size: u64) -> std::io::Result<Vec<(u64, u64)>> 
     Ok(out)
 }
 
+/// Bytes in the data extents of the sparse file `image` (what
+/// [`import_image`] reads, and reports progress against).
+pub fn data_bytes(image: &Path) -> Result<u64, RootfsError> {
+    let file = fs::File::open(image).map_err(io_err(image))?;
+    let size = file.metadata().map_err(io_err(image))?.len();
+    let extents = data_extents(&file, size).map_err(io_err(image))?;
+    Ok(extents.iter().map(|(_, len)| len).sum())
+}
+
 /// Copies the raw image `image` into the start of `dev`: only its data
-/// extents, and of those only the non-zero 64 KiB pieces (the device reads
-/// zeros elsewhere). Returns the bytes written.
-pub async fn import_image(image: &Path, dev: &dyn BlockDevice) -> Result<u64, RootfsError> {
+/// extents, and of those only the non-zero 256 KiB pieces (the device reads
+/// zeros elsewhere; a piece is one chunk of a volume, which stores whole
+/// chunks, so a smaller piece would save nothing and cost four writes).
+/// `progress` gets the bytes of data extents read so far (up to
+/// [`data_bytes`]). Returns the bytes written. It does not flush: the caller
+/// makes the data durable its own way (a volume's `sync` uploads it, and an
+/// fdatasync of the volume's cache file on the way would cost as long again).
+pub async fn import_image(
+    image: &Path,
+    dev: &dyn BlockDevice,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64, RootfsError> {
     use std::os::unix::fs::FileExt;
-    const PIECE: u64 = 64 << 10;
+    const PIECE: u64 = wisp_volume::CHUNK_SIZE;
     let file = fs::File::open(image).map_err(io_err(image))?;
     let size = file.metadata().map_err(io_err(image))?.len();
     if size > dev.size() {
@@ -300,9 +318,12 @@ pub async fn import_image(image: &Path, dev: &dyn BlockDevice) -> Result<u64, Ro
     let extents = data_extents(&file, size).map_err(io_err(image))?;
     let mut buf = vec![0u8; PIECE as usize];
     let mut written = 0u64;
+    let mut done = 0u64;
+    let mut next = 0u64;
     for (start, len) in extents {
-        // Align to pieces so every write is a whole, aligned 64 KiB (or the tail).
-        let mut at = start / PIECE * PIECE;
+        // Align to pieces so every write is a whole, aligned piece (or the tail).
+        // Two extents in one piece: the first one's write covered it.
+        let mut at = (start / PIECE * PIECE).max(next);
         let end = (start + len).min(size);
         while at < end {
             let n = PIECE.min(size - at) as usize;
@@ -316,10 +337,10 @@ pub async fn import_image(image: &Path, dev: &dyn BlockDevice) -> Result<u64, Ro
             }
             at += n as u64;
         }
+        next = at;
+        done += len;
+        progress(done);
     }
-    dev.flush()
-        .await
-        .map_err(|source| RootfsError::Device { offset: 0, source })?;
     Ok(written)
 }
 
@@ -355,7 +376,7 @@ mod tests {
         assert!(st.status.success(), "{st:?}");
         let disk = dir.path().join("disk.raw");
         let dev = wisp_nbd::FileDevice::create(&disk, 256 << 20).unwrap();
-        let written = import_image(&image, &dev).await.unwrap();
+        let written = import_image(&image, &dev, &|_| {}).await.unwrap();
         assert!(written > 0 && written < 64 << 20, "{written}");
         // The first 64 MiB of the device now equal the image.
         let a = fs::read(&image).unwrap();
@@ -363,7 +384,7 @@ mod tests {
         assert_eq!(&b[..a.len()], &a[..]);
         let small = wisp_nbd::FileDevice::create(&dir.path().join("small"), 1 << 20).unwrap();
         assert!(matches!(
-            import_image(&image, &small).await,
+            import_image(&image, &small, &|_| {}).await,
             Err(RootfsError::TooBig { .. })
         ));
     }

@@ -152,6 +152,20 @@ pub async fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCo
             &format!("wisp image build {kind}"),
         ));
     }
+    // Imported images: present by definition; a record that does not parse shows here.
+    match image::list(home) {
+        Ok(images) => {
+            for i in images.iter().filter(|i| i.source.is_some()) {
+                checks.push(check(
+                    &format!("image {}", i.name),
+                    true,
+                    format!("volume `{}`@{} (imported)", i.volume, i.checkpoint),
+                    "",
+                ));
+            }
+        }
+        Err(e) => checks.push(check("images", false, e.to_string(), "")),
+    }
     let report = Report {
         home: home.display().to_string(),
         accelerator,

@@ -1,10 +1,13 @@
-//! `wisp image`: build and list the standard images sprites are forked from.
+//! `wisp image`: build the standard images, import your own, list and remove them.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
 use wisp_vm::image::{self, ImageKind};
+use wisp_vm::import::ImportEvent;
 
 use crate::config::{open_store, GlobalArgs};
 
@@ -18,7 +21,28 @@ pub enum ImageCommand {
         #[arg(long)]
         force: bool,
     },
-    /// List the built images.
+    /// Import a root filesystem as image NAME: a tar archive (plain, .gz or .zst), an
+    /// OCI image layout (a folder, or a tar of one) or a `docker save` archive. Layers
+    /// are applied in order with their whiteouts; owners, modes, device nodes, xattrs
+    /// and hard links are kept. Needs no root privileges.
+    Import {
+        /// The image's name (lowercase letters, digits, `.`, `_`, `-`), for
+        /// `wisp server --image NAME` and `"image": "NAME"` in `POST /v1/sprites`.
+        name: String,
+        /// The archive or OCI layout folder.
+        file: PathBuf,
+        /// Replace an image of that name (its sprites keep their disks).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove an image: its record and its volume (sprites already made from it keep
+    /// their disks whole).
+    #[command(alias = "remove")]
+    Rm {
+        /// The image's name.
+        name: String,
+    },
+    /// List the standard and imported images.
     List {
         /// Print the list as JSON.
         #[arg(long)]
@@ -46,19 +70,53 @@ pub async fn run(global: &GlobalArgs, command: ImageCommand) -> anyhow::Result<E
             println!("{}\t{}@{}", info.name, info.volume, info.checkpoint);
             Ok(ExitCode::SUCCESS)
         }
+        ImageCommand::Import { name, file, force } => {
+            std::fs::create_dir_all(&global.home)
+                .with_context(|| format!("cannot create WISP_HOME `{}`", global.home.display()))?;
+            let store = open_store(global).await?;
+            let bars = Bars::default();
+            let info = wisp_vm::import::import(&store, &global.home, &name, &file, force, &|e| {
+                bars.event(e)
+            })
+            .await;
+            bars.clear();
+            let info = info
+                .with_context(|| format!("cannot import `{}` as image `{name}`", file.display()))?;
+            // As after a build: the kernel too, so that the image is bootable right away
+            // (after the import, so that a bad archive fails before any download).
+            let home = global.home.clone();
+            let kernel =
+                tokio::task::spawn_blocking(move || wisp_vm::Kernel::ensure(&home)).await??;
+            eprintln!("wisp: guest kernel {}", kernel.version);
+            println!("{}\t{}@{}", info.name, info.volume, info.checkpoint);
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Rm { name } => {
+            let store = open_store(global).await?;
+            let info = image::remove(&store, &global.home, &name)
+                .await
+                .with_context(|| format!("cannot remove image `{name}`"))?;
+            println!("removed image {} (volume {})", info.name, info.volume);
+            Ok(ExitCode::SUCCESS)
+        }
         ImageCommand::List { json } => {
             let images = image::list(&global.home)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&images)?);
             } else {
                 println!(
-                    "{:<8} {:<24} {:<6} {:>8}  BUILT",
-                    "NAME", "VOLUME", "CKPT", "FS MiB"
+                    "{:<16} {:<9} {:<28} {:<6} {:>8}  {:<20}  FROM",
+                    "NAME", "KIND", "VOLUME", "CKPT", "FS MiB", "BUILT"
                 );
                 for i in &images {
+                    let (kind, from) = match &i.source {
+                        Some(s) => ("imported", format!("{} ({})", s.file, s.format)),
+                        None => ("standard", "-".to_string()),
+                    };
                     println!(
-                        "{:<8} {:<24} {:<6} {:>8}  {}",
+                        "{:<16} {:<9} {:<28} {:<6} {:>8}  {:<20}  {from}",
                         i.name,
+                        kind,
                         i.volume,
                         i.checkpoint,
                         i.fs_size >> 20,
@@ -67,6 +125,57 @@ pub async fn run(global: &GlobalArgs, command: ImageCommand) -> anyhow::Result<E
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Import progress: a bar per step measured in bytes on a terminal, plain lines
+/// otherwise.
+#[derive(Default)]
+struct Bars {
+    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl Bars {
+    fn event(&self, e: ImportEvent) {
+        let mut bar = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+        match e {
+            ImportEvent::Note(line) => match bar.as_ref() {
+                Some(b) => b.println(format!("wisp: {line}")),
+                None => eprintln!("wisp: {line}"),
+            },
+            ImportEvent::Start { what, total } => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+                if !std::io::stderr().is_terminal() {
+                    return;
+                }
+                let b = indicatif::ProgressBar::new(total);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                ) {
+                    b.set_style(style.progress_chars("=> "));
+                }
+                b.set_message(what);
+                *bar = Some(b);
+            }
+            ImportEvent::Advance(done) => {
+                if let Some(b) = bar.as_ref() {
+                    b.set_position(done);
+                }
+            }
+            ImportEvent::Finish => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+            }
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            b.finish_and_clear();
         }
     }
 }

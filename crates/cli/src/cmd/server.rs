@@ -41,9 +41,10 @@ pub struct ServerArgs {
     /// the port may do anything).
     #[arg(long, env = "WISP_REQUIRE_TOKEN", default_value = "yes", value_parser = ["yes", "auto", "no"])]
     pub require_token: String,
-    /// The standard image new sprites fork: `debian` or `tiny`.
-    #[arg(long, env = "WISP_IMAGE", default_value = "debian")]
-    pub image: wisp_vm::ImageKind,
+    /// The image new sprites fork when a create names none: a standard image
+    /// (`debian`, `tiny`) or one made with `wisp image import`.
+    #[arg(long, env = "WISP_IMAGE", default_value = "debian", value_parser = parse_image_name)]
+    pub image: String,
 }
 
 pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -82,6 +83,12 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCo
     server.serve(shutdown_signal()).await?;
     tracing::info!("wisp server stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_image_name(name: &str) -> Result<String, String> {
+    wisp_vm::image::validate_name(name)
+        .map(|()| name.to_string())
+        .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use wisp_vm::agent::{ExecEvent, ExecRequest, TtySize};
-use wisp_vm::image::{self, ImageKind};
+use wisp_vm::image;
 use wisp_vm::{Machine, Runtime};
 use wisp_volume::Store;
 
@@ -24,7 +24,7 @@ pub enum VmCommand {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Image to fork: `tiny` or `debian`.
+    /// Image to fork: a standard one (`tiny`, `debian`) or one made with `wisp image import`.
     #[arg(long, default_value = "debian")]
     pub image: String,
     /// Virtual CPUs.
@@ -81,7 +81,8 @@ async fn run_vm(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> 
         "bad cpu count `{}`; use 1 to 64",
         args.cpus
     );
-    let kind: ImageKind = args.image.parse()?;
+    let kind = args.image.as_str();
+    image::validate_name(kind)?;
     std::fs::create_dir_all(&global.home)
         .with_context(|| format!("cannot create WISP_HOME `{}`", global.home.display()))?;
     let store = open_store(global).await?;

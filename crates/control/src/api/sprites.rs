@@ -97,6 +97,11 @@ pub(super) struct CreateBody {
     cold_after: Option<serde_json::Value>,
     #[serde(default)]
     keep_memory: Option<bool>,
+    /// The image the sprite's disk forks (a wisp addition): a standard image
+    /// (`tiny`, `debian`) or one made with `wisp image import`; the server's
+    /// default image (`wisp server --image`) when left out.
+    #[serde(default)]
+    image: Option<String>,
     /// Fork another sprite instead of the image: its checkpoint `checkpoint`, or its
     /// current state (a live checkpoint taken now). The fork copies the source's
     /// settings; with `source`, `config` is refused and other settings must be left out.
@@ -209,11 +214,12 @@ pub(super) async fn create_sprite(
             || request.idle_timeout.is_some()
             || request.cold_after.is_some()
             || request.keep_memory.is_some()
+            || request.image.is_some()
             || url_settings.private_access.is_some();
         if settings_given {
             return Err(ControlError::BadRequest(
                 "a fork (`source`) copies its source's settings: leave out `config`, `labels`, \
-                 `environment`, `runtime`, `idle_timeout`, `cold_after` and `keep_memory`, \
+                 `environment`, `runtime`, `idle_timeout`, `cold_after`, `keep_memory` and `image`, \
                  and change them after"
                     .into(),
             ));
@@ -256,7 +262,10 @@ pub(super) async fn create_sprite(
         ..SpriteSettings::default()
     };
     let auth = url_settings.auth.unwrap_or(UrlAuth::Sprite);
-    let record = state.sprites.create(&request.name, auth, settings).await?;
+    let record = state
+        .sprites
+        .create(&request.name, auth, settings, request.image.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, Json(state.view(record))))
 }
 

@@ -225,7 +225,9 @@ pub async fn tiny_disk(dir: &Path) -> wisp_nbd::FileDevice {
     let image = dir.join("root.ext4");
     wisp_vm::rootfs::make_ext4(&tree, &image, 256 << 20, "root").unwrap();
     let dev = wisp_nbd::FileDevice::create(&dir.join("disk"), 1 << 30).unwrap();
-    wisp_vm::rootfs::import_image(&image, &dev).await.unwrap();
+    wisp_vm::rootfs::import_image(&image, &dev, &|_| {})
+        .await
+        .unwrap();
     dev
 }
 
