@@ -36,8 +36,15 @@ impl Sprites {
         };
         let id = uuid::Uuid::new_v4().to_string();
         let volume = format!("sprite-{id}");
+        // The fork point is the fork's own first checkpoint, written with the rest of
+        // the new volume's metadata.
         self.store()
-            .fork(&from.volume, &checkpoint, &volume)
+            .fork_with_checkpoint(
+                &from.volume,
+                &checkpoint,
+                &volume,
+                format!("fork of `{source}`@{checkpoint}"),
+            )
             .await
             .map_err(|source_err| match source_err {
                 VolumeError::CheckpointNotFound { .. } => ControlError::NotFound(format!(
@@ -48,15 +55,6 @@ impl Sprites {
                     source: e,
                 },
             })?;
-        // The fork point is the fork's own first checkpoint.
-        let first = async {
-            let v = self.store().open_volume(&volume).await?;
-            let made = v
-                .checkpoint(Some(format!("fork of `{source}`@{checkpoint}")))
-                .await;
-            let closed = v.close().await;
-            made.and(closed)
-        };
         let mut settings = from.settings.clone();
         settings.memory_in_bucket = false;
         settings.source = Some(SpriteSource {
@@ -73,14 +71,7 @@ impl Sprites {
             updated_at: at,
             settings,
         };
-        let registered = match first.await {
-            Ok(()) => self.registry.insert(&record).map_err(ControlError::from),
-            Err(e) => Err(ControlError::Volume {
-                context: format!("cannot make the first checkpoint of fork `{name}`"),
-                source: e,
-            }),
-        };
-        if let Err(e) = registered {
+        if let Err(e) = self.registry.insert(&record).map_err(ControlError::from) {
             if let Err(cleanup) = self.store().delete_volume(&volume).await {
                 tracing::warn!(volume = %volume, error = %cleanup, "cannot delete the fork of a sprite that was not registered");
             }

@@ -282,6 +282,37 @@ async fn deleting_a_checkpoint_keeps_every_other_state_and_gc_frees_what_only_it
 }
 
 #[tokio::test]
+async fn a_fork_can_start_with_its_fork_point_as_v0() {
+    let env = Env::new();
+    let store = env.store("a").await;
+    store.create_volume("src", 4 * MIB).await.unwrap();
+    let vol = store.open_volume("src").await.unwrap();
+    let data = pattern(60, MIB as usize);
+    write(&vol, 0, &data).await;
+    vol.checkpoint(None).await.unwrap();
+    vol.close().await.unwrap();
+    let info = store
+        .fork_with_checkpoint("src", "v0", "f", "fork of src@v0".into())
+        .await
+        .unwrap();
+    assert_eq!(info.origin.as_deref(), Some("src@v0"));
+    let fresh = env.store("b").await;
+    let fork = fresh.open_volume("f").await.unwrap();
+    let list = fork.checkpoints().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0].id.as_str(), list[0].comment.as_deref()),
+        ("v0", Some("fork of src@v0"))
+    );
+    write(&fork, 0, &pattern(61, 4096)).await;
+    assert_eq!(fork.checkpoint(None).await.unwrap().id, "v1");
+    fork.restore("v0").await.unwrap();
+    assert_eq!(read(&fork, 0, data.len()).await, data);
+    assert!(fork.diff("v0", Some("v1")).await.unwrap().len() == 1);
+    fork.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn compaction_rewrites_sparse_segments_and_keeps_data() {
     let env = Env::new();
     let store = env.store("a").await;
