@@ -138,7 +138,7 @@ impl Volume {
             return Err(in_use(fork));
         }
         lock(&inner.meta)?.commit(&[Op::DeleteCheckpoint { num, layer }])?;
-        crate::meta::ship_log(&inner.store.blobs(), &inner.info.id, &inner.meta)
+        crate::ship::ship_log(&inner.store.blobs(), &inner.info.id, &inner.meta)
             .await
             .map(|_| ())
     }

@@ -5,10 +5,12 @@
 mod checkpoints;
 mod config;
 mod error;
+mod gc;
 mod lease;
 mod meta;
 mod reader;
 mod retrying_store;
+mod ship;
 mod store;
 mod transfer;
 mod volume;

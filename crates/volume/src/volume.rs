@@ -417,7 +417,7 @@ impl Volume {
         lock(&inner.state)?.head = new_layer;
         // One log object (not a full snapshot) keeps checkpoint time independent
         // of the metadata size; other hosts replay it on open.
-        meta::ship_log(&inner.store.blobs(), &inner.info.id, &inner.meta).await?;
+        crate::ship::ship_log(&inner.store.blobs(), &inner.info.id, &inner.meta).await?;
         Ok(CheckpointInfo {
             id: format!("v{num}"),
             created,
@@ -500,7 +500,7 @@ impl Volume {
                 .and_then(|_| inner.file.set_len(inner.info.size))
                 .map_err(|e| VolumeError::io(path.display(), e))?;
         }
-        meta::ship_log(&inner.store.blobs(), &inner.info.id, &inner.meta)
+        crate::ship::ship_log(&inner.store.blobs(), &inner.info.id, &inner.meta)
             .await
             .map(|_| ())
     }
@@ -1278,7 +1278,7 @@ impl Inner {
                 return Err(e);
             }
         }
-        if meta::ship_log(&self.store.blobs(), &self.info.id, &self.meta).await? > 0 {
+        if crate::ship::ship_log(&self.store.blobs(), &self.info.id, &self.meta).await? > 0 {
             *logs += 1;
             if *logs >= LOGS_PER_SNAPSHOT {
                 *logs = 0;
@@ -1401,7 +1401,7 @@ impl Inner {
     }
 
     async fn ship_snapshot_locked(&self) -> Result<(), VolumeError> {
-        meta::ship_snapshot(
+        crate::ship::ship_snapshot(
             &self.store.blobs(),
             &self.info.id,
             &self.meta,
