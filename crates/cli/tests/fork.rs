@@ -74,6 +74,7 @@ async fn forks_share_a_checkpoint_and_have_their_own_future() {
         serde_json::json!({ "sprite": "a", "checkpoint": "v0" })
     );
     assert_eq!(b["status"], "cold");
+    assert_eq!(b["image"], "tiny", "a fork shows its source's image: {b}");
     assert_ne!(b["id"], sprite_json(&url, "a").await["id"]);
     let out = wisp(&home, &["sprite", "--api", &url, "fork", "a", "c"]);
     assert!(out.contains("from a@v1"), "{out}");

@@ -250,8 +250,12 @@ async fn imported_images_boot_by_name_without_a_shell_and_outlive_their_removal(
             "cold",
         ],
     );
-    let (code, _) = create(&url, "plain", None).await;
+    let (code, body) = create(&url, "plain", None).await;
     assert_eq!(code, 201);
+    assert_eq!(
+        body["image"], "bb",
+        "the server's default, recorded: {body}"
+    );
     let os = stdout_of(&url, "plain", &["cat", "/etc/os-release"]).await;
     assert_eq!(os, "ID=imported-busybox\n");
     assert_eq!(
@@ -272,6 +276,7 @@ async fn imported_images_boot_by_name_without_a_shell_and_outlive_their_removal(
     // Layers: whiteouts applied, owners and modes kept.
     let (code, body) = create(&url, "layers", Some("layered")).await;
     assert_eq!(code, 201, "{body}");
+    assert_eq!(body["image"], "layered", "{body}");
     let listing = stdout_of(&url, "layers", &["ls", "/data", "/data/opq"]).await;
     assert!(
         !listing.contains("gone") && !listing.contains("old"),

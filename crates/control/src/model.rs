@@ -36,6 +36,10 @@ pub struct SpriteView {
     /// The sprite and checkpoint this one was forked from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<crate::registry::SpriteSource>,
+    /// The image its disk was first made from (a wisp addition; a fork shows its
+    /// source's). Absent for sprites made before wisp recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// A sprite's sleep settings in effect, and where its memory is while it sleeps.

@@ -145,6 +145,9 @@ pub struct SpriteSettings {
     /// The sprite and checkpoint this sprite was forked from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SpriteSource>,
+    /// The image its disk was first made from (a fork inherits its source's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Where a forked sprite's disk came from.

@@ -276,7 +276,7 @@ impl Sprites {
         &self,
         name: &str,
         url_auth: UrlAuth,
-        settings: SpriteSettings,
+        mut settings: SpriteSettings,
         image: Option<&str>,
     ) -> Result<SpriteRecord, ControlError> {
         validate_name(name)?;
@@ -299,6 +299,7 @@ impl Sprites {
                 ))
             })?,
         };
+        settings.image = Some(image_name.to_string());
         let id = uuid::Uuid::new_v4().to_string();
         let volume = format!("sprite-{id}");
         // A disk larger than the image's when asked for (10^9-byte GB, rounded up to a

@@ -56,6 +56,7 @@ impl AppState {
             runtime: settings.runtime,
             sleep,
             source: settings.source,
+            image: settings.image,
         }
     }
 }
