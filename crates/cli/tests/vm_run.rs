@@ -176,7 +176,7 @@ fn image_build_vm_run_and_doctor() {
     let out = wisp(&home, &["vm", "run", "--image", "nope", "--", "true"], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("unknown image `nope`"),
+        text(&out.stderr).contains("no image `nope`"),
         "{}",
         text(&out.stderr)
     );
