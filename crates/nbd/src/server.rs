@@ -73,7 +73,8 @@ impl Server {
             Listen::Unix(path) => {
                 remove_stale_socket(path).await?;
                 let l = UnixListener::bind(path).map_err(bind_err)?;
-                (Listener::Unix(l, path.clone()), listen.clone())
+                let file = file_id(path);
+                (Listener::Unix(l, path.clone(), file), listen.clone())
             }
             Listen::Tcp(addr) => {
                 let l = TcpListener::bind(addr).await.map_err(bind_err)?;
@@ -137,8 +138,15 @@ impl Server {
 }
 
 enum Listener {
-    Unix(UnixListener, PathBuf),
+    /// The listener, its path and the socket file's `(device, inode)` as bound.
+    Unix(UnixListener, PathBuf, Option<(u64, u64)>),
     Tcp(TcpListener),
+}
+
+/// `(device, inode)` of the file at `path`, if any.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// A server bound to its listener, ready to serve.
@@ -156,7 +164,8 @@ impl BoundServer {
 
     /// Accepts and serves clients until `shutdown` completes; then stops
     /// accepting, lets every connection finish its in-flight requests, flushes
-    /// each export, and removes the unix socket file.
+    /// each export, and removes the unix socket file (if it is still the one it
+    /// bound).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), NbdError> {
         let server = Arc::new(self.server);
         let cancel = CancellationToken::new();
@@ -203,8 +212,12 @@ impl BoundServer {
                 },
             }
         }
-        if let Listener::Unix(_, path) = &self.listener {
-            let _ = std::fs::remove_file(path);
+        // Only the socket file this server bound: a successor may already have
+        // bound a new one at the same path (a machine started again at once).
+        if let Listener::Unix(_, path, bound) = &self.listener {
+            if bound.is_some() && file_id(path) == *bound {
+                let _ = std::fs::remove_file(path);
+            }
         }
         drop(self.listener);
         cancel.cancel();
@@ -259,7 +272,7 @@ enum Conn {
 
 async fn accept(l: &Listener) -> std::io::Result<(Conn, String)> {
     match l {
-        Listener::Unix(l, path) => {
+        Listener::Unix(l, path, _) => {
             let (s, _) = l.accept().await?;
             Ok((Conn::Unix(s), path.display().to_string()))
         }

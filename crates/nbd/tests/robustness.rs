@@ -297,3 +297,36 @@ async fn a_panicking_device_answers_eio_and_the_connection_survives() {
     assert_eq!(c.read_data(512).await, vec![0; 512]);
     srv.stop().await;
 }
+
+/// A server that stops after another one bound the same unix socket path (a
+/// machine started again at once, its old socket file already removed) leaves
+/// the new server's socket file alone.
+#[tokio::test]
+async fn a_stopping_server_leaves_a_successors_socket_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = wisp_nbd::Listen::Unix(dir.path().join("s.sock"));
+    let serve = |name: &str| {
+        let mut server = wisp_nbd::Server::new();
+        let dev = FileDevice::create(&dir.path().join(name), MIB).unwrap();
+        server.add_export("d", Arc::new(dev));
+        server
+    };
+    let first = serve("a.img").bind(&listen).await.unwrap();
+    let (stop_first, rx) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn(first.serve(async move {
+        let _ = rx.await;
+    }));
+    let wisp_nbd::Listen::Unix(path) = &listen else {
+        unreachable!()
+    };
+    std::fs::remove_file(path).unwrap();
+    let second = serve("b.img").bind(&listen).await.unwrap();
+    let (_stop_second, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(second.serve(async move {
+        let _ = rx.await;
+    }));
+    let _ = stop_first.send(());
+    first.await.unwrap().unwrap();
+    assert!(path.exists(), "the successor's socket file was removed");
+    let (_c, _, _) = RawClient::open(&listen, "d").await;
+}
