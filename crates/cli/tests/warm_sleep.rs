@@ -246,6 +246,16 @@ async fn warm_sleep_keeps_processes_and_cold_sleep_does_not() {
     assert_eq!(status(&url, "box").await, "warm");
     let after = exec(&url, "box", &["sh", "-c", read_v0], None).await;
     assert_eq!(after.stdout, before.stdout, "the same boot, the same file");
+    // A saved state that cannot be resumed (damaged here) boots instead, and the
+    // boot mounts the checkpoints afresh.
+    post_json(&url, "/v1/sprites/box/sleep", serde_json::json!({})).await;
+    assert_eq!(status(&url, "box").await, "warm");
+    let state = home.join("warm").join(format!("{volume}.state"));
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::write(&state, vec![0u8; len as usize]).unwrap();
+    let booted = exec(&url, "box", &["sh", "-c", read_v0], None).await;
+    assert!(booted.stdout.starts_with("one\n"), "{booted:?}");
+    assert_ne!(booted.stdout, before.stdout, "a new boot");
     assert_eq!(sprite_json(&url, "box").await["status"], "running");
 
     // A task keeps the sprite awake past its idle timeout until it expires; tasks set

@@ -57,6 +57,13 @@ impl Slots {
             .collect()
     }
 
+    /// Empties every slot (a machine about to boot has nothing mounted).
+    pub fn clear(&self) {
+        for disk in &self.disks {
+            disk.set(None);
+        }
+    }
+
     /// Which checkpoint each slot shows.
     pub fn shown(&self) -> Vec<Option<String>> {
         self.disks.iter().map(|d| d.checkpoint()).collect()

@@ -381,7 +381,8 @@ impl Machines {
                 }
                 Err(e) => {
                     tracing::warn!(sprite = %name, error = %e, "resuming the saved state failed; booting instead");
-                    slots.fill(&self.store, volume_name, &[]).await;
+                    // The boot below mounts from empty slots.
+                    slots.clear();
                 }
             }
             // Resumed or not, the state is spent: the disk moves on from here.
