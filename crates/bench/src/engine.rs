@@ -79,7 +79,7 @@ pub async fn fill_compressible(volume: &Volume, bytes: u64) -> Result<()> {
 }
 
 /// xorshift64* bytes: fast, deterministic, incompressible.
-fn pseudo_random(len: usize, mut state: u64) -> Vec<u8> {
+pub(crate) fn pseudo_random(len: usize, mut state: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         state ^= state >> 12;

@@ -55,16 +55,11 @@ fn run_tool(cmd: &mut Command, package: &str) -> Result<()> {
 /// Writes `bytes` of incompressible data to the file `path`.
 fn random_file(path: &Path, bytes: u64) -> Result<()> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut block = vec![0u8; MIB as usize];
-    for _ in 0..bytes / MIB {
-        for word in block.chunks_mut(8) {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            word.copy_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-        }
-        f.write_all(&block)?;
+    for i in 0..bytes / MIB {
+        f.write_all(&engine::pseudo_random(
+            MIB as usize,
+            0x2545_f491_4f6c_dd1d ^ (i + 1),
+        ))?;
     }
     f.flush()?;
     Ok(())
@@ -140,16 +135,20 @@ fn diff_row(ctx: &Ctx, dir: &Path) -> Result<Row> {
         let mut changes = Vec::new();
         for _ in 0..SAMPLES {
             let t = Instant::now();
-            let ranges = store.diff_checkpoints("disk", "v0", "v1").await?;
-            let older = fsdiff::checkpoint_source(store.checkpoint_reader("disk", "v0").await?);
-            let newer = fsdiff::checkpoint_source(store.checkpoint_reader("disk", "v1").await?);
+            let older = store.checkpoint_reader("disk", "v0").await?;
+            let newer = store.checkpoint_reader("disk", "v1").await?;
+            let ranges = newer.changed_since(&older);
+            let (older, newer) = (
+                fsdiff::checkpoint_source(older),
+                fsdiff::checkpoint_source(newer),
+            );
             changes = fsdiff::diff_blocking(older, newer, ranges).await?;
             samples.push(t.elapsed());
         }
         // Reference: the changed bytes read back from the newer checkpoint.
         let t = Instant::now();
         let reader = store.checkpoint_reader("disk", "v1").await?;
-        let ranges = store.diff_checkpoints("disk", "v0", "v1").await?;
+        let ranges = reader.changed_since(&store.checkpoint_reader("disk", "v0").await?);
         let mut buf = vec![0u8; MIB as usize];
         for r in ranges {
             let mut at = r.start;

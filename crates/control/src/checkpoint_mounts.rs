@@ -133,7 +133,7 @@ pub async fn refresh(
             return;
         }
     };
-    wanted.sort_by_key(|id| std::cmp::Reverse(id[1..].parse::<u64>().unwrap_or(0)));
+    wanted.sort_by_key(|id| std::cmp::Reverse(crate::sprites::checkpoint_number(id)));
     wanted.truncate(SLOTS);
     // Unmount what is no longer wanted (and with `remount`, everything).
     for disk in &slots.disks {

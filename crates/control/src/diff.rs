@@ -24,14 +24,18 @@ impl Sprites {
         let store = self.store().clone();
         let found = self
             .with_volume(name, "diff", IfAwake::SyncThenUse, async |v| {
-                let ranges = v.diff(from, to).await?;
+                // Each checkpoint's block map is read once: the readers' maps give
+                // the block diff too.
                 let volume = v.info().name;
-                let a = checkpoint_source(store.checkpoint_reader(&volume, from).await?);
-                let b = match to {
-                    Some(to) => checkpoint_source(store.checkpoint_reader(&volume, to).await?),
-                    None => volume_source(v.clone()),
+                let a = store.checkpoint_reader(&volume, from).await?;
+                let (ranges, b) = match to {
+                    Some(to) => {
+                        let b = store.checkpoint_reader(&volume, to).await?;
+                        (b.changed_since(&a), checkpoint_source(b))
+                    }
+                    None => (v.changed_since(&a)?, volume_source(v.clone())),
                 };
-                Ok(fsdiff::diff_blocking(a, b, ranges).await)
+                Ok(fsdiff::diff_blocking(checkpoint_source(a), b, ranges).await)
             })
             .await?;
         let changes = found

@@ -618,7 +618,7 @@ async fn sync_guest(name: &str, awake: &Awake) {
 }
 
 /// `v12` -> 12, for ordering (`v10` after `v9`).
-fn checkpoint_number(id: &str) -> u64 {
+pub(crate) fn checkpoint_number(id: &str) -> u64 {
     id.strip_prefix('v')
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)

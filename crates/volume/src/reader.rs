@@ -43,32 +43,23 @@ impl Store {
             cache: Mutex::new(VecDeque::new()),
         })
     }
-
-    /// Byte ranges (chunk granularity, merged) that differ between checkpoints
-    /// `from` and `to` of volume `name`, read from the bucket: what
-    /// [`crate::Volume::diff`] answers without opening the volume.
-    pub async fn diff_checkpoints(
-        &self,
-        name: &str,
-        from: &str,
-        to: &str,
-    ) -> Result<Vec<Range<u64>>, VolumeError> {
-        let (info, a) = self.checkpoint_map(name, from).await?;
-        let (_, b) = self.checkpoint_map(name, to).await?;
-        Ok(crate::store::diff_maps(
-            &a,
-            &b,
-            &[],
-            info.chunk_size,
-            info.size,
-        ))
-    }
 }
 
 impl CheckpointReader {
     /// The volume's size in bytes.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Byte ranges (chunk granularity, merged) that differ between checkpoint
+    /// `older` (of the same volume) and this one: what [`crate::Volume::diff`]
+    /// answers, from the maps both readers already hold.
+    pub fn changed_since(&self, older: &CheckpointReader) -> Vec<Range<u64>> {
+        crate::store::diff_maps(&older.map, &self.map, &[], self.chunk, self.size)
+    }
+
+    pub(crate) fn map(&self) -> &HashMap<u64, Extent> {
+        &self.map
     }
 
     /// Fills `buf` with the bytes at `offset`. Errors: a range past the end,

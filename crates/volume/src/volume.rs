@@ -509,27 +509,45 @@ impl Volume {
     /// `from` and checkpoint `to`, or the current state when `to` is `None`.
     pub async fn diff(&self, from: &str, to: Option<&str>) -> Result<Vec<Range<u64>>, VolumeError> {
         let inner = &self.inner;
-        let a_layer = self.checkpoint_layer(from)?;
-        let a = inner.layer_map(a_layer).await?;
-        let (b, dirty): (HashMap<u64, Extent>, Vec<u64>) = match to {
+        let a = inner.layer_map(self.checkpoint_layer(from)?).await?;
+        match to {
             Some(to) => {
-                let layer = self.checkpoint_layer(to)?;
-                (inner.layer_map(layer).await?, Vec::new())
+                let b = inner.layer_map(self.checkpoint_layer(to)?).await?;
+                Ok(crate::store::diff_maps(
+                    &a,
+                    &b,
+                    &[],
+                    inner.chunk,
+                    inner.info.size,
+                ))
             }
-            None => {
-                let st = lock(&inner.state)?;
-                let dirty = st
-                    .chunks
-                    .iter()
-                    .filter(|(_, c)| c.dirty)
-                    .map(|(k, _)| *k)
-                    .collect();
-                (st.map.clone(), dirty)
-            }
-        };
+            None => self.diff_now(&a),
+        }
+    }
+
+    /// [`Volume::diff`] from a checkpoint already read by `older` (a reader of
+    /// this volume) to the current state.
+    pub fn changed_since(
+        &self,
+        older: &crate::CheckpointReader,
+    ) -> Result<Vec<Range<u64>>, VolumeError> {
+        self.diff_now(older.map())
+    }
+
+    /// Ranges where the current state differs from map `a` (locally dirty
+    /// chunks count as different).
+    fn diff_now(&self, a: &HashMap<u64, Extent>) -> Result<Vec<Range<u64>>, VolumeError> {
+        let inner = &self.inner;
+        let st = lock(&inner.state)?;
+        let dirty: Vec<u64> = st
+            .chunks
+            .iter()
+            .filter(|(_, c)| c.dirty)
+            .map(|(k, _)| *k)
+            .collect();
         Ok(crate::store::diff_maps(
-            &a,
-            &b,
+            a,
+            &st.map,
             &dirty,
             inner.chunk,
             inner.info.size,
