@@ -69,6 +69,23 @@ fn device_with_serial(serial: &str) -> io::Result<PathBuf> {
     ))
 }
 
+/// Runs `op` (a mount or an unmount) on a thread of its own and answers
+/// session `session` with `ok` or the error.
+pub fn start(
+    agent: &std::sync::Arc<crate::server::Agent>,
+    session: u32,
+    op: impl FnOnce() -> Result<(), (String, io::Error)> + Send + 'static,
+) -> io::Result<()> {
+    let agent = agent.clone();
+    std::thread::Builder::new()
+        .name(format!("checkpoint-{session}"))
+        .spawn(move || match op() {
+            Ok(()) => agent.out.control(session, &wisp_proto::Control::Ok),
+            Err((context, e)) => agent.out.error_io(session, &context, &e),
+        })?;
+    Ok(())
+}
+
 /// Mounts the disk with `serial` read-only at `ROOT/name`.
 pub fn mount(serial: &str, name: &str) -> io::Result<()> {
     let target = target(name)?;

@@ -434,22 +434,22 @@ impl Agent {
                     ))
                 }
             }
+            // On threads of their own, as filesystem operations: a mount reads
+            // its disk from the host and must not hold up the other sessions.
             Control::MountCheckpoint { serial, name } => {
-                match crate::checkpoints::mount(&serial, &name) {
-                    Ok(()) => {
-                        self.out.control(s, &Control::Ok);
-                        Ok(None)
-                    }
-                    Err(e) => Err((format!("cannot mount checkpoint `{name}`: {e}"), Some(e))),
-                }
+                crate::checkpoints::start(self, s, move || {
+                    crate::checkpoints::mount(&serial, &name)
+                        .map_err(|e| (format!("cannot mount checkpoint `{name}`"), e))
+                })
+                .map(|()| None)
+                .map_err(io_err("checkpoint mount".to_string()))
             }
-            Control::UnmountCheckpoint { name } => match crate::checkpoints::unmount(&name) {
-                Ok(()) => {
-                    self.out.control(s, &Control::Ok);
-                    Ok(None)
-                }
-                Err(e) => Err((format!("cannot unmount checkpoint `{name}`: {e}"), Some(e))),
-            },
+            Control::UnmountCheckpoint { name } => crate::checkpoints::start(self, s, move || {
+                crate::checkpoints::unmount(&name)
+                    .map_err(|e| (format!("cannot unmount checkpoint `{name}`"), e))
+            })
+            .map(|()| None)
+            .map_err(io_err("checkpoint unmount".to_string())),
             Control::TaskList => {
                 let tasks = self.hub.tasks.list();
                 self.out.control(s, &Control::Tasks { tasks });
