@@ -5,6 +5,7 @@ mod app;
 mod cmd;
 mod config;
 mod stdio;
+mod table;
 
 fn main() -> std::process::ExitCode {
     app::run()

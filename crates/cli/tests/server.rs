@@ -925,6 +925,32 @@ fn sprite_commands_talk_to_the_daemon() {
         .unwrap()
         .starts_with("v1 "));
     assert_eq!(ok(&["restore", "dev", "v0"]).trim(), "Restored to v0");
+    // The tables line up whatever their cells hold (a name past what a fixed width
+    // left it shifted every column after it).
+    let long = "a-sprite-named-well-past-twenty-four-characters";
+    ok(&["create", long]);
+    ok(&["checkpoint", long, "-m", "a comment"]);
+    common::assert_aligned(
+        &ok(&["list"]),
+        &["NAME", "STATUS", "AUTH", "CREATED", "URL"],
+        &[],
+    );
+    common::assert_aligned(
+        &ok(&["checkpoints", long]),
+        &["ID", "CREATED", "COMMENT"],
+        &[],
+    );
+    common::assert_aligned(
+        &wisp_ok(home.path(), &["volume", "list"]),
+        &["NAME", "SIZE", "ORIGIN", "URL"],
+        &["SIZE"],
+    );
+    common::assert_aligned(
+        &wisp_ok(home.path(), &["image", "list"]),
+        &["NAME", "KIND", "VOLUME", "CKPT", "FS MiB", "BUILT", "FROM"],
+        &["FS MiB"],
+    );
+    ok(&["delete", long]);
 
     assert!(fails(&["info", "nope"]).contains("sprite `nope` does not exist"));
     assert!(fails(&["create", "dev"]).contains("sprite `dev` already exists"));

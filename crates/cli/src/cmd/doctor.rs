@@ -174,14 +174,18 @@ pub async fn run(global: &GlobalArgs, args: DoctorArgs) -> anyhow::Result<ExitCo
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("WISP_HOME     {}", report.home);
+        use crate::table::Align::Left;
+        println!("WISP_HOME: {}", report.home);
+        let mut table =
+            crate::table::Table::new(&[("CHECK", Left), ("STATUS", Left), ("DETAIL", Left)]);
         for c in &report.checks {
-            let mark = if c.ok { "ok " } else { "MISSING" };
-            println!("{:<13} {:<7} {}", c.name, mark, c.detail);
+            let mark = if c.ok { "ok" } else { "MISSING" };
+            table.row([c.name.as_str(), mark, c.detail.as_str()]);
             if let Some(fix) = &c.fix {
-                println!("{:<13} {:<7} fix: {}", "", "", fix);
+                table.row(["", "", format!("fix: {fix}").as_str()]);
             }
         }
+        table.print();
     }
     let missing = report.checks.iter().any(|c| !c.ok);
     Ok(if missing {

@@ -104,25 +104,32 @@ pub async fn run(global: &GlobalArgs, command: ImageCommand) -> anyhow::Result<E
             if json {
                 println!("{}", serde_json::to_string_pretty(&images)?);
             } else {
-                println!(
-                    "{:<16} {:<9} {:<28} {:<6} {:>8}  {:<20}  FROM",
-                    "NAME", "KIND", "VOLUME", "CKPT", "FS MiB", "BUILT"
-                );
+                use crate::table::Align::{Left, Right};
+                let mut table = crate::table::Table::new(&[
+                    ("NAME", Left),
+                    ("KIND", Left),
+                    ("VOLUME", Left),
+                    ("CKPT", Left),
+                    ("FS MiB", Right),
+                    ("BUILT", Left),
+                    ("FROM", Left),
+                ]);
                 for i in &images {
                     let (kind, from) = match &i.source {
                         Some(s) => ("imported", format!("{} ({})", s.file, s.format)),
                         None => ("standard", "-".to_string()),
                     };
-                    println!(
-                        "{:<16} {:<9} {:<28} {:<6} {:>8}  {:<20}  {from}",
-                        i.name,
-                        kind,
-                        i.volume,
-                        i.checkpoint,
-                        i.fs_size >> 20,
-                        humantime_secs(i.built_at)
-                    );
+                    table.row([
+                        i.name.clone(),
+                        kind.to_string(),
+                        i.volume.clone(),
+                        i.checkpoint.clone(),
+                        (i.fs_size >> 20).to_string(),
+                        humantime_secs(i.built_at),
+                        from,
+                    ]);
                 }
+                table.print();
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -9,6 +9,8 @@ use wisp_control::model::SpriteView;
 use wisp_control::registry::UrlAuth;
 
 use crate::config::GlobalArgs;
+use crate::table::Align::{Left, Right};
+use crate::table::Table;
 
 #[derive(Debug, Args)]
 pub struct SpriteArgs {
@@ -255,6 +257,15 @@ fn name_and_id(args: Vec<String>) -> anyhow::Result<(String, String)> {
     }
 }
 
+/// A JSON value as a table cell: a string without its quotes, nothing for null.
+fn text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -335,16 +346,23 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
             if json {
                 print_json(&sprites)?;
             } else {
-                println!(
-                    "{:<24} {:<8} {:<8} {:<21} URL",
-                    "NAME", "STATUS", "AUTH", "CREATED"
-                );
+                let mut table = Table::new(&[
+                    ("NAME", Left),
+                    ("STATUS", Left),
+                    ("AUTH", Left),
+                    ("CREATED", Left),
+                    ("URL", Left),
+                ]);
                 for s in &sprites {
-                    println!(
-                        "{:<24} {:<8} {:<8} {:<21} {}",
-                        s.name, s.status, s.url_settings.auth, s.created_at, s.url
-                    );
+                    table.row([
+                        &s.name,
+                        &s.status,
+                        &s.url_settings.auth.to_string(),
+                        &s.created_at,
+                        &s.url,
+                    ]);
                 }
+                table.print();
             }
         }
         SpriteCommand::Info { name, json } => {
@@ -408,10 +426,11 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
             if json {
                 print_json(&list)?;
             } else {
-                println!("{:<6} {:<21} COMMENT", "ID", "CREATED");
+                let mut table = Table::new(&[("ID", Left), ("CREATED", Left), ("COMMENT", Left)]);
                 for c in &list {
-                    println!("{:<6} {:<21} {}", c.id, c.create_time, c.comment);
+                    table.row([&c.id, &c.create_time, &c.comment]);
                 }
+                table.print();
             }
         }
         SpriteCommand::Restore { name, checkpoint } => {
@@ -446,26 +465,32 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
             if json {
                 print_json(&services)?;
             } else {
-                println!(
-                    "{:<20} {:<9} {:>7} {:>8} COMMAND",
-                    "NAME", "STATUS", "PID", "RESTARTS"
-                );
+                let mut table = Table::new(&[
+                    ("NAME", Left),
+                    ("STATUS", Left),
+                    ("PID", Right),
+                    ("RESTARTS", Right),
+                    ("COMMAND", Left),
+                ]);
                 for s in &services {
                     let pid = s
                         .state
                         .pid
                         .map(|p| p.to_string())
                         .unwrap_or_else(|| "-".into());
-                    println!(
-                        "{:<20} {:<9} {:>7} {:>8} {} {}",
-                        s.name,
-                        s.state.status,
+                    let command = std::iter::once(s.cmd.as_str())
+                        .chain(s.args.iter().map(String::as_str))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    table.row([
+                        s.name.clone(),
+                        s.state.status.clone(),
                         pid,
-                        s.state.restart_count,
-                        s.cmd,
-                        s.args.join(" ")
-                    );
+                        s.state.restart_count.to_string(),
+                        command,
+                    ]);
                 }
+                table.print();
             }
         }
         SpriteCommand::ServiceSet {
@@ -533,19 +558,21 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
             if json {
                 print_json(&tasks)?;
             } else {
-                println!(
-                    "{:<24} {:>8} {:>10}  DESCRIPTION",
-                    "TASK", "TTL", "EXPIRES IN"
-                );
+                let mut table = Table::new(&[
+                    ("TASK", Left),
+                    ("TTL", Right),
+                    ("EXPIRES IN", Right),
+                    ("DESCRIPTION", Left),
+                ]);
                 for t in tasks {
-                    println!(
-                        "{:<24} {:>7}s {:>9}s  {}",
-                        t["name"].as_str().unwrap_or(""),
-                        t["ttl_secs"],
-                        t["expires_in_secs"],
-                        t["description"].as_str().unwrap_or("")
-                    );
+                    table.row([
+                        text(&t["name"]),
+                        format!("{}s", text(&t["ttl_secs"])),
+                        format!("{}s", text(&t["expires_in_secs"])),
+                        text(&t["description"]),
+                    ]);
                 }
+                table.print();
             }
         }
         SpriteCommand::Tasks(TasksCommand::Set {
@@ -572,24 +599,29 @@ pub async fn run(global: &GlobalArgs, args: SpriteArgs) -> anyhow::Result<ExitCo
             if json {
                 print_json(&sessions)?;
             } else {
-                println!(
-                    "{:<6} {:<7} {:<4} {:<20} COMMAND",
-                    "ID", "STATE", "TTY", "CREATED"
-                );
+                let mut table = Table::new(&[
+                    ("ID", Left),
+                    ("STATE", Left),
+                    ("TTY", Left),
+                    ("CREATED", Left),
+                    ("COMMAND", Left),
+                ]);
                 for s in &sessions {
-                    println!(
-                        "{:<6} {:<7} {:<4} {:<20} {}",
-                        s["id"].as_str().unwrap_or(""),
-                        if s["is_active"] == true {
-                            "running"
-                        } else {
-                            "ended"
-                        },
-                        if s["tty"] == true { "yes" } else { "no" },
-                        s["created"].as_str().unwrap_or(""),
-                        s["command"].as_str().unwrap_or("")
-                    );
+                    let state = if s["is_active"] == true {
+                        "running"
+                    } else {
+                        "ended"
+                    };
+                    let tty = if s["tty"] == true { "yes" } else { "no" };
+                    table.row([
+                        text(&s["id"]),
+                        state.into(),
+                        tty.into(),
+                        text(&s["created"]),
+                        text(&s["command"]),
+                    ]);
                 }
+                table.print();
             }
         }
         SpriteCommand::Sessions(SessionsCommand::Attach { args }) => {

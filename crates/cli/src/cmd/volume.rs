@@ -282,16 +282,22 @@ pub async fn run(global: &GlobalArgs, command: VolumeCommand) -> anyhow::Result<
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<24} {:>16} {:<24} URL", "NAME", "SIZE", "ORIGIN");
+                use crate::table::Align::{Left, Right};
+                let mut table = crate::table::Table::new(&[
+                    ("NAME", Left),
+                    ("SIZE", Right),
+                    ("ORIGIN", Left),
+                    ("URL", Left),
+                ]);
                 for v in list {
-                    println!(
-                        "{:<24} {:>16} {:<24} {}",
+                    table.row([
                         v.name,
-                        v.size,
+                        v.size.to_string(),
                         v.origin.unwrap_or_else(|| "-".into()),
-                        v.url
-                    );
+                        v.url,
+                    ]);
                 }
+                table.print();
             }
         }
         VolumeCommand::Info { name, json, cache } => {

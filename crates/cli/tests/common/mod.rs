@@ -313,3 +313,48 @@ pub async fn create_sprite(url: &str, name: &str) -> u16 {
         .status()
         .as_u16()
 }
+
+/// Asserts that a table the CLI printed has its cells under their headings: a
+/// cell of a left-aligned column starts where its heading starts, one of a
+/// right-aligned column (named in `right`) ends where its heading ends.
+pub fn assert_aligned(table: &str, headings: &[&str], right: &[&str]) {
+    let mut lines = table.lines();
+    let heading: Vec<char> = lines.next().unwrap_or_default().chars().collect();
+    let heading_text: String = heading.iter().collect();
+    let mut spans = Vec::new();
+    let mut from = 0;
+    for h in headings {
+        let at = heading_text[from..]
+            .find(h)
+            .map(|i| heading_text[..from + i].chars().count())
+            .unwrap_or_else(|| panic!("no heading {h} in:\n{table}"));
+        let end = at + h.chars().count();
+        spans.push((at, end, right.contains(h)));
+        from = heading_text
+            .char_indices()
+            .nth(end)
+            .map_or(heading_text.len(), |(i, _)| i);
+    }
+    let rows: Vec<Vec<char>> = lines.map(|l| l.chars().collect()).collect();
+    assert!(!rows.is_empty(), "no rows in:\n{table}");
+    let blank = |row: &[char], i: usize| row.get(i).is_none_or(|c| *c == ' ');
+    for row in &rows {
+        let line: String = row.iter().collect();
+        for (i, &(start, end, right_aligned)) in spans.iter().enumerate() {
+            // An empty cell is blank across its heading.
+            if (start..end).all(|i| blank(row, i)) {
+                continue;
+            }
+            let ok = if right_aligned {
+                !blank(row, end - 1) && blank(row, end)
+            } else {
+                !blank(row, start) && (start == 0 || blank(row, start - 1))
+            };
+            assert!(
+                ok,
+                "column {} is not under its heading in row `{line}` of:\n{table}",
+                headings[i]
+            );
+        }
+    }
+}
