@@ -69,6 +69,18 @@ pub enum ControlError {
     },
     #[error(transparent)]
     Image(#[from] wisp_vm::ImageError),
+    /// Every boot slot is busy and as many wakes as the server lets wait
+    /// already wait (see `crate::boot_queue`): the client retries later.
+    #[error(
+        "cannot wake sprite `{name}` now: this host's boots are all taken ({booting} at \
+         once, `wisp server --boots-at-once`) and its queue of wakes is full ({waiting} \
+         waiting, `--max-queued-wakes`); retry in a few seconds"
+    )]
+    WakeQueueFull {
+        name: String,
+        booting: usize,
+        waiting: usize,
+    },
     #[error("cannot wake sprite `{name}`")]
     Wake {
         name: String,
@@ -107,9 +119,9 @@ impl ControlError {
             ControlError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ControlError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
-            ControlError::Unavailable(_) | ControlError::Wake { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ControlError::Unavailable(_)
+            | ControlError::Wake { .. }
+            | ControlError::WakeQueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Registry(RegistryError::AlreadyExists(_)) => StatusCode::CONFLICT,
             ControlError::Image(wisp_vm::ImageError::NotFound(_)) => StatusCode::NOT_FOUND,
             ControlError::Image(wisp_vm::ImageError::BadName(_)) => StatusCode::BAD_REQUEST,
@@ -122,7 +134,7 @@ impl ControlError {
                 "EEXIST" => StatusCode::CONFLICT,
                 "EISDIR" | "ENOTDIR" | "ENOTEMPTY" | "EINVAL" | "ELOOP" | "ENAMETOOLONG"
                 | "EXDEV" => StatusCode::BAD_REQUEST,
-                "ENOSPC" => StatusCode::INSUFFICIENT_STORAGE,
+                "ENOSPC" | "EDQUOT" => StatusCode::INSUFFICIENT_STORAGE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ControlError::Volume {
@@ -181,7 +193,7 @@ pub struct FsErrorBody {
 }
 
 /// Seconds a client should wait before retrying a 503 (a sprite that could
-/// not wake, a host not ready to run sprites).
+/// not wake, a host not ready to run sprites, wakes queued past the limit).
 const RETRY_AFTER_SECS: u32 = 5;
 
 /// The machine-readable code the Sprites SDKs read from an error body's `error`

@@ -50,17 +50,85 @@ pub struct Download {
     pub activity: Activity,
 }
 
-fn fs_error<'a>(name: &'a str, path: &'a str) -> impl FnOnce(AgentError) -> ControlError + 'a {
-    move |source| match source {
-        AgentError::Os { errno, message } => ControlError::Fs {
+/// The error of a filesystem call in sprite `name` about `path`: a failed
+/// system call in the guest is [`ControlError::Fs`] with its errno (so its
+/// status is the errno's), anything else the agent's failure. The agent names
+/// the errno of most failures; one it reports only in words (a write that
+/// failed half-way: `writing file: No space left on device (os error 28)`) is
+/// named from the number in them.
+pub(crate) fn fs_error<'a>(
+    name: &'a str,
+    path: &'a str,
+) -> impl FnOnce(AgentError) -> ControlError + 'a {
+    move |source| {
+        let (errno, message) = match source {
+            AgentError::Os { errno, message } => (errno, message),
+            AgentError::Remote(message) => match os_errno(&message) {
+                Some(errno) => (errno.to_string(), message),
+                None => {
+                    return ControlError::Exec {
+                        name: name.to_string(),
+                        source: AgentError::Remote(message),
+                    }
+                }
+            },
+            source => {
+                return ControlError::Exec {
+                    name: name.to_string(),
+                    source,
+                }
+            }
+        };
+        ControlError::Fs {
             errno,
             message,
             path: path.to_string(),
+        }
+    }
+}
+
+/// The errno name of the `(os error N)` a Rust I/O error's text ends with, for
+/// the errnos the API names (Linux numbers: the guest's).
+fn os_errno(message: &str) -> Option<&'static str> {
+    let number: i32 = message
+        .rsplit_once("(os error ")?
+        .1
+        .strip_suffix(')')?
+        .parse()
+        .ok()?;
+    Some(match number {
+        1 => "EPERM",
+        2 => "ENOENT",
+        5 => "EIO",
+        13 => "EACCES",
+        16 => "EBUSY",
+        17 => "EEXIST",
+        18 => "EXDEV",
+        20 => "ENOTDIR",
+        21 => "EISDIR",
+        22 => "EINVAL",
+        28 => "ENOSPC",
+        30 => "EROFS",
+        36 => "ENAMETOOLONG",
+        39 => "ENOTEMPTY",
+        40 => "ELOOP",
+        122 => "EDQUOT",
+        _ => return None,
+    })
+}
+
+/// A call that makes folders on its way (a write making missing parents, a
+/// folder copied) answers `EEXIST` where one of them is a file: a path
+/// component that is not a folder, which is `ENOTDIR` (what the kernel answers
+/// when it walks such a path itself).
+fn not_a_folder(error: ControlError, what: String) -> ControlError {
+    match error {
+        ControlError::Fs { errno, path, .. } if errno == "EEXIST" => ControlError::Fs {
+            errno: "ENOTDIR".into(),
+            message: format!("{what}: a component of the path is a file, not a folder"),
+            path,
         },
-        source => ControlError::Exec {
-            name: name.to_string(),
-            source,
-        },
+        other => other,
     }
 }
 
@@ -94,6 +162,7 @@ impl Sprites {
             .write_file_with(path, options, reader)
             .await
             .map_err(fs_error(name, path))
+            .map_err(|e| not_a_folder(e, format!("cannot write `{path}`")))
     }
 
     /// The entries of folder `path` in sprite `name` (see [`AgentClient::list`]).
@@ -121,14 +190,66 @@ impl Sprites {
         path: &str,
         op: FsOp,
     ) -> Result<(), ControlError> {
+        let copy = match &op {
+            FsOp::Copy { from, to, .. } => Some(format!("cannot copy `{from}` to `{to}`")),
+            _ => None,
+        };
         let activity = self.activity(name).await?;
-        activity.agent().fs(op).await.map_err(fs_error(name, path))
+        let done = activity.agent().fs(op).await.map_err(fs_error(name, path));
+        match copy {
+            Some(what) => done.map_err(|e| not_a_folder(e, what)),
+            None => done,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errnos_told_only_in_words_are_named() {
+        let error =
+            |message: &str| fs_error("box", "/root/x")(AgentError::Remote(message.to_string()));
+        let full = error("writing file: No space left on device (os error 28)");
+        assert!(
+            matches!(&full, ControlError::Fs { errno, path, message }
+                if errno == "ENOSPC" && path == "/root/x" && message.contains("No space left")),
+            "{full:?}"
+        );
+        for (message, errno) in [
+            ("x: Not a directory (os error 20)", "ENOTDIR"),
+            ("x: Disk quota exceeded (os error 122)", "EDQUOT"),
+        ] {
+            assert!(
+                matches!(error(message), ControlError::Fs { errno: e, .. } if e == errno),
+                "{message}"
+            );
+        }
+        for message in ["bad task name", "x (os error 9999)", "x (os error 28"] {
+            assert!(
+                matches!(error(message), ControlError::Exec { .. }),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn eexist_on_the_way_is_enotdir() {
+        let fs = |errno: &str| ControlError::Fs {
+            errno: errno.into(),
+            message: "open `/root/f/c` for writing: File exists (os error 17)".into(),
+            path: "/root/f/c".into(),
+        };
+        let turned = not_a_folder(fs("EEXIST"), "cannot write `/root/f/c`".into());
+        assert!(
+            matches!(&turned, ControlError::Fs { errno, path, message }
+                if errno == "ENOTDIR" && path == "/root/f/c" && message.contains("not a folder")),
+            "{turned:?}"
+        );
+        let kept = not_a_folder(fs("ENOSPC"), String::new());
+        assert!(matches!(kept, ControlError::Fs { errno, .. } if errno == "ENOSPC"));
+    }
 
     #[test]
     fn paths_resolve_against_the_working_dir() {
