@@ -7,9 +7,16 @@
 //! - the console's first byte (the kernel prints within half a second of guest
 //!   time, even with `quiet`): [`BootStats::silence_limit`];
 //! - the agent's hello: [`BootStats::ready_limit`].
+//!
+//! Boots that share the cores share the time: the silence limit, the one for a
+//! boot alone, stretches by how many boots of this process are silent together
+//! per core (six first wakes at once on two cores were all killed at the plain
+//! limit, and collided again at their next attempt). The daemon also queues its
+//! boots to the cores (`wisp_control::boot_queue`).
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -87,18 +94,51 @@ impl BootStats {
     }
 }
 
+/// Boots of this process waiting for their console's first byte.
+static SILENT_BOOTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one boot in [`SILENT_BOOTS`] while it lives.
+struct Silent;
+
+impl Silent {
+    fn new() -> Silent {
+        SILENT_BOOTS.fetch_add(1, Ordering::SeqCst);
+        Silent
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        SILENT_BOOTS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `limit`, the silence limit of a boot alone, for one of `boots` booting
+/// together on `cores`: each gets a share of the cores, so each waits as many
+/// limits as there are boots per core.
+pub fn shared_limit(limit: Duration, boots: usize, cores: usize) -> Duration {
+    let rounds = boots.max(1).div_ceil(cores.max(1));
+    limit * u32::try_from(rounds).unwrap_or(u32::MAX)
+}
+
 /// Returns once `console` (a file QEMU writes the serial console to) holds its
 /// first byte, with the time since `started`; `Err(limit)` if it is still empty
-/// after `limit`.
+/// after `limit`, stretched by [`shared_limit`] for the most boots of this process
+/// that were silent together meanwhile.
 pub async fn first_output(
     console: &Path,
     started: Instant,
     limit: Duration,
 ) -> Result<Duration, Duration> {
+    let _silent = Silent::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut together = 1;
     loop {
         if std::fs::metadata(console).is_ok_and(|m| m.len() > 0) {
             return Ok(started.elapsed());
         }
+        together = together.max(SILENT_BOOTS.load(Ordering::SeqCst));
+        let limit = shared_limit(limit, together, cores);
         if started.elapsed() >= limit {
             return Err(limit);
         }
@@ -135,6 +175,17 @@ mod tests {
         }
         assert_eq!(s.silence_limit(), SILENCE_MIN);
         assert_eq!(s.ready_limit(cap), READY_MIN);
+    }
+
+    #[test]
+    fn the_silence_limit_stretches_with_the_boots_per_core() {
+        let limit = Duration::from_secs(10);
+        assert_eq!(shared_limit(limit, 1, 2), limit);
+        assert_eq!(shared_limit(limit, 2, 2), limit);
+        assert_eq!(shared_limit(limit, 3, 2), limit * 2);
+        assert_eq!(shared_limit(limit, 6, 2), limit * 3);
+        assert_eq!(shared_limit(limit, 6, 1), limit * 6);
+        assert_eq!(shared_limit(limit, 0, 0), limit);
     }
 
     #[tokio::test]
