@@ -1,5 +1,6 @@
 //! The HTTP router: a request whose host is a sprite's (`<name>.localhost`
-//! on the API's port) goes to port 8080 in that sprite, waking it first.
+//! on the API's port) goes to its URL port in that sprite (8080, or the port of
+//! the service that owns the URL), waking it first, through an agent tunnel.
 //! A sprite whose URL auth is `sprite` wants the host's token as a bearer
 //! token; a `public` one answers anyone. Every other request goes to the
 //! API, which wants the token too when the daemon requires it.
@@ -22,6 +23,9 @@ use crate::ControlError;
 
 /// How long a just-woken sprite may take to listen on its port.
 const LISTEN_GRACE: Duration = Duration::from_secs(15);
+
+/// The guest port a sprite's URL reaches when no service owns the URL.
+pub(crate) const DEFAULT_URL_PORT: u16 = 8080;
 
 /// The host's token: a random secret in `$WISP_HOME/token` (mode 0600),
 /// made on the first start. Requests to a sprite with URL auth `sprite`
@@ -143,10 +147,7 @@ async fn proxy(
     let upgrade = is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let activity = state.sprites.activity(&name).await?;
-    let port = record
-        .settings
-        .url_port
-        .unwrap_or(wisp_vm::machine::GUEST_HTTP_PORT);
+    let port = record.settings.url_port.unwrap_or(DEFAULT_URL_PORT);
     // A sprite that just woke may not listen yet (its services start with the
     // boot): the request waits for the port, not in a buffer and a retry loop.
     wait_listening(&activity, port).await;
@@ -156,8 +157,9 @@ async fn proxy(
             crate::error::chain_of(e)
         ))
     };
-    let io = connect(&activity, port)
+    let io = tunnel(&activity, "localhost", port)
         .await
+        .map(bridge)
         .map_err(|e| bad_gateway("cannot connect", &e))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
@@ -298,27 +300,44 @@ async fn wait_listening(activity: &Activity, port: u16) {
     .await;
 }
 
-/// A connection to `port` in the sprite: QEMU's forward for the guest's
-/// HTTP port, an agent tunnel for any other.
-async fn connect(activity: &Activity, port: u16) -> std::io::Result<Connection> {
-    if port == wisp_vm::machine::GUEST_HTTP_PORT {
-        let stream =
-            tokio::net::TcpStream::connect(("127.0.0.1", activity.awake().http_port())).await?;
-        let _ = stream.set_nodelay(true);
-        return Ok(Connection::Tcp(stream));
+/// A TCP connection to `port` on `host` in the sprite, through its agent. For
+/// `localhost` (what the URL and `wisp sprite proxy` ask for) a server bound to
+/// any of the guest's addresses answers: loopback first, then the addresses the
+/// port listens on (a server bound to the guest's own address only).
+pub(crate) async fn tunnel(
+    activity: &Activity,
+    host: &str,
+    port: u16,
+) -> Result<wisp_vm::agent::Tunnel, wisp_vm::agent::AgentError> {
+    let agent = activity.agent();
+    let error = match agent.connect_tcp(host, port).await {
+        Ok(tunnel) => return Ok(tunnel),
+        Err(e) if host != "localhost" => return Err(e),
+        Err(e) => e,
+    };
+    let listening = match tokio::time::timeout(LISTEN_GRACE, activity.awake().ports()).await {
+        Ok(Ok((now, _))) => now,
+        _ => return Err(error),
+    };
+    for address in listening
+        .iter()
+        .filter(|p| p.port == port)
+        .map(|p| p.address.as_str())
+        .filter(|a| !is_wildcard_or_loopback(a))
+    {
+        if let Ok(tunnel) = agent.connect_tcp(address, port).await {
+            return Ok(tunnel);
+        }
     }
-    let tunnel = activity
-        .agent()
-        .connect_tcp("localhost", port)
-        .await
-        .map_err(std::io::Error::other)?;
-    Ok(Connection::Tunnel(bridge(tunnel)))
+    Err(error)
 }
 
-/// The byte stream of a connection to a sprite.
-enum Connection {
-    Tcp(tokio::net::TcpStream),
-    Tunnel(tokio::io::DuplexStream),
+/// Whether a listening address is one `localhost` already tried (loopback) or
+/// covers (a wildcard: a server on it answers on loopback too).
+fn is_wildcard_or_loopback(address: &str) -> bool {
+    address
+        .parse::<std::net::IpAddr>()
+        .map_or(true, |ip| ip.is_unspecified() || ip.is_loopback())
 }
 
 /// An in-memory pipe whose far end is copied to and from `tunnel`.
@@ -352,52 +371,6 @@ fn bridge(tunnel: wisp_vm::agent::Tunnel) -> tokio::io::DuplexStream {
     near
 }
 
-impl tokio::io::AsyncRead for Connection {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Connection::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Connection::Tunnel(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Connection {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Connection::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Connection::Tunnel(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Connection::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Connection::Tunnel(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Connection::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Connection::Tunnel(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +390,16 @@ mod tests {
             sprite_of_host("web.sprites.example.com", "sprites.example.com"),
             Some("web")
         );
+    }
+
+    #[test]
+    fn localhost_covers_loopback_and_wildcard_listeners_only() {
+        for covered in ["127.0.0.1", "127.0.0.53", "::1", "0.0.0.0", "::", "junk"] {
+            assert!(is_wildcard_or_loopback(covered), "{covered}");
+        }
+        for own in ["10.0.2.15", "fe80::1", "192.168.1.2"] {
+            assert!(!is_wildcard_or_loopback(own), "{own}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ async fn debian_image_boots_and_runs_python() {
     env.image = info;
     let _slot = common::vm_slot();
     let name = common::unique("debian");
-    let s = env.boot(&name, None).await;
+    let s = env.boot(&name).await;
     let py = s
         .sh("python3 -c 'import sys; print(sys.version_info[0] * 14)'")
         .await;

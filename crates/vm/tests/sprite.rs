@@ -15,7 +15,7 @@ use common::{env, unique, vm_slot};
 async fn exec_passes_stdin_stdout_stderr_and_exit_codes() {
     let env = env().await;
     let _slot = vm_slot();
-    let s = env.boot(&unique("exec"), None).await;
+    let s = env.boot(&unique("exec")).await;
     let agent = s.machine.agent();
 
     common::check_stdout_stderr_exit(agent).await;
@@ -59,7 +59,7 @@ async fn exec_passes_stdin_stdout_stderr_and_exit_codes() {
 async fn pty_session_runs_a_shell_and_follows_the_window_size() {
     let env = env().await;
     let _slot = vm_slot();
-    let s = env.boot(&unique("pty"), None).await;
+    let s = env.boot(&unique("pty")).await;
     let mut e = s
         .machine
         .agent()
@@ -116,7 +116,7 @@ fn sha256_hex(data: &[u8]) -> String {
 async fn files_copy_both_ways_including_one_over_100_mib() {
     let env = env().await;
     let _slot = vm_slot();
-    let s = env.boot(&unique("files"), None).await;
+    let s = env.boot(&unique("files")).await;
     let agent = s.machine.agent();
     let big = common::pattern(1, 120 << 20);
     let n = agent
@@ -155,7 +155,6 @@ async fn files_copy_both_ways_including_one_over_100_mib() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_reaches_a_host_http_server_and_the_host_reaches_the_guest() {
     common::require_tool("python3", "python3");
-    common::require_tool("curl", "curl");
     let env = env().await;
     let _slot = vm_slot();
     // Egress: a web server on the host's loopback, which slirp shows the guest as 10.0.2.2.
@@ -170,8 +169,7 @@ async fn guest_reaches_a_host_http_server_and_the_host_reaches_the_guest() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let http_port = common::free_port();
-    let s = env.boot(&unique("net"), Some(http_port)).await;
+    let s = env.boot(&unique("net")).await;
     let got = s
         .sh(&format!(
             "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://10.0.2.2:{port}/hello.txt && exit 0; sleep 1; done; exit 1"
@@ -181,21 +179,37 @@ async fn guest_reaches_a_host_http_server_and_the_host_reaches_the_guest() {
     let _ = server.wait();
     assert_eq!(got, "from the host\n");
 
-    // Inbound: busybox httpd on the guest's 8080, reached through the forward.
-    s.sh("mkdir -p /www && echo 'from the guest' > /www/index.html && httpd -p 8080 -h /www")
+    // Inbound: busybox httpd on the guest's loopback only, reached through an agent
+    // tunnel (nothing on the host is forwarded into the guest).
+    s.sh("mkdir -p /www && echo 'from the guest' > /www/index.html && httpd -p 127.0.0.1:8080 -h /www")
         .await;
     let mut body = String::new();
     for _ in 0..20 {
-        let out = std::process::Command::new("curl")
-            .args(["-sf", "--max-time", "10"])
-            .arg(format!("http://127.0.0.1:{http_port}/index.html"))
-            .output()
+        let Ok(tunnel) = s.machine.agent().connect_tcp("localhost", 8080).await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let (mut reader, writer) = tunnel.split();
+        writer
+            .write(b"GET /index.html HTTP/1.0\r\nHost: sprite\r\n\r\n")
+            .await
             .unwrap();
-        if out.status.success() {
-            body = String::from_utf8_lossy(&out.stdout).into_owned();
-            break;
+        writer.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        while let Some(data) = reader.read().await.unwrap() {
+            answer.extend_from_slice(&data);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+            "{answer}"
+        );
+        body = answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        break;
     }
     assert_eq!(body, "from the guest\n");
     s.stop().await;
@@ -207,12 +221,12 @@ async fn a_file_survives_stop_and_boot() {
     let name = unique("persist");
     {
         let _slot = vm_slot();
-        let s = env.boot(&name, None).await;
+        let s = env.boot(&name).await;
         s.sh("echo kept > /root/kept.txt").await;
         s.stop().await;
     }
     let _slot = vm_slot();
-    let s = env.boot(&name, None).await;
+    let s = env.boot(&name).await;
     assert_eq!(s.sh("cat /root/kept.txt").await, "kept\n");
     s.stop().await;
     env.store.delete_volume(&name).await.unwrap();
@@ -225,7 +239,7 @@ async fn a_crash_during_writes_keeps_every_synced_write_and_a_clean_fs() {
     let name = unique("crash");
     {
         let _slot = vm_slot();
-        let s = env.boot(&name, None).await;
+        let s = env.boot(&name).await;
         // 40 files with known content, then sync; then writes go on until the kill.
         s.sh("mkdir -p /root/d && for i in $(seq 1 40); do head -c 65536 /dev/urandom > /root/d/$i; done \
               && (cd /root/d && md5sum $(seq 1 40) > /root/sums) && sync")
@@ -246,7 +260,7 @@ async fn a_crash_during_writes_keeps_every_synced_write_and_a_clean_fs() {
     }
     {
         let _slot = vm_slot();
-        let s = env.boot(&name, None).await;
+        let s = env.boot(&name).await;
         let check = s
             .sh("cd /root/d && md5sum -c /root/sums | grep -c ': OK$'")
             .await;
@@ -278,7 +292,7 @@ async fn services_restart_after_a_crash_and_after_a_reboot() {
     let env = env().await;
     let name = unique("svc");
     let _slot = vm_slot();
-    let s = env.boot(&name, None).await;
+    let s = env.boot(&name).await;
     let agent = s.machine.agent();
     agent
         .define_service(ServiceSpec {
@@ -305,7 +319,7 @@ async fn services_restart_after_a_crash_and_after_a_reboot() {
     wait_for_log_lines(&s, 2).await;
     s.stop().await;
 
-    let s = env.boot(&name, None).await;
+    let s = env.boot(&name).await;
     wait_for_service(&s, None).await;
     wait_for_log_lines(&s, 3).await;
     s.stop().await;

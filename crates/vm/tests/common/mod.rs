@@ -158,7 +158,7 @@ pub struct Sprite {
 
 impl Env {
     /// Forks the tiny image into `name` (if it does not exist yet) and boots it.
-    pub async fn boot(&self, name: &str, http_port: Option<u16>) -> Sprite {
+    pub async fn boot(&self, name: &str) -> Sprite {
         if self.store.volume_info(name).await.is_err() {
             self.store
                 .fork(&self.image.volume, &self.image.checkpoint, name)
@@ -167,7 +167,6 @@ impl Env {
         }
         let volume = std::sync::Arc::new(self.store.open_volume(name).await.expect("open"));
         let mut cfg = self.runtime.machine_config(volume.clone(), name).await;
-        cfg.http_port = http_port;
         cfg.boot_timeout = std::time::Duration::from_secs(90);
         let machine = wisp_vm::Machine::start(cfg).await.expect("boot");
         Sprite {
