@@ -18,7 +18,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -38,15 +38,44 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 
+/// How long a request waits for a host that is reconnecting (a machine resumed
+/// from a saved state, a daemon that restarted) before it is answered 503.
+const RECONNECT_WAIT: Duration = Duration::from_secs(30);
+
 /// What the in-sprite API and the host channel share: the tasks, the services, and
 /// the route to the host for requests only it can answer.
+///
+/// A request lives in `pending` until its answer comes, and goes out on every
+/// route the host opens meanwhile: one sent to a host connection that ended
+/// before answering (a warm sleep, a daemon restart) is sent again on the next,
+/// under the same id, and the host answers a repeated id from what it answered
+/// before (`control::tasks`), so it is done once.
 pub struct Hub {
     pub tasks: Tasks,
     services: Arc<Services>,
-    /// The agent connection and session the host opened with `guest_requests`.
-    route: Mutex<Option<(Weak<Agent>, u32)>>,
-    pending: Mutex<HashMap<u64, mpsc::Sender<Result<String, String>>>>,
+    route: Mutex<Route>,
+    route_changed: Condvar,
+    pending: Mutex<HashMap<u64, Pending>>,
     next: AtomicU64,
+}
+
+/// Where requests to the host go.
+#[derive(Default)]
+struct Route {
+    /// The agent connection and session the host opened with `guest_requests`.
+    open: Option<(Weak<Agent>, u32)>,
+    /// Counts the routes opened: a request sent on route `n` is sent again on `n + 1`.
+    generation: u64,
+    /// A host had opened a route and its connection ended: requests wait for the
+    /// next one (at most [`RECONNECT_WAIT`]) instead of failing at once.
+    reconnecting: bool,
+}
+
+struct Pending {
+    request: GuestRequest,
+    answer: mpsc::Sender<Result<String, String>>,
+    /// The route generation it last went out on.
+    sent_on: Option<u64>,
 }
 
 impl Hub {
@@ -54,9 +83,10 @@ impl Hub {
         Arc::new(Hub {
             tasks: Tasks::default(),
             services,
-            route: Mutex::new(None),
+            route: Mutex::new(Route::default()),
+            route_changed: Condvar::new(),
             pending: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(1),
+            next: AtomicU64::new(first_request_id()),
         })
     }
 
@@ -64,10 +94,26 @@ impl Hub {
         &self.services
     }
 
-    /// Requests to the host go through `agent`'s session `session` from now on.
+    /// Requests to the host go through `agent`'s session `session` from now on;
+    /// every request still unanswered goes out on it.
     pub fn set_route(&self, agent: &Arc<Agent>, session: u32) {
-        *self.route.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Arc::downgrade(agent), session));
+        {
+            let mut route = self.route.lock().unwrap_or_else(|e| e.into_inner());
+            route.open = Some((Arc::downgrade(agent), session));
+            route.generation += 1;
+            route.reconnecting = false;
+        }
+        self.route_changed.notify_all();
+        self.send_pending();
+    }
+
+    /// The host connection ended (a new host said `hello`): requests wait for the
+    /// next route.
+    pub fn disconnect(&self) {
+        let mut route = self.route.lock().unwrap_or_else(|e| e.into_inner());
+        if route.open.take().is_some() {
+            route.reconnecting = true;
+        }
     }
 
     /// The host answered request `id`.
@@ -77,26 +123,67 @@ impl Hub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
-        if let Some(tx) = waiter {
-            let _ = tx.send(answer);
+        if let Some(p) = waiter {
+            let _ = p.answer.send(answer);
+        }
+    }
+
+    /// Sends every pending request that has not gone out on the current route.
+    fn send_pending(&self) {
+        let (agent, session, generation) = {
+            let route = self.route.lock().unwrap_or_else(|e| e.into_inner());
+            match route
+                .open
+                .as_ref()
+                .and_then(|(a, s)| Some((a.upgrade()?, *s)))
+            {
+                Some((agent, session)) => (agent, session, route.generation),
+                None => return,
+            }
+        };
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, p) in pending.iter_mut() {
+            if p.sent_on != Some(generation) {
+                p.sent_on = Some(generation);
+                agent.out.control(
+                    session,
+                    &Control::GuestRequest {
+                        id: *id,
+                        request: p.request.clone(),
+                    },
+                );
+            }
         }
     }
 
     /// Asks the host; its answer's JSON text, or why there is none.
     fn ask(&self, request: GuestRequest) -> Result<String, (u16, String)> {
-        let route = self.route.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some((agent, session)) = route.and_then(|(a, s)| Some((a.upgrade()?, s))) else {
-            return Err((503, "no host is connected to this sprite's agent".into()));
-        };
+        {
+            let route = self.route.lock().unwrap_or_else(|e| e.into_inner());
+            let (route, _) = self
+                .route_changed
+                .wait_timeout_while(route, RECONNECT_WAIT, |r| {
+                    r.open.is_none() && r.reconnecting
+                })
+                .unwrap_or_else(|e| e.into_inner());
+            if route.open.is_none() {
+                return Err((503, "no host is connected to this sprite's agent".into()));
+            }
+        }
         let id = self.next.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel();
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
-        agent
-            .out
-            .control(session, &Control::GuestRequest { id, request });
+            .insert(
+                id,
+                Pending {
+                    request,
+                    answer: tx,
+                    sent_on: None,
+                },
+            );
+        self.send_pending();
         let answer = rx.recv_timeout(HOST_TIMEOUT);
         self.pending
             .lock()
@@ -111,6 +198,24 @@ impl Hub {
             )),
         }
     }
+}
+
+/// Where this agent's request ids start: random, so that ids of requests from
+/// different boots of a sprite differ (the host remembers answers by id).
+fn first_request_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: the buffer is valid for its length; GRND_NONBLOCK never waits.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), libc::GRND_NONBLOCK) };
+    let random = if n == 8 {
+        u64::from_ne_bytes(bytes)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    };
+    // Room to count up without wrapping.
+    (random >> 8).max(1)
 }
 
 /// Serves the API on `path` in a thread of its own (a stale socket there is

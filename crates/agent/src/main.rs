@@ -11,6 +11,7 @@ mod channel;
 mod checkpoints;
 mod exec;
 mod files;
+mod freeze;
 mod fsops;
 mod init;
 mod net;

@@ -41,11 +41,15 @@ pub struct Agent {
     pub services: Arc<Services>,
     /// Keep-awake tasks and the in-sprite API's route to the host.
     pub hub: Arc<crate::api::Hub>,
+    /// The filesystems frozen for a host's snapshot.
+    freezer: Arc<crate::freeze::Freezer>,
     sessions: Mutex<HashMap<u32, Session>>,
     /// The highest session number the host has opened on this connection: a frame
     /// for a lower one that is not open is for a session that just ended (its end
     /// raced with the host's frame) and is dropped, not answered with an error.
     highest: std::sync::atomic::AtomicU32,
+    /// The number of the host connection whose `hello` was answered last.
+    connection: std::sync::atomic::AtomicU64,
     on_shutdown: OnShutdown,
 }
 
@@ -61,8 +65,10 @@ impl Agent {
             reaper,
             services: hub.services().clone(),
             hub,
+            freezer: Arc::default(),
             sessions: Mutex::new(HashMap::new()),
             highest: std::sync::atomic::AtomicU32::new(0),
+            connection: std::sync::atomic::AtomicU64::new(0),
             on_shutdown,
         })
     }
@@ -83,7 +89,32 @@ impl Agent {
     /// late, after a new host's first frames (seen after resuming a saved machine). So
     /// there it waits and reads on with the same frame reader, and a new host's `hello`
     /// is what ends the sessions of an earlier one.
+    ///
+    /// Frames are handled in order on a dispatch thread, except `thaw`, which the
+    /// reading thread acts on at once: a frame ahead of it may be waiting on a frozen
+    /// filesystem (a file write opening its file), and only the thaw frees it.
     pub fn serve(self: &Arc<Self>, r: &mut dyn Read) -> io::Result<()> {
+        let (queue, queued) = std::sync::mpsc::channel::<Frame>();
+        let me = self.clone();
+        let dispatch = std::thread::Builder::new()
+            .name("dispatch".into())
+            .spawn(move || {
+                for f in queued {
+                    me.handle(f);
+                }
+            })?;
+        let result = self.read_frames(r, &queue);
+        drop(queue);
+        let _ = dispatch.join();
+        self.abandon_all();
+        result
+    }
+
+    fn read_frames(
+        self: &Arc<Self>,
+        r: &mut dyn Read,
+        queue: &std::sync::mpsc::Sender<Frame>,
+    ) -> io::Result<()> {
         let mut frames = FrameReader::new();
         let mut tmp = vec![0u8; 256 * 1024];
         let result = loop {
@@ -98,13 +129,18 @@ impl Agent {
                 Err(e) => break Err(e),
             };
             frames.feed(&tmp[..n], |item| match item {
-                Ok(f) => self.handle(f),
+                Ok(f) if is_thaw(&f) => {
+                    let early = self.freezer.thaw();
+                    self.out.control(f.session, &Control::Thawed { early });
+                }
+                Ok(f) => {
+                    let _ = queue.send(f);
+                }
                 Err(error) => self
                     .out
                     .error(0, format!("bad frame, resynchronising: {error}")),
             });
         };
-        self.abandon_all();
         result
     }
 
@@ -224,17 +260,35 @@ impl Agent {
     fn control(self: &Arc<Self>, s: u32, msg: Control) {
         match msg {
             Control::Ping => return self.out.control(s, &Control::Pong),
-            Control::Hello { version, .. } if s == 0 => {
+            Control::Hello {
+                version,
+                connection,
+                ..
+            } if s == 0 => {
                 if version == PROTOCOL_VERSION {
                     // A host's `hello` opens its connection: sessions of an earlier
                     // one (a daemon that restarted, a machine resumed from a saved
                     // state) have nobody to talk to, and their numbers are the new
-                    // host's to use. Services run on.
-                    let old: Vec<Session> = {
-                        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-                        sessions.drain().map(|(_, v)| v).collect()
-                    };
-                    old.into_iter().for_each(close_session);
+                    // host's to use. Services run on. A `hello` the host re-sent
+                    // while it waited for the answer names the connection already
+                    // open: the sessions it opened since are kept (ending them lost
+                    // a reply to the guest after a warm resume).
+                    let previous = self
+                        .connection
+                        .swap(connection, std::sync::atomic::Ordering::SeqCst);
+                    if connection == 0 || connection != previous {
+                        let old: Vec<Session> = {
+                            let mut sessions =
+                                self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                            sessions.drain().map(|(_, v)| v).collect()
+                        };
+                        old.into_iter().for_each(close_session);
+                        // The new host numbers its sessions afresh.
+                        self.highest.store(0, std::sync::atomic::Ordering::SeqCst);
+                        // Requests the guest sent to the old host are sent again
+                        // once the new one opens its `guest_requests` session.
+                        self.hub.disconnect();
+                    }
                     self.announce();
                 } else {
                     self.out.error(
@@ -289,6 +343,9 @@ impl Agent {
                 }
                 (_, Control::Close) => {
                     if let Some(old) = sessions.remove(&s) {
+                        if matches!(old, Session::Requests) {
+                            self.hub.disconnect();
+                        }
                         close_session(old);
                     }
                     None
@@ -450,14 +507,32 @@ impl Agent {
             })
             .map(|()| None)
             .map_err(io_err("checkpoint unmount".to_string())),
+            Control::Freeze { timeout_ms } => {
+                // Writing the dirty pages takes a while: not on the dispatch thread.
+                let me = self.clone();
+                std::thread::Builder::new()
+                    .name("freeze".into())
+                    .spawn(move || {
+                        match me
+                            .freezer
+                            .freeze(std::time::Duration::from_millis(timeout_ms))
+                        {
+                            Ok(filesystems) => me.out.control(s, &Control::Frozen { filesystems }),
+                            Err(e) => me.out.error_io(s, "freeze the filesystems", &e),
+                        }
+                    })
+                    .map(|_| None)
+                    .map_err(io_err("freeze".to_string()))
+            }
             Control::TaskList => {
                 let tasks = self.hub.tasks.list();
                 self.out.control(s, &Control::Tasks { tasks });
                 Ok(None)
             }
             Control::GuestRequests => {
-                self.hub.set_route(self, s);
+                // `ok` first: the requests waiting for a host go out on the route.
                 self.out.control(s, &Control::Ok);
+                self.hub.set_route(self, s);
                 Ok(Some(Session::Requests))
             }
             Control::ServiceList => {
@@ -509,6 +584,7 @@ impl Agent {
                 version: PROTOCOL_VERSION,
                 agent: format!("wisp-agent {}", env!("CARGO_PKG_VERSION")),
                 capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+                connection: 0,
             },
         );
     }
@@ -525,6 +601,11 @@ impl Agent {
             OnShutdown::PowerOff => crate::init::power_off(&self.out, s),
         }
     }
+}
+
+/// A `thaw` request (see [`Agent::serve`]).
+fn is_thaw(f: &Frame) -> bool {
+    f.kind == Kind::Control && f.payload.len() < 64 && matches!(f.to_control(), Ok(Control::Thaw))
 }
 
 fn close_session(s: Session) {

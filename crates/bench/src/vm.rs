@@ -150,13 +150,44 @@ pub struct BareBoot {
     pub whole: Duration,
 }
 
+/// What the reference boot's QEMU and kernel are told.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Flags {
+    /// QEMU's default CPU model and the least kernel command line a console boot
+    /// needs (plus the TSC arguments without which TCG guests hang under load).
+    Bare,
+    /// wisp's own: [`wisp_vm::qemu::kernel_cmdline`], [`wisp_vm::qemu::cpu_model`] and
+    /// the balloon device, so a flag that taxes every boot shows against `Bare`
+    /// (`init_on_free=1` added a second, `-cpu max` 0.15-0.2 s, unseen while the
+    /// reference used them too).
+    Production,
+}
+
 /// Boots the reference once under TCG (as wisp does on these machines). The console is
 /// QEMU's stdout, read as it comes, so the moment the root's init runs is seen at once.
-pub fn bare_boot(kernel: &KernelFiles, initrd: &Path, root: &Path) -> Result<BareBoot> {
+pub fn bare_boot(
+    kernel: &KernelFiles,
+    initrd: &Path,
+    root: &Path,
+    flags: Flags,
+) -> Result<BareBoot> {
     let qemu = wisp_testkit::require_tool("qemu-system-x86_64", "qemu-system-x86");
     let mut cmd = Command::new(qemu);
-    cmd.args(["-M", "microvm,acpi=on", "-accel", "tcg", "-cpu", "max"])
-        .args(["-m", "1024M", "-smp", "2"])
+    cmd.args(["-M", "microvm,acpi=on", "-accel", "tcg"]);
+    let cmdline = match flags {
+        Flags::Bare => format!(
+            "console=ttyS0 quiet panic=-1 reboot=t {}",
+            wisp_vm::clock::tsc_kernel_args(wisp_vm::clock::host_tsc_khz())
+        ),
+        Flags::Production => {
+            if let Some(model) = wisp_vm::qemu::cpu_model(wisp_vm::Accel::Tcg) {
+                cmd.args(["-cpu", model]);
+            }
+            cmd.args(["-device", wisp_vm::qemu::BALLOON_DEVICE]);
+            wisp_vm::qemu::kernel_cmdline()
+        }
+    };
+    cmd.args(["-m", "1024M", "-smp", "2"])
         .args([
             "-nodefaults",
             "-no-user-config",
@@ -175,8 +206,7 @@ pub fn bare_boot(kernel: &KernelFiles, initrd: &Path, root: &Path) -> Result<Bar
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        // The kernel command line wisp uses, so both boots do the same work.
-        .args(["-append", &wisp_vm::qemu::kernel_cmdline()])
+        .args(["-append", &cmdline])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -222,18 +252,21 @@ fn memmem(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Medians of [`SAMPLES`] reference boots after one warm-up boot.
-pub fn reference(kernel: &KernelFiles, dir: &Path) -> Result<BareBoot> {
+/// Medians of [`SAMPLES`] reference boots after one warm-up boot, bare and with
+/// wisp's flags, interleaved (so a change of the machine's load hits both).
+pub fn reference(kernel: &KernelFiles, dir: &Path) -> Result<(BareBoot, BareBoot)> {
     let (initrd, root) = build_reference(dir, kernel)?;
-    bare_boot(kernel, &initrd, &root)?;
-    let mut samples = Vec::new();
+    bare_boot(kernel, &initrd, &root, Flags::Bare)?;
+    let (mut bare, mut production) = (Vec::new(), Vec::new());
     for _ in 0..SAMPLES {
-        samples.push(bare_boot(kernel, &initrd, &root)?);
+        bare.push(bare_boot(kernel, &initrd, &root, Flags::Bare)?);
+        production.push(bare_boot(kernel, &initrd, &root, Flags::Production)?);
     }
-    Ok(BareBoot {
+    let medians = |samples: &[BareBoot]| BareBoot {
         to_init: median(samples.iter().map(|s| s.to_init).collect()),
         whole: median(samples.iter().map(|s| s.whole).collect()),
-    })
+    };
+    Ok((medians(&bare), medians(&production)))
 }
 
 /// Figures of sprites started through the library, as `wisp` does.
@@ -386,26 +419,10 @@ pub struct DaemonFigures {
     pub rss_idle: u64,
     pub rss_awake: u64,
     /// A small GET through the router to a server in an awake sprite, and the same
-    /// GET straight to the loopback port QEMU forwards to it: medians of [`EXEC_RUNS`].
+    /// GET through `wisp sprite proxy` (the other way in, the same agent tunnel):
+    /// medians of [`EXEC_RUNS`].
     pub routed_get: Duration,
-    pub direct_get: Duration,
-}
-
-/// The loopback port QEMU forwards to guest port 8080 for the sprite whose volume is
-/// `volume`, read off the QEMU command line (the daemon does not publish it).
-fn forwarded_port(volume: &str) -> Option<u16> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if !text.contains("qemu-system") || !text.contains(volume) {
-            continue;
-        }
-        let rest = text.split("hostfwd=tcp:127.0.0.1:").nth(1)?;
-        return rest.split('-').next()?.parse().ok();
-    }
-    None
+    pub proxied_get: Duration,
 }
 
 /// Medians of [`EXEC_RUNS`] GETs of `url` (after 3 unmeasured), each must answer 200.
@@ -504,7 +521,8 @@ pub fn daemon(wisp: &Wisp, dir: &Path) -> Result<DaemonFigures> {
             }
         }
         // The router: a server in the sprite (busybox httpd on port 8080), the sprite
-        // held awake by a long exec, GETs through the daemon and straight to QEMU's port.
+        // held awake by a long exec, GETs through the daemon's router and through
+        // `wisp sprite proxy`.
         let hold = wisp_control::client::ExecOptions {
             argv: vec![
                 "sh".into(),
@@ -514,9 +532,6 @@ pub fn daemon(wisp: &Wisp, dir: &Path) -> Result<DaemonFigures> {
             ..Default::default()
         };
         let holding = client.exec(name, &hold).await?;
-        let volume = format!("sprite-{}", client.get(name).await?.id);
-        let direct_port =
-            forwarded_port(&volume).context("no QEMU forwards a port for the sprite")?;
         let token = std::fs::read_to_string(wisp.home.join("token"))?;
         let http = reqwest::Client::new();
         let api_port = client
@@ -551,8 +566,21 @@ pub fn daemon(wisp: &Wisp, dir: &Path) -> Result<DaemonFigures> {
             token.trim(),
         )
         .await?;
-        let direct_url = format!("http://127.0.0.1:{direct_port}/index.html");
-        let direct_get = timed_gets(&http, &direct_url, "localhost", token.trim()).await?;
+        let proxy_port = wisp_testkit::free_port();
+        let mut proxy = wisp.cmd(["sprite", "proxy", "--api", client.base(), name]);
+        proxy.arg(format!("8080:{proxy_port}"));
+        let proxying = procs::Server::spawn("wisp sprite proxy", proxy, &dir.join("proxy.log"))?;
+        let proxied_url = format!("http://127.0.0.1:{proxy_port}/index.html");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(http.get(&proxied_url).send().await, Ok(r) if r.status() == 200) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "`wisp sprite proxy` did not answer on port {proxy_port}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let proxied_get = timed_gets(&http, &proxied_url, "localhost", token.trim()).await?;
+        drop(proxying);
         drop(holding);
 
         // Memory: the daemon with every sprite asleep, then with MEMORY_SPRITES awake
@@ -588,7 +616,7 @@ pub fn daemon(wisp: &Wisp, dir: &Path) -> Result<DaemonFigures> {
             rss_idle,
             rss_awake,
             routed_get,
-            direct_get,
+            proxied_get,
         })
     });
     server.terminate(Duration::from_secs(60))?;
@@ -611,7 +639,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         samples.push(wisp.timed(&run_true)?);
     }
     let wisp_run = median(samples);
-    let bare = reference(&kernel, &dir)?;
+    let (bare, production) = reference(&kernel, &dir)?;
     let sprite = sprites(&wisp)?;
     let memory = memory(&wisp)?;
     let daemon = daemon(&wisp, &dir)?;
@@ -627,6 +655,9 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         )
     };
     Ok(vec![
+        boot_row("bare boot with wisp's QEMU and kernel flags", production.whole, bare.whole, 1.1).with_note(format!(
+            "median of {SAMPLES}, whole process, TCG: wisp's kernel command line, CPU model and devices on the reference; reference: the bare boot (QEMU's default CPU, console-only command line), interleaved"
+        )),
         boot_row("wisp vm run --image tiny -- true", wisp_run, bare.whole, 1.3).with_note(format!(
             "median of {SAMPLES}, whole process, TCG; reference: bare QEMU, same kernel and modules, raw root file, init powers off, whole process"
         )),
@@ -698,12 +729,12 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             SECTION,
             "GET through the router to an awake sprite",
             ms(daemon.routed_get),
-            ms(daemon.direct_get),
+            ms(daemon.proxied_get),
             "ms",
             Target::ValueAtMost(20.0),
         )
         .with_note(format!(
-            "median of {EXEC_RUNS} GETs of a small file from busybox httpd in the sprite, via `wisp server` (host `<name>.localhost`, token checked); reference: the same GET straight to the loopback port QEMU forwards"
+            "median of {EXEC_RUNS} GETs of a small file from busybox httpd in the sprite, via `wisp server` (host `<name>.localhost`, token checked); reference: the same GET through `wisp sprite proxy` (the API's proxy WebSocket to the same agent tunnel)"
         )),
         Row::info(SECTION, "idle sprite to asleep (idle timeout 1 s)", daemon.to_sleep.as_secs_f64(), "s")
             .with_note("from the end of the last exec until the API reports it cold: the timeout plus up to one tick (1 s) of the task that puts idle sprites to sleep".to_string()),

@@ -9,6 +9,7 @@
 //! [`registry`] (SQLite), [`model`] (JSON shapes), [`client`] (for the CLI).
 
 mod api;
+pub mod boot_queue;
 pub mod checkpoint_mounts;
 pub mod warm;
 pub use api::openapi;
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     pub gc_interval: Duration,
     /// When sprites sleep: idle timeout, warm to cold, the warm-state budget.
     pub sleep: sleep::SleepPolicy,
+    /// How many boots run at once and how many wakes may wait for one.
+    pub wakes: boot_queue::WakeLimits,
     /// Sprite URLs are `http://<name>.<sprite_domain>:<port>`.
     pub sprite_domain: String,
     /// Whether API calls need the host's token (`$WISP_HOME/token`); on by
@@ -117,6 +120,7 @@ impl Server {
             config.image.clone(),
             config.sleep.clone(),
         ));
+        sprites.machines.set_wake_limits(config.wakes);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ControlError::Bind {

@@ -8,7 +8,7 @@
 //! otherwise. **Cold**: the guest is stopped cleanly (the agent syncs its
 //! filesystems), and the next wake boots it from its disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,7 @@ use wisp_vm::agent::{AgentClient, ListeningPort};
 use wisp_vm::{Machine, Runtime};
 use wisp_volume::{Store, Volume};
 
+use crate::boot_queue::{BootQueue, QueueFull, WakeLimits};
 use crate::checkpoint_mounts::{self, Slots};
 use crate::registry::SpriteRecord;
 use crate::warm::{SavedState, WarmStates};
@@ -26,7 +27,6 @@ use crate::ControlError;
 /// How a machine came up (see [`Machines::insert`]).
 struct Woke {
     slots: Arc<Slots>,
-    http_port: u16,
     size: (u32, u64, wisp_vm::Accel),
     by: &'static str,
     listening: Vec<u16>,
@@ -44,8 +44,6 @@ pub enum SleepMode {
 /// One awake sprite.
 pub struct Awake {
     agent: Arc<AgentClient>,
-    /// The host port on 127.0.0.1 that QEMU forwards to the guest's port 8080.
-    http_port: u16,
     /// When the machine finished booting.
     woke_at: Instant,
     volume: Arc<Volume>,
@@ -94,10 +92,6 @@ impl Awake {
 
     pub fn volume(&self) -> &Arc<Volume> {
         &self.volume
-    }
-
-    pub fn http_port(&self) -> u16 {
-        self.http_port
     }
 
     /// How long ago the machine finished booting.
@@ -248,6 +242,10 @@ pub struct Machines {
     pub outlive_daemon: bool,
     /// The name of each sprite that woke or fell asleep (see [`Machines::changes`]).
     changes: tokio::sync::broadcast::Sender<String>,
+    /// Boots take turns for the host's cores (see [`crate::boot_queue`]).
+    boots: Mutex<Arc<BootQueue>>,
+    /// Sprites whose boot is waiting its turn or running.
+    booting: Mutex<HashSet<String>>,
 }
 
 impl Machines {
@@ -260,7 +258,39 @@ impl Machines {
             awake: Mutex::default(),
             outlive_daemon: false,
             changes: tokio::sync::broadcast::channel(256).0,
+            boots: Mutex::new(Arc::new(BootQueue::new(WakeLimits::default()))),
+            booting: Mutex::default(),
         }
+    }
+
+    /// How many boots run at once and how many wakes may wait (set before the
+    /// first wake: boots already running or waiting keep the old limits).
+    pub fn set_wake_limits(&self, limits: WakeLimits) {
+        *self.boots.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(BootQueue::new(limits));
+    }
+
+    fn boot_queue(&self) -> Arc<BootQueue> {
+        self.boots.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether a request that wakes sprite `name` would be taken now: it is
+    /// awake or booting (the request joins that wake), or its boot would run or
+    /// wait, not be refused. For the requests answered before their wake
+    /// (WebSocket upgrades), so that a full queue is their 503 rather than an
+    /// error on an open socket.
+    pub fn wake_room(&self, name: &str) -> Result<(), ControlError> {
+        let booting = || {
+            self.booting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(name)
+        };
+        if self.get(name).is_some() || booting() {
+            return Ok(());
+        }
+        self.boot_queue()
+            .check()
+            .map_err(|full| queue_full(name, full))
     }
 
     /// The saved states of this host's warm sprites.
@@ -341,6 +371,16 @@ impl Machines {
         let (name, volume_name) = (record.name.as_str(), record.volume.as_str());
         let runtime = self.runtime().await?;
         let started = Instant::now();
+        let _booting = Booting::new(&self.booting, name);
+        // Held until the machine is up (or failed): its boot has the cores it needs.
+        let _slot = self
+            .boot_queue()
+            .enter()
+            .await
+            .map_err(|full| queue_full(name, full))?;
+        if started.elapsed() > Duration::from_secs(1) {
+            tracing::info!(sprite = %name, waited = ?started.elapsed(), "the sprite's boot waited its turn");
+        }
         let volume = Arc::new(
             self.store
                 .open_volume(volume_name)
@@ -362,8 +402,6 @@ impl Machines {
         if let Some(ram) = record.settings.config.ram_mb {
             config.memory_mib = ram;
         }
-        let http_port = free_loopback_port().map_err(ControlError::Io)?;
-        config.http_port = Some(http_port);
         let slots = Arc::new(Slots::new(volume.info().size));
         config.extra_disks = slots.machine_disks();
         let (mut woke_by, mut machine, mut listening) = ("boot", None, Vec::new());
@@ -411,7 +449,6 @@ impl Machines {
             volume,
             Woke {
                 slots,
-                http_port,
                 size: (cpus, memory_mib, accel),
                 by: woke_by,
                 listening,
@@ -423,7 +460,6 @@ impl Machines {
         let (cpus, memory_mib, accel) = woke.size;
         let awake = Arc::new(Awake {
             agent: machine.agent().clone(),
-            http_port: woke.http_port,
             woke_at: Instant::now(),
             volume,
             machine: tokio::sync::Mutex::new(Some(machine)),
@@ -444,6 +480,21 @@ impl Machines {
         awake
     }
 
+    /// The run folder of the machine of volume `volume` (`$WISP_HOME/run/<volume>`:
+    /// its sockets, console logs, machine record, checkpoint slots record).
+    fn run_dir(&self, volume: &str) -> PathBuf {
+        self.home.join("run").join(volume)
+    }
+
+    /// Removes the run folder of volume `volume`'s machine, which must be
+    /// stopped: for a sprite being deleted. A folder already gone is not an error.
+    pub(crate) fn remove_run_dir(&self, volume: &str) -> Result<(), ControlError> {
+        match std::fs::remove_dir_all(self.run_dir(volume)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ControlError::Io(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Brings `/.sprite/checkpoints` of sprite `name` in line with its
     /// checkpoints, in a task of its own, if it is awake (see
     /// [`checkpoint_mounts::refresh`]).
@@ -452,7 +503,7 @@ impl Machines {
             return;
         };
         let (store, sprite) = (self.store.clone(), name.to_string());
-        let run_dir = self.home.join("run").join(awake.volume.info().name);
+        let run_dir = self.run_dir(&awake.volume.info().name);
         tokio::spawn(async move {
             checkpoint_mounts::refresh(
                 &sprite,
@@ -493,6 +544,8 @@ impl Machines {
             tracing::info!(sprite = %name, "the machine state was saved without checkpoint disks; booting instead");
         } else if generation != Some(saved.generation) {
             tracing::info!(sprite = %name, saved = saved.generation, now = ?generation, "the disk changed since the machine state was saved; booting instead");
+        } else if saved.layout != wisp_vm::qemu::MACHINE_LAYOUT {
+            tracing::info!(sprite = %name, saved = %saved.layout, now = wisp_vm::qemu::MACHINE_LAYOUT, "the machine state was saved from a machine of another layout; booting instead");
         } else if saved.accel != accel {
             tracing::info!(sprite = %name, saved = %saved.accel, now = %accel, "the machine state was saved under another accelerator; booting instead");
         } else {
@@ -571,6 +624,7 @@ impl Machines {
                     bytes: report.bytes,
                     ports,
                     checkpoint_slots,
+                    layout: wisp_vm::qemu::MACHINE_LAYOUT.to_string(),
                 };
                 self.warm.record(&volume_name, &state)?;
                 tracing::info!(sprite = %name, took = ?started.elapsed(), save = ?report.save, qemu_gone = ?report.total, bytes = report.bytes, "sprite asleep (warm)");
@@ -592,7 +646,7 @@ impl Machines {
     /// (see [`Machine::adopt`]); whether it did.
     pub async fn adopt(&self, record: &SpriteRecord) -> Result<bool, ControlError> {
         let (name, volume_name) = (record.name.as_str(), record.volume.as_str());
-        let run_dir = self.home.join("run").join(volume_name);
+        let run_dir = self.run_dir(volume_name);
         let Some(prior) = wisp_vm::machine::MachineRecord::read(&run_dir) else {
             return Ok(false);
         };
@@ -629,14 +683,12 @@ impl Machines {
             }
         };
         tracing::info!(sprite = %name, pid = prior.qemu_pid, "adopted a running sprite from an earlier daemon");
-        let http_port = prior.http_port.unwrap_or(0);
         self.insert(
             name,
             machine,
             volume,
             Woke {
                 slots,
-                http_port,
                 size: (prior.cpus, prior.memory_mib, prior.accel),
                 by: "adopt",
                 listening: Vec::new(),
@@ -646,19 +698,40 @@ impl Machines {
     }
 }
 
+/// Marks a sprite as booting (see `Machines::booting`) while it lives.
+struct Booting<'a>(&'a Mutex<HashSet<String>>, String);
+
+impl Booting<'_> {
+    fn new<'a>(set: &'a Mutex<HashSet<String>>, name: &str) -> Booting<'a> {
+        set.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string());
+        Booting(set, name.to_string())
+    }
+}
+
+impl Drop for Booting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+/// The error of a wake the boot queue refused.
+fn queue_full(name: &str, full: QueueFull) -> ControlError {
+    ControlError::WakeQueueFull {
+        name: name.to_string(),
+        booting: full.booting,
+        waiting: full.waiting,
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// A port on 127.0.0.1 nothing listens on now, for QEMU's forward to the
-/// guest's HTTP port. (QEMU binds it a moment later; another process taking
-/// it in between makes that boot fail with a clear error.)
-fn free_loopback_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }

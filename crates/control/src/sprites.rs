@@ -158,6 +158,9 @@ pub struct Sprites {
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Exec sessions of every sprite.
     sessions: Arc<crate::sessions::Sessions>,
+    /// The latest answers to each sprite's guest requests, for a request the
+    /// guest sends again after its answer was lost (see `tasks::GuestAnswers`).
+    pub(crate) guest_answers: crate::tasks::GuestAnswers,
 }
 
 impl Sprites {
@@ -182,6 +185,7 @@ impl Sprites {
             image,
             turns: Mutex::default(),
             sessions: Arc::default(),
+            guest_answers: Default::default(),
         }
     }
 
@@ -431,13 +435,15 @@ impl Sprites {
             .ok_or_else(|| not_found(name))
     }
 
-    /// Deletes sprite `name`: its volume (data, metadata and checkpoints),
-    /// then its registry row. A volume already gone is not an error, so a
+    /// Deletes sprite `name`: its machine's run folder, its saved state, its
+    /// volume (data, metadata and checkpoints), then its registry row. A volume already gone is not an error, so a
     /// delete interrupted between the two steps can be repeated.
     pub async fn delete(&self, name: &str) -> Result<(), ControlError> {
         let _turn = self.turn(name).await;
         let record = self.get(name)?;
         self.machines.sleep(name, SleepMode::Cold).await?;
+        // Its console logs, records and sockets: nothing of it stays on the host.
+        self.machines.remove_run_dir(&record.volume)?;
         self.drop_memory(&record).await;
         match self.store.delete_volume(&record.volume).await {
             Ok(()) | Err(VolumeError::NotFound(_)) => {}
@@ -450,6 +456,7 @@ impl Sprites {
         }
         self.registry.remove(name)?;
         self.sessions.forget(name);
+        self.guest_answers.forget(name);
         tracing::info!(sprite = %name, "sprite deleted");
         self.machines.changed(name);
         Ok(())
@@ -460,9 +467,14 @@ impl Sprites {
 pub(crate) enum IfAwake {
     /// Act on the running volume.
     Use,
-    /// Have the guest sync its filesystems, then act on the running volume:
-    /// a checkpoint holds what programs wrote just before it.
+    /// Have the guest sync its filesystems, then act on the running volume
+    /// (what programs wrote before is there; what they write meanwhile may be
+    /// half there: for reading, as a diff does).
     SyncThenUse,
+    /// Freeze the guest's filesystems, act on the running volume, thaw: a
+    /// checkpoint holds what programs wrote just before it, in a state the
+    /// filesystems could have been in.
+    FreezeThenUse,
     /// Put the sprite to sleep and act on the closed volume (its guest's
     /// caches would disagree with what `op` does to the disk).
     Stop,
@@ -492,6 +504,14 @@ impl Sprites {
                 IfAwake::SyncThenUse => {
                     sync_guest(name, &running).await;
                     return op(running.volume()).await.map_err(context);
+                }
+                IfAwake::FreezeThenUse => {
+                    let frozen = freeze_guest(name, &running).await;
+                    let result = op(running.volume()).await;
+                    if frozen {
+                        thaw_guest(name, &running).await;
+                    }
+                    return result.map_err(context);
                 }
                 IfAwake::Stop => {
                     // The sleep closes the volume, which needs every reference gone.
@@ -523,7 +543,7 @@ impl Sprites {
         comment: Option<String>,
     ) -> Result<CheckpointInfo, ControlError> {
         let info = self
-            .with_volume(name, "checkpoint", IfAwake::SyncThenUse, async |v| {
+            .with_volume(name, "checkpoint", IfAwake::FreezeThenUse, async |v| {
                 v.checkpoint(comment).await
             })
             .await?;
@@ -616,6 +636,51 @@ async fn sync_guest(name: &str, awake: &Awake) {
         Err(_) => tracing::warn!(sprite = %name, "sync in the guest timed out before a checkpoint"),
     }
 }
+
+/// Freezes an awake sprite's filesystems for a live checkpoint (see
+/// [`wisp_vm::agent::AgentClient::freeze`]); whether they are frozen. A guest
+/// that cannot freeze is synced instead (an older agent), and one that fails
+/// is still checkpointed: what reached the disk is consistent as after a
+/// power cut.
+async fn freeze_guest(name: &str, awake: &Awake) -> bool {
+    if !awake.agent().can_freeze() {
+        sync_guest(name, awake).await;
+        return false;
+    }
+    let frozen = awake.agent().freeze(CHECKPOINT_FREEZE_TIMEOUT);
+    match tokio::time::timeout(Duration::from_secs(60), frozen).await {
+        // Nothing freezable (no disk filesystem mounted writable): nothing to thaw.
+        Ok(Ok(filesystems)) => !filesystems.is_empty(),
+        Ok(Err(e)) => {
+            tracing::warn!(sprite = %name, error = %e, "cannot freeze the guest's filesystems for a checkpoint");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(sprite = %name, "the guest did not freeze its filesystems within 60s");
+            // It may still freeze: end it.
+            thaw_guest(name, awake).await;
+            false
+        }
+    }
+}
+
+/// Ends [`freeze_guest`]'s freeze.
+async fn thaw_guest(name: &str, awake: &Awake) {
+    match tokio::time::timeout(Duration::from_secs(10), awake.agent().thaw()).await {
+        Ok(Ok(false)) => {}
+        Ok(Ok(true)) => {
+            tracing::warn!(sprite = %name, "the guest had thawed by itself before the checkpoint was taken")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(sprite = %name, error = %e, "cannot thaw the guest's filesystems")
+        }
+        Err(_) => tracing::warn!(sprite = %name, "the guest did not answer a thaw within 10s"),
+    }
+}
+
+/// How long a guest stays frozen for a checkpoint if the host never thaws it
+/// (a checkpoint's metadata takes milliseconds).
+const CHECKPOINT_FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `v12` -> 12, for ordering (`v10` after `v9`).
 pub(crate) fn checkpoint_number(id: &str) -> u64 {

@@ -2,6 +2,7 @@
 //! sprite's run) and the requests programs in the guest make of the host through
 //! the in-sprite API (`/.sprite/api.sock`): a checkpoint, the checkpoint list.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,7 +103,14 @@ impl Sprites {
                 let (sprites, name, replier) = (sprites.clone(), name.clone(), requests.replier());
                 // Each in a task of its own: a checkpoint takes the sprite's turn.
                 tokio::spawn(async move {
-                    let answer = sprites.guest_request(&name, request).await;
+                    let answer = match sprites.guest_answers.get(&name, id) {
+                        Some(answer) => answer,
+                        None => {
+                            let answer = sprites.guest_request(&name, request).await;
+                            sprites.guest_answers.put(&name, id, &answer);
+                            answer
+                        }
+                    };
                     if let Err(e) = replier.reply(id, answer).await {
                         tracing::debug!(sprite = %name, error = %e, "cannot answer a guest request");
                     }
@@ -126,5 +134,50 @@ impl Sprites {
             }),
         };
         answer.map(|v| v.to_string()).map_err(|e| e.chain())
+    }
+}
+
+/// The latest answers to each sprite's guest requests, by request id. The agent
+/// sends a request again on the next connection when the one it went out on ended
+/// before the answer came back (a warm sleep or a daemon restart in between), and
+/// the answer may have been lost on the way rather than never given: a request
+/// with an id answered before gets that answer again instead of being done twice
+/// (two checkpoints for one `sprite-env checkpoints create`). Kept in memory: a
+/// request repeated to a new daemon is done again.
+#[derive(Default)]
+pub(crate) struct GuestAnswers {
+    by_sprite: std::sync::Mutex<HashMap<String, VecDeque<(u64, GuestAnswer)>>>,
+}
+
+/// A guest request's answer: its JSON text, or why it failed.
+type GuestAnswer = Result<String, String>;
+
+/// Answers kept per sprite (the guest's requests wait one at a time per caller).
+const ANSWERS_KEPT: usize = 64;
+
+impl GuestAnswers {
+    fn get(&self, sprite: &str, id: u64) -> Option<GuestAnswer> {
+        let all = self.by_sprite.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(sprite)?
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, a)| a.clone())
+    }
+
+    fn put(&self, sprite: &str, id: u64, answer: &GuestAnswer) {
+        let mut all = self.by_sprite.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = all.entry(sprite.to_string()).or_default();
+        if kept.len() >= ANSWERS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((id, answer.clone()));
+    }
+
+    /// Forgets sprite `sprite` (deleted).
+    pub(crate) fn forget(&self, sprite: &str) {
+        self.by_sprite
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(sprite);
     }
 }

@@ -44,6 +44,11 @@ pub struct SavedState {
     /// without them, whose machine had other devices (it boots instead).
     #[serde(default)]
     pub checkpoint_slots: Option<Vec<Option<String>>>,
+    /// The machine's devices and CPU model ([`wisp_vm::qemu::MACHINE_LAYOUT`]) when it
+    /// was saved: a state of another layout does not resume (it boots instead).
+    /// Empty for a state saved by a wisp that did not record it.
+    #[serde(default)]
+    pub layout: String,
 }
 
 /// The bucket copy's description (`memory.json`).

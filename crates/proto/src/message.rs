@@ -17,6 +17,7 @@ pub const CAPABILITIES: &[&str] = &[
     "tasks",
     "guest_requests",
     "checkpoint_mounts",
+    "fsfreeze",
 ];
 
 /// A control message. Serialised as JSON with a `type` field (`{"type":"ping"}`).
@@ -26,12 +27,19 @@ pub const CAPABILITIES: &[&str] = &[
 pub enum Control {
     /// Session 0. Host to agent: the protocol version the host speaks. Agent to host: the
     /// version the agent speaks, its build and capabilities. Answered hello = agent ready.
+    ///
+    /// `connection` (host to agent) names the host's connection: every `hello` the host
+    /// re-sends while it waits for the answer carries the same number, and only a
+    /// number the agent has not seen last ends the sessions of an earlier connection.
+    /// 0 (an older host, or the agent's own `hello`) always ends them.
     Hello {
         version: u32,
         #[serde(default)]
         agent: String,
         #[serde(default)]
         capabilities: Vec<String>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        connection: u64,
     },
     /// Session 0, host to agent, unanswered: set the guest's wall clock (`CLOCK_REALTIME`)
     /// to `unix_ns` nanoseconds since the Unix epoch. Sent after every boot, since the
@@ -161,6 +169,28 @@ pub enum Control {
     /// Stop services, sync, freeze/remount the root read-only, power off. Answered with
     /// `ok` just before power-off (channel mode: the agent exits instead).
     Shutdown,
+    /// Host to agent (capability "fsfreeze"): writes every dirty page of the guest's
+    /// writable disk filesystems and freezes them (`FIFREEZE`, as QEMU's guest agent
+    /// `guest-fsfreeze-freeze`): writes from programs wait until `thaw`, and what the
+    /// disk holds is a state the filesystems could have been in. Answered `frozen` once
+    /// done. The agent thaws by itself `timeout_ms` milliseconds of guest time later
+    /// if no `thaw` came (a host that died mid-checkpoint).
+    Freeze {
+        timeout_ms: u64,
+    },
+    /// The filesystems (mount points) that `freeze` froze.
+    Frozen {
+        filesystems: Vec<String>,
+    },
+    /// Host to agent: thaws what `freeze` froze; answered `thawed`. Read and acted on
+    /// as soon as it arrives, before frames queued ahead of it (one of those may be
+    /// waiting on a frozen filesystem).
+    Thaw,
+    /// `early`: the agent had already thawed by itself (the freeze's timeout passed),
+    /// so writes may have reached the disk while the host thought it frozen.
+    Thawed {
+        early: bool,
+    },
     /// Generic success answer.
     Ok,
     /// The request on this session failed; the session is closed. On session 0: a frame
@@ -253,6 +283,10 @@ pub struct TaskInfo {
 
 fn yes() -> bool {
     true
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A filesystem operation in the guest. Paths are absolute.
@@ -468,6 +502,7 @@ mod tests {
                 version: 1,
                 agent: "x".into(),
                 capabilities: vec!["exec".into()],
+                connection: 7,
             },
             Control::Exec(ExecRequest {
                 argv: vec!["sh".into(), "-c".into(), "echo hi".into()],

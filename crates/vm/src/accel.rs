@@ -119,7 +119,6 @@ async fn probe_kvm(home: &Path, kernel: &Path, initramfs: &Path) -> Result<Durat
         qmp_socket: None,
         serial_log: dir.path().join("console.log"),
         network: false,
-        forward: None,
         incoming: None,
         outlive_parent: false,
         memory_file: None,

@@ -33,6 +33,44 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often `hello` is re-sent while the agent has not answered.
 const HELLO_RETRY: Duration = Duration::from_millis(500);
 
+/// The first session number of connection `connection`: spread over the whole
+/// space, so the sessions of two connections (a machine saved and resumed, a
+/// daemon restarted) do not share numbers. Work the agent started for an earlier
+/// connection can outlive it (a checkpoint mount that was under way when the
+/// sprite went to sleep) and answer, or end its session, after the resume: with
+/// numbers counted from 1 on every connection, that answer landed in the new
+/// connection's session of the same number (its `guest_requests` session, whose
+/// replies were then dropped: a guest request unanswered for 120 s).
+fn first_session(connection: u64) -> u32 {
+    // splitmix64's finaliser: consecutive connection numbers land far apart.
+    let mut x = connection.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    // Below 2^31, never 0, and 2^31 sessions from wrapping.
+    (x as u32 & 0x7FFF_FFFF).max(1)
+}
+
+/// A number for a new agent connection's `hello` that no earlier connection of
+/// this process had, and that a connection of an earlier process (a daemon that
+/// restarted) had only by a 2^-64 chance: a counter started from the clock.
+fn connection_number() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            ^ ((std::process::id() as u64) << 40)
+            | 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    NEXT.fetch_add(2, Ordering::SeqCst)
+}
+
 /// Errors of the agent client. `Disconnected` means the channel is gone (the VM stopped or
 /// crashed); `Remote` is the agent refusing one request (the connection stays usable).
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +286,7 @@ impl Inner {
                 version,
                 agent,
                 capabilities,
+                ..
             } => {
                 let mut h = self.hello.lock().unwrap_or_else(|e| e.into_inner());
                 if h.is_none() {
@@ -435,10 +474,11 @@ impl AgentClient {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (r, w) = tokio::io::split(stream);
+        let connection = connection_number();
         let inner = Arc::new(Inner {
             writer: tokio::sync::Mutex::new(Box::new(w)),
             sessions: Mutex::new(HashMap::new()),
-            next_session: AtomicU32::new(1),
+            next_session: AtomicU32::new(first_session(connection)),
             closed: AtomicBool::new(false),
             closed_notify: Notify::new(),
             hello: Mutex::new(None),
@@ -446,10 +486,13 @@ impl AgentClient {
             conn_errors: Mutex::new(VecDeque::new()),
         });
         let reader = tokio::spawn(read_loop(inner.clone(), r));
+        // Every re-sent `hello` of this connection carries the same number, so a
+        // late one does not end the sessions opened after the first was answered.
         let hello = Control::Hello {
             version: PROTOCOL_VERSION,
             agent: format!("wisp-vm {}", env!("CARGO_PKG_VERSION")),
             capabilities: vec![],
+            connection,
         };
         let deadline = Instant::now() + timeout;
         let info = loop {
@@ -851,8 +894,6 @@ impl AgentClient {
         )
     }
 
-    /// Asks the agent to stop services, sync and power the guest off. Returns when the
-    /// agent confirmed (root read-only, about to power off) or the channel closed.
     /// Mounts the disk with serial `serial` read-only at
     /// `/.sprite/checkpoints/<name>` in the guest. Errors: `AgentError::Os`
     /// (`EEXIST` when mounted, `ENOENT` for no such disk), an older agent's
@@ -880,6 +921,37 @@ impl AgentClient {
         }
     }
 
+    /// Whether the agent freezes filesystems ([`AgentClient::freeze`]).
+    pub fn can_freeze(&self) -> bool {
+        self.info.capabilities.iter().any(|c| c == "fsfreeze")
+    }
+
+    /// Writes the guest's dirty pages and freezes its writable disk filesystems
+    /// (see [`Control::Freeze`]); the mount points frozen. The guest thaws by itself
+    /// `timeout` (of its running time) later unless [`AgentClient::thaw`] comes
+    /// first. Errors: `AgentError::Os` when a filesystem cannot be frozen (nothing
+    /// stays frozen then), `EBUSY` while another freeze holds.
+    pub async fn freeze(&self, timeout: Duration) -> Result<Vec<String>, AgentError> {
+        let request = Control::Freeze {
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self.request(&request).await? {
+            Control::Frozen { filesystems } => Ok(filesystems),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Ends a freeze; `true` when the guest had thawed by itself already (its
+    /// timeout passed: writes may have reached the disk meanwhile).
+    pub async fn thaw(&self) -> Result<bool, AgentError> {
+        match self.request(&Control::Thaw).await? {
+            Control::Thawed { early } => Ok(early),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Asks the agent to stop services, sync and power the guest off. Returns when the
+    /// agent confirmed (root read-only, about to power off) or the channel closed.
     pub async fn shutdown(&self) -> Result<(), AgentError> {
         match self.request(&Control::Shutdown).await {
             Ok(Control::Ok) | Err(AgentError::Disconnected) => Ok(()),
@@ -1047,6 +1119,28 @@ mod tests {
     use tokio::io::DuplexStream;
     use wisp_proto::{decode, Decoded};
 
+    /// Connections of one process have distinct numbers, and their session
+    /// numbers start far apart: work the agent started for one connection that
+    /// answers after the next began cannot land in one of the next's sessions.
+    #[test]
+    fn connections_number_their_sessions_apart() {
+        let numbers: Vec<u64> = (0..1000).map(|_| connection_number()).collect();
+        let mut unique = numbers.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), numbers.len());
+        assert!(numbers.iter().all(|n| *n != 0));
+        // First sessions of consecutive connection numbers (fixed ones: the clock
+        // seeds the real ones), as one process makes them.
+        let sequence: Vec<u64> = (0..1000).map(|i| 1 + 2 * i).collect();
+        for pair in sequence.windows(2) {
+            let (a, b) = (first_session(pair[0]), first_session(pair[1]));
+            assert!(a != 0 && b != 0 && a < 1 << 31 && b < 1 << 31);
+            // A connection's first hundred thousand sessions stay clear of the next's.
+            assert!(a.abs_diff(b) > 100_000, "{a} and {b}");
+        }
+    }
+
     async fn read_frame(peer: &mut DuplexStream, buf: &mut Vec<u8>) -> Frame {
         loop {
             if let Decoded::Frame(f, n) = decode(buf) {
@@ -1077,6 +1171,7 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 agent: "fake".into(),
                 capabilities: vec![],
+                connection: 0,
             };
             send(&mut peer, &Frame::control(0, &hello)).await;
             (peer, buf)
@@ -1197,6 +1292,7 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 agent: "prompt".into(),
                 capabilities: vec![],
+                connection: 0,
             };
             send(&mut peer, &Frame::control(0, &hello)).await;
             peer
@@ -1233,6 +1329,7 @@ mod tests {
                 version: PROTOCOL_VERSION + 1,
                 agent: "future".into(),
                 capabilities: vec![],
+                connection: 0,
             };
             // Announced unasked, as the agent does when its port opens.
             send(&mut peer, &Frame::control(0, &hello)).await;

@@ -16,7 +16,13 @@ pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// Modules the guest needs on a `microvm` machine: virtio over MMIO, the block
 /// device, the network device and the console (the agent channel). Their
 /// dependencies are added and ordered from each module's `depends=` field.
-pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_net", "virtio_console"];
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_console",
+    "virtio_balloon",
+];
 
 /// Errors while fetching or reading the guest kernel.
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +110,22 @@ impl Kernel {
         // compare numerically where we can so `-100-` beats `-56-`.
         versions.sort_by_key(|p| version_key(&p.file_name().unwrap_or_default().to_string_lossy()));
         match versions.pop() {
-            Some(dir) => Self::load(&dir).map(Some),
+            // A kernel cached by a wisp that loaded fewer modules is fetched again.
+            Some(dir) => {
+                let kernel = Self::load(&dir)?;
+                Ok(kernel.has_every_module().then_some(kernel))
+            }
             None => Ok(None),
         }
+    }
+
+    /// Whether every one of [`GUEST_MODULES`] is among the cached modules.
+    pub fn has_every_module(&self) -> bool {
+        GUEST_MODULES.iter().all(|want| {
+            self.modules
+                .iter()
+                .any(|file| file.strip_suffix(".ko").unwrap_or(file).replace('-', "_") == *want)
+        })
     }
 
     /// Reads the manifest of one cached kernel folder.
@@ -140,7 +159,12 @@ impl Kernel {
             .to_string();
         let dir = home.join("kernel").join(&release);
         if dir.join("kernel.json").is_file() {
-            return Self::load(&dir);
+            let cached = Self::load(&dir)?;
+            if cached.has_every_module() {
+                return Ok(cached);
+            }
+            tracing::info!(version = %release, "the cached guest kernel lacks modules wisp loads now; fetching it again");
+            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
         }
         let root = home.join("kernel");
         fs::create_dir_all(&root).map_err(io_err(&root))?;

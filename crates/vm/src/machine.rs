@@ -15,9 +15,6 @@ use crate::boot_watch::{self, BootStats};
 use crate::qemu::{Accel, DiskSource, Qemu, QemuConfig, QemuError, Qmp};
 use crate::run_dir::RunDir;
 
-/// Guest port the inbound HTTP forward reaches.
-pub const GUEST_HTTP_PORT: u16 = 8080;
-
 /// Errors of a machine's life cycle.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
@@ -43,6 +40,8 @@ pub enum MachineError {
     Stalled { why: Stall, console: String },
     #[error("cannot flush the root disk: {0}")]
     Flush(std::io::Error),
+    #[error("cannot freeze the guest's filesystems: {0}")]
+    Freeze(String),
 }
 
 /// How a boot showed it had stalled (see [`crate::boot_watch`]).
@@ -71,8 +70,6 @@ pub struct MachineConfig {
     pub initramfs: PathBuf,
     /// Sockets and logs of this machine go here (created if missing).
     pub run_dir: PathBuf,
-    /// Host port on 127.0.0.1 forwarded to the guest's port 8080.
-    pub http_port: Option<u16>,
     pub accel: Accel,
     pub hostname: String,
     /// The longest one boot may take until the agent answers. A boot is given
@@ -101,7 +98,7 @@ pub struct MachineConfig {
 }
 
 impl MachineConfig {
-    /// Defaults: 2 vCPUs, 1 GiB, no forward, TCG, hostname `sprite`, 3 boots of
+    /// Defaults: 2 vCPUs, 1 GiB, TCG, hostname `sprite`, 3 boots of
     /// at most 60 s each.
     pub fn new(
         disk: Arc<dyn BlockDevice>,
@@ -116,7 +113,6 @@ impl MachineConfig {
             kernel,
             initramfs,
             run_dir,
-            http_port: None,
             accel: Accel::Tcg,
             hostname: "sprite".into(),
             boot_timeout: Duration::from_secs(60),
@@ -135,13 +131,18 @@ const AGENT_SOCKET: &str = "agent.sock";
 const QMP_SOCKET: &str = "qmp.sock";
 /// What a new process needs to adopt a running machine ([`Machine::adopt`]).
 pub const MACHINE_FILE: &str = "machine.json";
+/// How long a guest saved by a warm sleep stays frozen after it resumes if the
+/// host never thaws it (its running time: it does not pass while saved).
+pub const SAVE_FREEZE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the host waits for a guest to write its dirty data and freeze.
+const FREEZE_WAIT: Duration = Duration::from_secs(60);
 
 /// A running machine as recorded in its run folder's [`MACHINE_FILE`] (JSON).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MachineRecord {
     pub qemu_pid: u32,
-    /// The host port forwarded to the guest's port 8080, if any.
-    pub http_port: Option<u16>,
+    // Records of older wisp also name `http_port` (a QEMU forward to the guest's
+    // port 8080, no longer made): ignored, as every unknown field is.
     pub cpus: u32,
     pub memory_mib: u64,
     pub accel: Accel,
@@ -280,7 +281,6 @@ impl Machine {
             // Each boot names its own console log (`boot_once`).
             serial_log: PathBuf::new(),
             network: true,
-            forward: config.http_port.map(|p| (p, GUEST_HTTP_PORT)),
             incoming: None,
             outlive_parent: config.outlive_parent,
             memory_file: None,
@@ -344,6 +344,16 @@ impl Machine {
         if let Err(e) = agent.set_clock().await {
             tracing::warn!(error = %e, "cannot set the guest's clock");
         }
+        // A machine saved by a warm sleep was saved frozen (see `Machine::save`),
+        // and one adopted from a daemon that died mid-checkpoint may be: whoever
+        // froze it is gone.
+        if agent.can_freeze() {
+            match tokio::time::timeout(Duration::from_secs(10), agent.thaw()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot thaw the guest's filesystems"),
+                Err(_) => tracing::warn!("the guest did not answer a thaw within 10s"),
+            }
+        }
         let boot_time = t0.elapsed();
         tracing::debug!(
             boot_ms = boot_time.as_millis() as u64,
@@ -354,7 +364,6 @@ impl Machine {
         );
         let record = MachineRecord {
             qemu_pid: qemu.pid(),
-            http_port: config.http_port,
             cpus: config.cpus,
             memory_mib: config.memory_mib,
             accel: config.accel,
@@ -426,7 +435,6 @@ impl Machine {
         };
         let serial_log = newest_console(run.path()).unwrap_or_default();
         let config = MachineConfig {
-            http_port: record.http_port,
             cpus: record.cpus,
             memory_mib: record.memory_mib,
             accel: record.accel,
@@ -446,8 +454,22 @@ impl Machine {
     /// resumes from `state` with [`MachineConfig::resume_from`] over the same,
     /// unchanged disk. On an error the machine is gone all the same (killed), as
     /// after a crash, and `state` must not be used.
+    ///
+    /// The guest's filesystems are frozen first ([`AgentClient::freeze`]): every
+    /// write a program finished is on the disk, and the disk is consistent on its
+    /// own, so the sprite loses nothing when the state is later dropped (a cold
+    /// sleep, a restore) and boots from the disk. The saved guest is thawed when
+    /// it resumes ([`Machine::start`]), or by itself [`SAVE_FREEZE_TIMEOUT`] of its
+    /// running time after.
     pub async fn save(mut self, state: &Path) -> Result<SaveReport, MachineError> {
         let started = Instant::now();
+        if let Err(e) = self.freeze_for_save().await {
+            // Its memory holds writes its disk lacks: no state to drop later, but a
+            // clean stop, which writes them.
+            tracing::warn!(error = %e, "cannot freeze the guest for a save; stopping it cleanly instead");
+            self.stop().await?;
+            return Err(e);
+        }
         let saved = async {
             let mut qmp =
                 Qmp::connect(&self.sockets.0.socket(QMP_SOCKET), Duration::from_secs(5)).await?;
@@ -470,6 +492,28 @@ impl Machine {
         flushed?;
         let bytes = std::fs::metadata(state).map(|m| m.len()).unwrap_or(0);
         Ok(SaveReport { save, total, bytes })
+    }
+
+    /// Freezes the guest's filesystems before a save: an error when the guest's
+    /// dirty data could not be written (the state is then not to be kept, since the
+    /// disk lacks what the memory holds). An agent without freeze support syncs.
+    async fn freeze_for_save(&self) -> Result<(), MachineError> {
+        let frozen = if self.agent.can_freeze() {
+            tokio::time::timeout(FREEZE_WAIT, self.agent.freeze(SAVE_FREEZE_TIMEOUT))
+                .await
+                .map(|r| r.map(|_| ()))
+        } else {
+            tokio::time::timeout(FREEZE_WAIT, self.agent.run(["sync"]))
+                .await
+                .map(|r| r.map(|_| ()))
+        };
+        match frozen {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(MachineError::Freeze(e.to_string())),
+            Err(_) => Err(MachineError::Freeze(format!(
+                "the guest did not write its data within {FREEZE_WAIT:?}"
+            ))),
+        }
     }
 
     /// The agent connection (share it freely).

@@ -15,7 +15,28 @@ use tokio::net::UnixStream;
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
 /// Kernel arguments every boot gets, besides the TSC ones of [`kernel_cmdline`].
-pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t init_on_free=1";
+/// (`init_on_free=1`, once here to keep saved states small, cost a second of every
+/// TCG boot: free page reporting does that job now, see [`BALLOON_DEVICE`].)
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t";
+
+/// Names the devices and CPU model [`QemuConfig::args`] gives a machine: a saved
+/// state resumes only into a machine of the same layout. Change it with them.
+pub const MACHINE_LAYOUT: &str = "microvm-2: default tcg cpu, free page reporting";
+
+/// The memory balloon, never inflated: it carries free page reporting, so pages
+/// the guest frees are handed back to QEMU, which discards them (they read as
+/// zero, and a saved state holds only the pages in use). See `docs/VM.md`.
+pub const BALLOON_DEVICE: &str = "virtio-balloon-device,free-page-reporting=on";
+
+/// The `-cpu` model for `accel`: `host` under KVM (the real CPU passed through);
+/// under TCG QEMU's default model (`max`, which emulates every feature TCG has,
+/// added 0.15-0.2 s to every boot, and nothing a sprite runs needs it).
+pub fn cpu_model(accel: Accel) -> Option<&'static str> {
+    match accel {
+        Accel::Kvm => Some("host"),
+        Accel::Tcg => None,
+    }
+}
 
 /// [`BASE_CMDLINE`] plus the host's TSC frequency (see [`crate::clock`]): the
 /// command line of every guest kernel wisp boots.
@@ -111,10 +132,10 @@ pub struct QemuConfig {
     pub qmp_socket: Option<PathBuf>,
     /// The guest's serial console goes here.
     pub serial_log: PathBuf,
-    /// User-mode networking; with `Some((host, guest))` also a forward from
-    /// `127.0.0.1:host` to the guest's `guest` TCP port.
+    /// User-mode networking, outbound only: nothing on the host is forwarded into
+    /// the guest (its ports are reached through the agent's TCP tunnels, which reach
+    /// a server bound to any of the guest's addresses, loopback included).
     pub network: bool,
-    pub forward: Option<(u16, u16)>,
     /// Resume from this saved state file (QEMU's migration stream, see
     /// [`Qmp::save_state`]) instead of booting: `-incoming exec:cat FILE`. The VM
     /// stays paused after loading; [`Qmp::resume`] starts it.
@@ -157,13 +178,10 @@ impl QemuConfig {
         }
         push("-accel");
         push(&self.accel.to_string());
-        push("-cpu");
-        // `max` gives TCG every feature it emulates; under KVM `host` passes
-        // the real CPU through.
-        push(match self.accel {
-            Accel::Kvm => "host",
-            Accel::Tcg => "max",
-        });
+        if let Some(model) = cpu_model(self.accel) {
+            push("-cpu");
+            push(model);
+        }
         push("-m");
         push(&format!("{}M", self.memory_mib));
         push("-smp");
@@ -224,13 +242,11 @@ impl QemuConfig {
                 wisp_proto::PORT_NAME
             ));
         }
+        push("-device");
+        push(BALLOON_DEVICE);
         if self.network {
-            let mut netdev = "user,id=net0".to_string();
-            if let Some((host, guest)) = self.forward {
-                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
-            }
             push("-netdev");
-            push(&netdev);
+            push("user,id=net0");
             push("-device");
             push("virtio-net-device,netdev=net0");
         } else {
@@ -616,7 +632,6 @@ mod tests {
             qmp_socket: Some("/run/qmp.sock".into()),
             serial_log: "/run/serial.log".into(),
             network: true,
-            forward: Some((18080, 8080)),
             incoming: None,
             outlive_parent: false,
             memory_file: None,
@@ -635,11 +650,24 @@ mod tests {
     #[test]
     fn command_line_has_every_device() {
         let s = joined(&config());
-        assert!(s.contains("-M microvm,acpi=on -accel tcg -cpu max -m 1024M -smp 2"));
+        // TCG's default CPU model, and nothing on the kernel command line that
+        // taxes every boot (`-cpu max` cost 0.15-0.2 s, `init_on_free=1` a second).
+        assert!(
+            s.contains("-M microvm,acpi=on -accel tcg -m 1024M -smp 2"),
+            "{s}"
+        );
+        assert!(!s.contains("-cpu"), "{s}");
+        assert!(
+            !kernel_cmdline().contains("init_on"),
+            "{}",
+            kernel_cmdline()
+        );
         assert!(s.contains("file.server.path=/run/a,,b.sock"), "{s}");
         assert!(s.contains("virtio-blk-device,drive=root"));
         assert!(s.contains("name=org.wisp.agent"));
-        assert!(s.contains("hostfwd=tcp:127.0.0.1:18080-:8080"));
+        assert!(s.contains("-netdev user,id=net0 "), "{s}");
+        // Nothing on the host reaches into the guest but the agent.
+        assert!(!s.contains("hostfwd"), "{s}");
         assert!(s.contains("-qmp unix:/run/qmp.sock,server=on,wait=off"));
         assert!(s.contains("wisp.hostname=box"));
         assert!(!s.contains("wisp.root=none"));

@@ -1038,75 +1038,105 @@ async fn tasks_and_guest_requests_through_the_in_sprite_api() {
 /// A frame for a session that has just ended (the host's end of stdin racing with the
 /// process's exit) is dropped: no error comes back on that session. Spoken frame by
 /// frame, so that nothing on the host side hides an answer.
-#[tokio::test]
-async fn frames_for_an_ended_session_are_dropped() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use wisp_proto::{encode, Control, Frame, FrameReader};
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(common::agent_bin())
-        .arg("--stdio")
-        .arg("--state-dir")
-        .arg(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut to_agent = child.stdin.take().unwrap();
-    let mut from_agent = child.stdout.take().unwrap();
-    let mut frames = FrameReader::new();
-    let mut pending: std::collections::VecDeque<Frame> = Default::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    // The next frame from the agent.
-    macro_rules! next {
-        () => {
-            loop {
-                if let Some(f) = pending.pop_front() {
-                    break f;
-                }
-                let n = tokio::time::timeout(Duration::from_secs(30), from_agent.read(&mut buf))
+/// The real agent spoken to frame by frame, with no `AgentClient` between: for
+/// what a well-behaved client never sends.
+struct RawAgent {
+    to_agent: tokio::process::ChildStdin,
+    from_agent: tokio::process::ChildStdout,
+    frames: wisp_proto::FrameReader,
+    pending: std::collections::VecDeque<wisp_proto::Frame>,
+    buf: Vec<u8>,
+    /// Held so the agent is killed when the test ends.
+    _child: tokio::process::Child,
+}
+
+impl RawAgent {
+    fn spawn(state: &Path) -> RawAgent {
+        let mut child = tokio::process::Command::new(common::agent_bin())
+            .arg("--stdio")
+            .arg("--state-dir")
+            .arg(state)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        RawAgent {
+            to_agent: child.stdin.take().unwrap(),
+            from_agent: child.stdout.take().unwrap(),
+            frames: wisp_proto::FrameReader::new(),
+            pending: Default::default(),
+            buf: vec![0u8; 64 * 1024],
+            _child: child,
+        }
+    }
+
+    /// The next frame from the agent.
+    async fn next(&mut self) -> wisp_proto::Frame {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(f) = self.pending.pop_front() {
+                return f;
+            }
+            let n =
+                tokio::time::timeout(Duration::from_secs(30), self.from_agent.read(&mut self.buf))
                     .await
                     .expect("the agent answers")
                     .unwrap();
-                assert!(n > 0, "the agent closed its output");
-                frames.feed(&buf[..n], |f| pending.push_back(f.unwrap()));
-            }
-        };
+            assert!(n > 0, "the agent closed its output");
+            let pending = &mut self.pending;
+            self.frames
+                .feed(&self.buf[..n], |f| pending.push_back(f.unwrap()));
+        }
     }
-    let control = |session: u32, msg: &Control| Frame::control(session, msg);
-    let send = |f: Frame| encode(f.kind, f.session, &f.payload).unwrap();
+
+    /// The next frame from the agent as (session, control message).
+    async fn next_control(&mut self) -> (u32, wisp_proto::Control) {
+        let f = self.next().await;
+        (f.session, f.to_control().unwrap())
+    }
+
+    async fn send(&mut self, kind: Kind, session: u32, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let bytes = wisp_proto::encode(kind, session, payload).unwrap();
+        self.to_agent.write_all(&bytes).await.unwrap();
+    }
+
+    async fn control(&mut self, session: u32, msg: &wisp_proto::Control) {
+        let f = wisp_proto::Frame::control(session, msg);
+        self.send(f.kind, f.session, &f.payload).await;
+    }
+}
+
+#[tokio::test]
+async fn frames_for_an_ended_session_are_dropped() {
+    use wisp_proto::Control;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = RawAgent::spawn(dir.path());
     let hello = Control::Hello {
         version: wisp_proto::PROTOCOL_VERSION,
         agent: String::new(),
         capabilities: vec![],
+        connection: 1,
     };
-    to_agent.write_all(&send(control(0, &hello))).await.unwrap();
+    agent.control(0, &hello).await;
     let exec = Control::Exec(ExecRequest {
         argv: argv(&["true"]),
         ..Default::default()
     });
-    to_agent.write_all(&send(control(1, &exec))).await.unwrap();
+    agent.control(1, &exec).await;
     loop {
-        let f = next!();
+        let f = agent.next().await;
         if f.session == 1 && matches!(f.to_control(), Ok(Control::Exit(_))) {
             break;
         }
     }
     // Late frames for session 1, then a ping on a new session.
-    to_agent
-        .write_all(&encode(Kind::Eof, 1, b"").unwrap())
-        .await
-        .unwrap();
-    to_agent
-        .write_all(&encode(Kind::Data, 1, b"late").unwrap())
-        .await
-        .unwrap();
-    to_agent
-        .write_all(&send(control(2, &Control::Ping)))
-        .await
-        .unwrap();
+    agent.send(Kind::Eof, 1, b"").await;
+    agent.send(Kind::Data, 1, b"late").await;
+    agent.control(2, &Control::Ping).await;
     loop {
-        let f = next!();
+        let f = agent.next().await;
         assert_ne!(
             f.session,
             1,
@@ -1119,15 +1149,147 @@ async fn frames_for_an_ended_session_are_dropped() {
         }
     }
     // A session number never opened is still an error.
-    to_agent
-        .write_all(&encode(Kind::Data, 9, b"stray").unwrap())
-        .await
-        .unwrap();
-    let f = next!();
+    agent.send(Kind::Data, 9, b"stray").await;
+    let f = agent.next().await;
     assert_eq!(f.session, 9);
     assert!(
         matches!(f.to_control(), Ok(Control::Error { ref message, .. }) if message.contains("not open")),
         "{:?}",
         f.to_control()
     );
+}
+
+/// A guest's request and its answer cross every change of host connection: a
+/// `hello` the host re-sent while it waited (it arrives after the host opened
+/// its `guest_requests` session) keeps that session, so the answer reaches the
+/// guest (the reply was lost after a warm resume, and the guest waited 120 s);
+/// a request the old connection never answered goes out again on the new one
+/// under the same id; a request made while the host reconnects waits for it.
+#[tokio::test]
+async fn guest_requests_cross_repeated_hellos_and_reconnects() {
+    use wisp_proto::Control;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = RawAgent::spawn(dir.path());
+    let hello = |connection: u64| Control::Hello {
+        version: wisp_proto::PROTOCOL_VERSION,
+        agent: String::new(),
+        capabilities: vec![],
+        connection,
+    };
+    let socket = dir.path().join("api.sock");
+    let ask = |comment: &'static str| {
+        let s = socket.clone();
+        tokio::task::spawn_blocking(move || {
+            api_call(
+                &s,
+                "POST",
+                "/v1/checkpoints",
+                &format!(r#"{{"comment":"{comment}"}}"#),
+            )
+        })
+    };
+
+    // Connection 10: hello, then `guest_requests` on session 1.
+    agent.control(0, &hello(10)).await;
+    assert!(matches!(
+        agent.next_control().await,
+        (0, Control::Hello { .. })
+    ));
+    agent.control(1, &Control::GuestRequests).await;
+    assert_eq!(agent.next_control().await, (1, Control::Ok));
+    // A late copy of the same connection's hello: session 1 stays open.
+    agent.control(0, &hello(10)).await;
+    assert!(matches!(
+        agent.next_control().await,
+        (0, Control::Hello { .. })
+    ));
+    let asked = ask("first");
+    let (session, message) = agent.next_control().await;
+    assert_eq!(session, 1);
+    let Control::GuestRequest { id, .. } = message else {
+        panic!("{message:?}")
+    };
+    let reply = Control::GuestReply {
+        id,
+        result: Some(r#"{"id":"v0"}"#.into()),
+        error: None,
+    };
+    agent.control(1, &reply).await;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(20), asked)
+        .await
+        .expect("the answer reached the guest")
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"id":"v0"}"#));
+
+    // A request connection 10 never answers goes out again on connection 11,
+    // under the same id.
+    let asked = ask("second");
+    let (_, message) = agent.next_control().await;
+    let Control::GuestRequest { id: unanswered, .. } = message else {
+        panic!("{message:?}")
+    };
+    agent.control(0, &hello(11)).await;
+    assert!(matches!(
+        agent.next_control().await,
+        (0, Control::Hello { .. })
+    ));
+    agent.control(1, &Control::GuestRequests).await;
+    let mut again = None;
+    for _ in 0..2 {
+        match agent.next_control().await {
+            (1, Control::Ok) => {}
+            (1, Control::GuestRequest { id, request }) => again = Some((id, request)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let (id, request) = again.expect("the unanswered request is sent again");
+    assert_eq!(id, unanswered);
+    assert_eq!(
+        request,
+        wisp_proto::GuestRequest::Checkpoint {
+            comment: Some("second".into())
+        }
+    );
+    let reply = Control::GuestReply {
+        id,
+        result: Some(r#"{"id":"v1"}"#.into()),
+        error: None,
+    };
+    agent.control(1, &reply).await;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(20), asked)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"id":"v1"}"#));
+
+    // Connection 12 says hello; a request made before it opens its session waits
+    // for it instead of failing.
+    agent.control(0, &hello(12)).await;
+    assert!(matches!(
+        agent.next_control().await,
+        (0, Control::Hello { .. })
+    ));
+    let asked = ask("third");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    agent.control(1, &Control::GuestRequests).await;
+    let mut id = None;
+    for _ in 0..2 {
+        match agent.next_control().await {
+            (1, Control::Ok) => {}
+            (1, Control::GuestRequest { id: i, .. }) => id = Some(i),
+            other => panic!("{other:?}"),
+        }
+    }
+    let reply = Control::GuestReply {
+        id: id.expect("the waiting request went out"),
+        result: None,
+        error: Some("no room".into()),
+    };
+    agent.control(1, &reply).await;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(20), asked)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("no room"), "{body}");
 }

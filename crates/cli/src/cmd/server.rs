@@ -45,6 +45,15 @@ pub struct ServerArgs {
     /// (`debian`, `tiny`) or one made with `wisp image import`.
     #[arg(long, env = "WISP_IMAGE", default_value = "debian", value_parser = parse_image_name)]
     pub image: String,
+    /// Sprites booting (or resuming) at once; more wait their turn. Default: this
+    /// host's cores (a boot keeps its vCPUs busy; more at once than cores starve
+    /// each other).
+    #[arg(long, env = "WISP_BOOTS_AT_ONCE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub boots_at_once: Option<u32>,
+    /// Wakes that may wait for a boot to end; one more is refused with a 503 and
+    /// `Retry-After` (the client retries) rather than left to fail.
+    #[arg(long, env = "WISP_MAX_QUEUED_WAKES", default_value_t = wisp_control::boot_queue::DEFAULT_MAX_QUEUED)]
+    pub max_queued_wakes: usize,
 }
 
 pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -67,6 +76,12 @@ pub async fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCo
             } else {
                 wisp_control::machines::SleepMode::Warm
             },
+        },
+        wakes: wisp_control::boot_queue::WakeLimits {
+            boots_at_once: args
+                .boots_at_once
+                .map_or_else(wisp_control::boot_queue::host_cores, |n| n as usize),
+            max_queued: args.max_queued_wakes,
         },
         sprite_domain: args.sprite_domain,
         require_token: match args.require_token.as_str() {

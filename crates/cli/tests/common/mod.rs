@@ -252,8 +252,13 @@ pub async fn exec_bytes(url: &str, name: &str, argv: &[&str]) -> Vec<u8> {
 
 /// Sprite `name`'s JSON (`GET /v1/sprites/{name}`).
 pub async fn sprite_json(url: &str, name: &str) -> serde_json::Value {
+    get_json(url, &format!("/v1/sprites/{name}")).await
+}
+
+/// The JSON answer of `GET {url}{path}`.
+pub async fn get_json(url: &str, path: &str) -> serde_json::Value {
     client(url)
-        .get(format!("{url}/v1/sprites/{name}"))
+        .get(format!("{url}{path}"))
         .send()
         .await
         .unwrap()

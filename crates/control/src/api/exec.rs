@@ -60,6 +60,7 @@ pub(super) async fn exec_sprite(
         return Ok(with_capabilities(response));
     }
     let params = params.with_sprite_environment(&record.settings.environment);
+    state.check_wake(&name)?;
     let wake = state.sprites.wake_in_background(&name);
     let sprites = state.sprites.clone();
     let response =

@@ -488,7 +488,7 @@ pub(super) async fn watch(
             r.body_text()
         ))
     })?;
-    state.sprites.get(&name)?;
+    state.check_wake(&name)?;
     Ok(upgrade.on_upgrade(move |socket| async move {
         let (mut to_client, mut from_client) = socket.split();
         let fail = |message: String| {
@@ -518,21 +518,12 @@ pub(super) async fn watch(
                 .map(|p| resolve(p, request.working_dir.as_deref()))
                 .collect::<Result<Vec<_>, _>>()?;
             let activity = state.sprites.activity(&name).await?;
+            let watched = paths.join(", ");
             let watch = activity
                 .agent()
                 .watch_files(paths.clone(), request.recursive)
                 .await
-                .map_err(|source| match source {
-                    wisp_vm::agent::AgentError::Os { errno, message } => ControlError::Fs {
-                        errno,
-                        message,
-                        path: paths.join(", "),
-                    },
-                    source => ControlError::Exec {
-                        name: name.clone(),
-                        source,
-                    },
-                })?;
+                .map_err(crate::files::fs_error(&name, &watched))?;
             Ok::<_, ControlError>((activity, watch, paths))
         }
         .await;

@@ -72,6 +72,15 @@ impl AppState {
     pub(crate) fn require_token(&self) -> bool {
         self.config.require_token
     }
+
+    /// Sprite `name` exists, and a wake it needs would be taken now (see
+    /// [`crate::machines::Machines::wake_room`]): checked before a WebSocket
+    /// upgrade that wakes it, so that a full boot queue is a 503, not an error
+    /// on an open socket.
+    pub(crate) fn check_wake(&self, name: &str) -> Result<(), ControlError> {
+        self.sprites.get(name)?;
+        self.sprites.machines.wake_room(name)
+    }
 }
 
 /// The API's routes and, from the same handlers, its OpenAPI document: a

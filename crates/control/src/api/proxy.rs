@@ -2,7 +2,8 @@
 //! port in a sprite over a WebSocket, and its listening ports as they change.
 //!
 //! Proxy: the client's first text message is `{"host": "localhost", "port": N}`;
-//! the server connects inside the sprite (waking it) and answers
+//! the server connects inside the sprite (waking it; `localhost` reaches a
+//! server bound to any of the guest's addresses) and answers
 //! `{"status": "connected", "target": "host:port"}` (or `{"status": "error",
 //! ...}` and close 1011); then binary messages carry the connection's bytes
 //! both ways. A close from either side closes the connection.
@@ -41,7 +42,7 @@ pub(super) async fn proxy(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<axum::response::Response, ControlError> {
     let upgrade = upgraded(upgrade, "the port proxy")?;
-    state.sprites.get(&name)?;
+    state.check_wake(&name)?;
     Ok(upgrade.on_upgrade(move |socket| run_proxy(state, name, socket)))
 }
 
@@ -98,9 +99,7 @@ async fn run_proxy(state: AppState, name: String, socket: WebSocket) {
     let target = format!("{host}:{port}");
     let connected = async {
         let activity = state.sprites.activity(&name).await?;
-        let tunnel = activity
-            .agent()
-            .connect_tcp(&host, port)
+        let tunnel = crate::router::tunnel(&activity, &host, port)
             .await
             .map_err(|source| ControlError::Exec {
                 name: name.clone(),
@@ -190,7 +189,7 @@ pub(super) async fn ports_watch(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<axum::response::Response, ControlError> {
     let upgrade = upgraded(upgrade, "the port watch")?;
-    state.sprites.get(&name)?;
+    state.check_wake(&name)?;
     Ok(upgrade.on_upgrade(move |socket| async move {
         let (mut to_client, mut from_client) = socket.split();
         let watched = async {
