@@ -40,6 +40,21 @@ pub struct WriteOptions {
     pub keep_existing: bool,
 }
 
+/// `create_dir_all` answers `EEXIST` when a component of the path exists as
+/// something other than a folder (`/root/file/child` with `/root/file` a file):
+/// that is `ENOTDIR`, as `open` and `mkdir` themselves say.
+fn not_a_folder_on_the_way(folder: &Path, e: io::Error) -> io::Error {
+    let blocked = e.raw_os_error() == Some(libc::EEXIST)
+        && folder
+            .ancestors()
+            .any(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir()));
+    if blocked {
+        io::Error::from_raw_os_error(libc::ENOTDIR)
+    } else {
+        e
+    }
+}
+
 pub fn open_write(
     session: u32,
     path: &str,
@@ -54,7 +69,7 @@ pub fn open_write(
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     if options.mkdir_parents {
-        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(parent).map_err(|e| not_a_folder_on_the_way(parent, e))?;
     } else if !parent.exists() {
         std::fs::create_dir(parent)?;
     }

@@ -158,6 +158,11 @@ impl Agent {
 
     /// Ends `session` with an error answer.
     fn fail(&self, session: u32, message: String) {
+        self.fail_with(session, |out| out.error(session, message));
+    }
+
+    /// Ends `session` with the error answer `send` sends.
+    fn fail_with(&self, session: u32, send: impl FnOnce(&Out)) {
         let s = self
             .sessions
             .lock()
@@ -167,7 +172,7 @@ impl Agent {
         // session kills its process, whose exit status would otherwise reach
         // the host first and end the session as if nothing had gone wrong
         // (seen once under load).
-        self.out.error(session, message);
+        send(&self.out);
         if let Some(s) = s {
             close_session(s);
         }
@@ -205,7 +210,11 @@ impl Agent {
                     self.out.window(s, payload.len() as u32);
                     None
                 }
-                Err(e) => Some(format!("writing file: {e}")),
+                Err(e) => {
+                    // With the errno, as every failed system call is answered.
+                    drop(sessions);
+                    return self.fail_with(s, |out| out.error_io(s, "writing file", &e));
+                }
             },
             Some(Session::Read(_)) => Some("data frame on a read session".into()),
             Some(Session::Tunnel(t)) => t.send(payload).err(),

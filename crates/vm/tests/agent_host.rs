@@ -670,6 +670,25 @@ async fn filesystem_operations_answer_with_errno_names() {
         .await
         .unwrap_err();
     assert_eq!(errno(w), "ENOENT");
+    // A file where a folder on the way should be: ENOTDIR, with or without
+    // mkdir_parents (create_dir_all says EEXIST there).
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("plain"), b"x").unwrap();
+    for mkdir_parents in [true, false] {
+        let w = a
+            .client
+            .write_file_with(&at("plain/child"), options(mkdir_parents, false), &b"x"[..])
+            .await
+            .unwrap_err();
+        assert_eq!(errno(w), "ENOTDIR", "mkdir_parents {mkdir_parents}");
+    }
+    let w = a
+        .client
+        .write_file_with(&at("plain/deeper/child"), options(true, false), &b"x"[..])
+        .await
+        .unwrap_err();
+    assert_eq!(errno(w), "ENOTDIR");
+    std::fs::remove_file(root.join("plain")).unwrap();
     a.client
         .write_file_with(&at("a/b/c.txt"), options(true, false), &b"hello"[..])
         .await
