@@ -678,9 +678,10 @@ async fn thaw_guest(name: &str, awake: &Awake) {
     }
 }
 
-/// How long a guest stays frozen for a checkpoint if the host never thaws it
-/// (a checkpoint's metadata takes milliseconds).
-const CHECKPOINT_FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a guest stays frozen for a checkpoint if the host never thaws it.
+/// A checkpoint's metadata takes milliseconds, but it first waits for an upload
+/// under way to the bucket (`Volume::checkpoint`), which a slow store stretches.
+const CHECKPOINT_FREEZE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `v12` -> 12, for ordering (`v10` after `v9`).
 pub(crate) fn checkpoint_number(id: &str) -> u64 {
